@@ -1,0 +1,215 @@
+//! One worker's rings. A ring's fixed-file table is capped by RLIMIT_NOFILE (and 2^20), so a
+//! worker that must hold more sessions than that owns several rings, each with its own sparse
+//! table and its own provided-buffer ring, all driven from the worker's one thread.
+//!
+//! The rings share one eventfd: with `DEFER_TASKRUN` the kernel signals it when a ring gets its
+//! first piece of pending work, and `TASKRUN_FLAG` marks which ring that is, so an idle worker
+//! sleeps in one `read` and enters only the rings that need it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use io_uring::{IoUring, cqueue, squeue};
+
+use super::EngineError;
+use super::buf_ring::BufRing;
+
+/// Sizes of one ring.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    pub sq_entries: u32,
+    /// Completion queue size; several times the SQ since multishot requests post many CQEs each.
+    pub cq_entries: u32,
+    /// Slots in the sparse fixed-file table (direct descriptors).
+    pub files: u32,
+    /// Provided receive buffers (power of two) and their size.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+}
+
+pub struct Ring {
+    // Field order matters: the io_uring is dropped (and the kernel lets go of the buffer ring)
+    // before the buffer memory is unmapped.
+    uring: IoUring,
+    pub bufs: BufRing,
+    /// Entries that did not fit a full SQ; they go in first at the next submit.
+    backlog: VecDeque<squeue::Entry>,
+    pub files_capacity: u32,
+    pub files_in_use: u32,
+}
+
+impl Ring {
+    pub fn new(cfg: &RingConfig, bgid: u16, eventfd: &OwnedFd) -> Result<Ring, EngineError> {
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .setup_submit_all()
+            .setup_cqsize(cfg.cq_entries)
+            .build(cfg.sq_entries)
+            .map_err(|e| EngineError::ring_setup("io_uring_setup(SINGLE_ISSUER|DEFER_TASKRUN)", e))?;
+        let submitter = uring.submitter();
+        submitter
+            .register_files_sparse(cfg.files)
+            .map_err(|e| EngineError::ring_setup("IORING_REGISTER_FILES_SPARSE", e))?;
+        let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size, bgid)
+            .map_err(|e| EngineError::ring_setup("mmap of the provided buffers", e))?;
+        bufs.register(&submitter)
+            .map_err(|e| EngineError::ring_setup("IORING_REGISTER_PBUF_RING", e))?;
+        submitter
+            .register_eventfd(eventfd.as_raw_fd())
+            .map_err(|e| EngineError::ring_setup("IORING_REGISTER_EVENTFD", e))?;
+        Ok(Ring {
+            uring,
+            bufs,
+            backlog: VecDeque::new(),
+            files_capacity: cfg.files,
+            files_in_use: 0,
+        })
+    }
+
+    /// Queues one SQE; if the SQ is full it is submitted first, and if it is still full the
+    /// entry waits in the backlog.
+    ///
+    /// # Safety
+    /// Every buffer or pointer the entry refers to must stay valid until its completion arrives.
+    pub unsafe fn push(&mut self, entry: squeue::Entry) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(entry);
+            return;
+        }
+        // SAFETY: forwarded from the caller's contract.
+        if unsafe { self.uring.submission().push(&entry) }.is_err() {
+            let _ = self.submit();
+            // SAFETY: as above.
+            if unsafe { self.uring.submission().push(&entry) }.is_err() {
+                self.backlog.push_back(entry);
+            }
+        }
+    }
+
+    /// Whether entering the kernel would do anything: SQEs to submit, deferred task work
+    /// (completions waiting to be posted) or an overflowed CQ to flush.
+    pub fn needs_enter(&mut self) -> bool {
+        let sq = self.uring.submission();
+        !sq.is_empty() || sq.taskrun() || sq.cq_overflow() || !self.backlog.is_empty()
+    }
+
+    /// Submits queued SQEs and runs deferred task work (posting completions). Never blocks.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.move_backlog();
+        match self.uring.submit() {
+            Ok(n) => Ok(n),
+            // The CQ is overflowing or the kernel is short of memory for a moment: reap
+            // completions, then the next round submits again.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn move_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: the entry was accepted by `push`, whose caller vouched for its buffers.
+            if unsafe { self.uring.submission().push(entry) }.is_err() {
+                break;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Moves up to `out.capacity()` completions into `out`.
+    pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) {
+        let room = out.capacity() - out.len();
+        out.extend(self.uring.completion().take(room));
+    }
+
+    pub fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.uring.submitter()
+    }
+
+    pub fn sq_capacity(&mut self) -> usize {
+        self.uring.submission().capacity()
+    }
+
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+}
+
+/// All rings of one worker plus the eventfd they share.
+pub struct RingSet {
+    pub rings: Vec<Ring>,
+    eventfd: Arc<OwnedFd>,
+}
+
+impl RingSet {
+    /// Creates `count` rings. Must run on the thread that will drive them (SINGLE_ISSUER).
+    pub fn new(count: usize, cfg: &RingConfig) -> Result<RingSet, EngineError> {
+        if count == 0 || count > super::token::MAX_RINGS {
+            return Err(EngineError::Config(format!(
+                "a worker needs 1..={} rings, asked for {count}",
+                super::token::MAX_RINGS
+            )));
+        }
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(EngineError::ring_setup("eventfd", io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut rings = Vec::with_capacity(count);
+        for i in 0..count {
+            rings.push(Ring::new(cfg, i as u16, &eventfd)?);
+        }
+        Ok(RingSet { rings, eventfd: Arc::new(eventfd) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rings.is_empty()
+    }
+
+    /// A handle other threads use to wake this worker.
+    pub fn waker(&self) -> Waker {
+        Waker(self.eventfd.clone())
+    }
+
+    /// Sleeps until some ring has work or someone writes the eventfd.
+    pub fn wait(&self) -> io::Result<()> {
+        let mut value = 0u64;
+        // SAFETY: reads 8 bytes into a local u64 from our own eventfd.
+        let n = unsafe {
+            libc::read(self.eventfd.as_raw_fd(), &mut value as *mut u64 as *mut libc::c_void, 8)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wakes a worker blocked in [`RingSet::wait`] (control events such as shutdown). It shares
+/// ownership of the eventfd, so it can never write to a descriptor number that was reused.
+#[derive(Clone)]
+pub struct Waker(Arc<OwnedFd>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a local u64 to an eventfd we keep open.
+        unsafe {
+            libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8);
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! c2m: hold millions of TCP connections on one Linux box and measure what that costs.
+pub mod client;
+pub mod engine;
+pub mod proto;
+pub mod slab;
+pub mod server;
+pub mod stats;

@@ -1,0 +1,156 @@
+//! The `c2m` command line: parses flags and calls into the library, nothing else.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use c2m::server::{ServeConfig, Server};
+
+#[derive(Parser)]
+#[command(name = "c2m", version, about = "Hold millions of TCP connections on one Linux box and measure what it costs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the protocol v1 server (thread-per-core io_uring engine).
+    Serve(ServeArgs),
+    /// Reference client on plain sockets: open N connections, log in, ping once, hold.
+    /// One process stays under RLIMIT_NOFILE; tests and benches run several.
+    #[command(hide = true)]
+    Hold(HoldArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (one SO_REUSEPORT listener per worker).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Worker threads, one pinned per core [default: cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Sessions held at most (split evenly over the workers).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_sessions: usize,
+    /// Bytes of one session slot (rounded up to pages); only touched pages become resident.
+    #[arg(long, default_value_t = 40 * 1024)]
+    session_bytes: usize,
+    /// Largest frame accepted, header included.
+    #[arg(long, default_value_t = c2m::proto::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Heartbeat period told to clients; a session silent for 3 periods is closed.
+    #[arg(long, default_value_t = 30_000)]
+    heartbeat_ms: u32,
+    /// Time a new connection has to say HELLO, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    hello_timeout: u32,
+    /// On SIGINT/SIGTERM, time to say BYE and drain before exiting, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    drain_timeout: u32,
+    /// Listen backlog per worker (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    backlog: u32,
+    /// Fixed-file slots per ring [default: RLIMIT_NOFILE, at most 2^20].
+    #[arg(long)]
+    files_per_ring: Option<u32>,
+    /// Provided receive buffers per ring (power of two).
+    #[arg(long, default_value_t = 512)]
+    recv_buffers: u16,
+    /// Size of one receive buffer.
+    #[arg(long, default_value_t = 2048)]
+    recv_buffer_size: u32,
+    /// Serve Prometheus text at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct HoldArgs {
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    server: SocketAddr,
+    /// Source address to connect from (any of 127.0.0.0/8).
+    #[arg(long)]
+    source: Option<IpAddr>,
+    /// First source port to bind (with --source); the next connections take the ports above it.
+    #[arg(long, default_value_t = 10_000)]
+    first_port: u16,
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, default_value_t = 1)]
+    first_user: u64,
+    /// Seconds to hold at most (also ends when stdin closes).
+    #[arg(long, default_value_t = 60)]
+    hold_secs: u64,
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let defaults = ServeConfig::default();
+    let cfg = ServeConfig {
+        listen: args.listen,
+        workers: args.workers.unwrap_or(defaults.workers),
+        max_sessions: args.max_sessions,
+        session_bytes: args.session_bytes,
+        max_frame: args.max_frame,
+        heartbeat_ms: args.heartbeat_ms,
+        hello_timeout_ms: args.hello_timeout,
+        drain_timeout_ms: args.drain_timeout,
+        backlog: args.backlog,
+        files_per_ring: args.files_per_ring,
+        recv_buffers: args.recv_buffers,
+        recv_buffer_size: args.recv_buffer_size,
+        ..defaults
+    };
+    // Block SIGINT/SIGTERM in every thread (workers inherit the mask); this thread waits for them.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    let server = Server::start(cfg.clone()).context("starting the server")?;
+    let layout = server.layout();
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            c2m::stats::metrics_http::spawn(addr, server.stats()).with_context(|| format!("metrics endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
+    println!(
+        "c2m serve: listening on {} | {} workers x {} rings x {} fixed files | up to {} sessions, {} B slots | kernel {}{}",
+        server.local_addr(),
+        layout.workers,
+        layout.rings_per_worker,
+        layout.files_per_ring,
+        layout.workers * layout.sessions_per_worker,
+        cfg.session_bytes,
+        layout.features.kernel,
+        metrics.map(|m| format!(" | metrics http://{m}/metrics")).unwrap_or_default(),
+    );
+    let signal = signals.wait().context("waiting for a signal")?;
+    println!("c2m serve: {signal:?}: saying BYE and draining (at most {} ms)", cfg.drain_timeout_ms);
+    let stats = server.stats();
+    server.stop();
+    server.join().context("a worker failed")?;
+    let left: u64 = stats.iter().map(|s| s.active()).sum();
+    println!("c2m serve: stopped, {left} sessions were still open at the drain deadline");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Hold(a) => {
+            let cfg = c2m::client::HoldConfig {
+                server: a.server,
+                source: a.source,
+                first_port: a.first_port,
+                connections: a.connections,
+                first_user: a.first_user,
+                hold: Duration::from_secs(a.hold_secs),
+            };
+            c2m::client::hold(&cfg).context("holding connections")?;
+            Ok(())
+        }
+    }
+}

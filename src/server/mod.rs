@@ -1,0 +1,296 @@
+//! `c2m serve`: protocol v1 sessions on the io_uring engine, one pinned worker per core.
+
+pub mod session;
+pub mod worker;
+
+#[cfg(test)]
+mod session_tests;
+
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::engine::probe::{Features, probe};
+use crate::engine::worker::spawn_pinned;
+use crate::engine::{EngineError, RingConfig, RingSet, Waker, run_worker};
+use crate::proto;
+use crate::slab::SlabError;
+use crate::stats::WorkerStats;
+use worker::{ServerWorker, accept_margin, rings_needed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Slab(#[from] SlabError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("worker {0} failed: {1}")]
+    Worker(usize, String),
+}
+
+/// Everything `c2m serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    /// Sessions the server holds at most, split evenly over the workers (the kernel's
+    /// SO_REUSEPORT hash picks the worker, so a worker may fill before the others).
+    pub max_sessions: usize,
+    pub session_bytes: usize,
+    pub max_frame: usize,
+    pub heartbeat_ms: u32,
+    pub hello_timeout_ms: u32,
+    pub drain_timeout_ms: u32,
+    pub backlog: u32,
+    /// Fixed-file slots per ring; `None`: as many as RLIMIT_NOFILE allows (after raising the
+    /// soft limit to the hard one), at most 2^20.
+    pub files_per_ring: Option<u32>,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:7700".parse().unwrap(),
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            max_sessions: 1_000_000,
+            session_bytes: 40 * 1024,
+            max_frame: proto::DEFAULT_MAX_FRAME,
+            heartbeat_ms: 30_000,
+            hello_timeout_ms: 10_000,
+            drain_timeout_ms: 5_000,
+            backlog: 4096,
+            files_per_ring: None,
+            recv_buffers: 512,
+            recv_buffer_size: 2048,
+            sq_entries: 1024,
+            cq_entries: 8192,
+        }
+    }
+}
+
+impl ServeConfig {
+    fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::Config(m));
+        if self.workers == 0 {
+            return bad("--workers must be at least 1".into());
+        }
+        if self.max_frame < proto::HEADER_LEN + 16 || self.max_frame > proto::MAX_FRAME_LIMIT {
+            return bad(format!("--max-frame must be in {}..={}", proto::HEADER_LEN + 16, proto::MAX_FRAME_LIMIT));
+        }
+        if self.session_bytes < 2 * self.max_frame {
+            return bad(format!(
+                "--session-bytes {} is too small: a slot holds a partial frame and replies, so it needs at least 2 x --max-frame = {}",
+                self.session_bytes,
+                2 * self.max_frame
+            ));
+        }
+        if self.max_sessions < self.workers {
+            return bad("--max-sessions must be at least --workers".into());
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+            return bad("--recv-buffers must be a power of two up to 32768".into());
+        }
+        if self.heartbeat_ms == 0 || self.hello_timeout_ms == 0 {
+            return bad("timeouts must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (and the hard one too where allowed) and
+/// returns the fixed-file table size a ring may have.
+fn files_per_ring() -> u32 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = nr_open.min(1 << 20);
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+            // Raised (CAP_SYS_RESOURCE).
+        } else if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(1024);
+    soft.min(1 << 20) as u32
+}
+
+fn listener(addr: SocketAddr, backlog: u32) -> Result<Socket, ServerError> {
+    let io = |what: &str| {
+        let what = format!("{what} {addr}");
+        move |source| ServerError::Io { what, source }
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))
+        .map_err(io("socket for"))?;
+    socket.set_reuse_address(true).map_err(io("SO_REUSEADDR on"))?;
+    socket.set_reuse_port(true).map_err(io("SO_REUSEPORT on"))?;
+    // Accepted sockets inherit TCP_NODELAY: replies are small and must not wait for Nagle.
+    socket.set_tcp_nodelay(true).map_err(io("TCP_NODELAY on"))?;
+    socket.bind(&addr.into()).map_err(io("bind"))?;
+    socket.listen(backlog as i32).map_err(io("listen on"))?;
+    Ok(socket)
+}
+
+/// How the server laid itself out; printed at start-up.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Layout {
+    pub workers: usize,
+    pub sessions_per_worker: usize,
+    pub rings_per_worker: usize,
+    pub files_per_ring: u32,
+    pub features: Features,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    layout: Layout,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Waker>,
+    handles: Vec<JoinHandle<Result<(), ServerError>>>,
+    stats: Vec<Arc<WorkerStats>>,
+}
+
+impl Server {
+    /// Probes io_uring, binds one SO_REUSEPORT listener per worker, and starts the workers. Returns
+    /// once every worker is accepting.
+    pub fn start(cfg: ServeConfig) -> Result<Server, ServerError> {
+        cfg.validate()?;
+        let features = probe()?;
+        let files = cfg.files_per_ring.unwrap_or_else(files_per_ring);
+        if files < 64 {
+            return Err(ServerError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
+        }
+        let margin = accept_margin(&cfg, files);
+        let per_worker = cfg.max_sessions.div_ceil(cfg.workers);
+        let rings = rings_needed(per_worker, files, margin);
+        if rings > crate::engine::token::MAX_RINGS {
+            return Err(ServerError::Config(format!(
+                "{per_worker} sessions per worker need {rings} rings of {files} files; at most {} fit. Use more workers or raise RLIMIT_NOFILE",
+                crate::engine::token::MAX_RINGS
+            )));
+        }
+        let first = listener(cfg.listen, cfg.backlog)?;
+        let addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| ServerError::Config("listener has no address".into()))?;
+        let mut listeners = vec![first];
+        for _ in 1..cfg.workers {
+            listeners.push(listener(addr, cfg.backlog)?);
+        }
+        let ring_cfg = RingConfig {
+            sq_entries: cfg.sq_entries,
+            cq_entries: cfg.cq_entries,
+            files,
+            recv_buffers: cfg.recv_buffers,
+            recv_buffer_size: cfg.recv_buffer_size,
+        };
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = Arc::new(cfg);
+        let (ready_tx, ready_rx) = crossbeam::channel::unbounded::<(usize, Result<Waker, String>)>();
+        let mut handles = Vec::new();
+        let mut stats = Vec::new();
+        for (id, socket) in listeners.into_iter().enumerate() {
+            let worker_stats = Arc::new(WorkerStats::default());
+            stats.push(worker_stats.clone());
+            let (cfg, stop, ready) = (cfg.clone(), stop.clone(), ready_tx.clone());
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let body = move || -> Result<(), ServerError> {
+                let fd: OwnedFd = socket.into();
+                let setup = (|| {
+                    let mut set = RingSet::new(rings, &ring_cfg)?;
+                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, per_worker, margin, stop)?;
+                    w.start(&mut set);
+                    Ok::<_, ServerError>((set, w))
+                })();
+                let (mut set, mut w) = match setup {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready.send((id, Err(e.to_string())));
+                        return Err(e);
+                    }
+                };
+                let _ = ready.send((id, Ok(set.waker())));
+                run_worker(&mut set, &mut w)
+                    .map_err(|source| ServerError::Io { what: format!("worker {id} event loop"), source })
+            };
+            let handle = spawn_pinned(format!("c2m-w{id}"), core, body)
+                .map_err(|source| ServerError::Io { what: "spawning a worker".into(), source })?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut wakers = vec![None; handles.len()];
+        for _ in 0..handles.len() {
+            match ready_rx.recv() {
+                Ok((id, Ok(waker))) => wakers[id] = Some(waker),
+                Ok((id, Err(e))) => {
+                    stop.store(true, Ordering::Relaxed);
+                    for w in wakers.iter().flatten() {
+                        w.wake();
+                    }
+                    return Err(ServerError::Worker(id, e));
+                }
+                Err(_) => return Err(ServerError::Worker(usize::MAX, "a worker exited during start-up".into())),
+            }
+        }
+        let layout = Layout {
+            workers: handles.len(),
+            sessions_per_worker: per_worker,
+            rings_per_worker: rings,
+            files_per_ring: files,
+            features,
+        };
+        Ok(Server { addr, layout, stop, wakers: wakers.into_iter().flatten().collect(), handles, stats })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.stats.clone()
+    }
+
+    /// Asks every worker to stop accepting, say BYE to its sessions, drain and exit.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+
+    /// Waits for every worker to finish.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (id, h) in self.handles.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(ServerError::Worker(id, "panicked".into())),
+            }
+        }
+        result
+    }
+}

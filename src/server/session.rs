@@ -1,0 +1,309 @@
+//! One session's state machine: bytes in, frames handled, replies queued. No I/O here, so every
+//! rule of the protocol is unit-tested without a socket.
+//!
+//! Memory: the hot state is a 128-byte [`Session`] header. Small replies (WELCOME, PONG, ERROR)
+//! go to an inline outbox inside the header, so a session that only logs in and pings never
+//! touches its 40 KiB slot. The slot holds a partial frame's tail (the first `max_frame` bytes,
+//! the "in area") and replies that do not fit inline (the rest, the "out area").
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::proto::{self, ErrorCode, Frame, Kind, ProtoError};
+use crate::slab::{SlotView, Touch};
+use crate::stats::{CloseReason, WorkerStats};
+
+pub const INLINE_OUT: usize = 80;
+
+/// Session states (the `state` byte). Zero is "free" so a zeroed header is a free slot.
+pub mod state {
+    pub const FREE: u8 = 0;
+    /// Accepted, waiting for HELLO.
+    pub const OPEN: u8 = 1;
+    pub const LOGGED_IN: u8 = 2;
+}
+
+/// Bits of the `flags` byte.
+pub mod flag {
+    /// A multishot receive is armed.
+    pub const RECV_ARMED: u8 = 1;
+    /// Input is ignored; the session closes once its output has been sent.
+    pub const CLOSE_AFTER_SEND: u8 = 2;
+    /// Cancel/shutdown/close have been issued; the slot is freed when nothing is in flight.
+    pub const TEARDOWN: u8 = 4;
+}
+
+/// The hot per-session state, 128 bytes, in the slab's dense header array.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Session {
+    pub user_id: u64,
+    /// Direct descriptor (index in its ring's fixed-file table).
+    pub file: u32,
+    /// Tick of the last whole frame received (heartbeat deadline base).
+    pub last_frame_tick: u32,
+    /// Tick of the accept (hello deadline base).
+    pub opened_tick: u32,
+    /// Bytes queued in the slot's out area, and how many of them are sent.
+    pub slot_out_len: u32,
+    pub slot_out_sent: u32,
+    /// Bytes of the send in flight (0: none). One send in flight per session.
+    pub send_len: u32,
+    /// Bytes of a partial frame kept in the slot's in area.
+    pub in_len: u16,
+    pub ring: u16,
+    pub state: u8,
+    pub flags: u8,
+    /// Operations in flight with this slot's token (receive, send, cancel, shutdown, close).
+    pub inflight: u8,
+    pub inline_len: u8,
+    pub inline_sent: u8,
+    pub close_reason: u8,
+    pub _pad: [u8; 6],
+    pub inline_out: [u8; INLINE_OUT],
+}
+
+const _: () = assert!(std::mem::size_of::<Session>() == 128);
+
+impl Session {
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.inline_sent < self.inline_len || self.slot_out_sent < self.slot_out_len
+    }
+
+    /// Nothing buffered in the slot: its pages can be given back.
+    pub fn slot_idle(&self) -> bool {
+        self.in_len == 0 && self.slot_out_len == 0
+    }
+}
+
+/// What the worker must do after a session handled its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Open,
+    /// Send what is queued, then close (ERROR or BYE queued as needed).
+    CloseAfterSend(CloseReason),
+    /// Close now: there is nothing to say (the peer said BYE).
+    CloseNow(CloseReason),
+}
+
+/// What frame handling needs from its worker.
+pub struct Env<'a> {
+    pub stats: &'a WorkerStats,
+    pub max_frame: usize,
+    pub heartbeat_ms: u32,
+    pub session_id: u64,
+    pub now_tick: u32,
+    pub wall_ns: u64,
+}
+
+/// Where replies go: the header's inline outbox, then the slot's out area. Borrowed apart from
+/// the slot's in area, so a frame parsed in place there can be answered without a copy.
+pub struct Outbox<'a> {
+    pub s: &'a mut Session,
+    /// The slot's out area (`slot[max_frame..]`).
+    area: &'a mut [u8],
+    touch: Touch<'a>,
+    /// Offset of `area` in the slot (= max_frame), for the touch mark.
+    base: usize,
+}
+
+/// Splits a session's view into its in area (partial frame bytes) and its outbox.
+pub fn split<'a>(view: SlotView<'a, Session>, max_frame: usize) -> (&'a mut [u8], Outbox<'a>) {
+    let (in_area, area) = view.slot.split_at_mut(max_frame);
+    (in_area, Outbox { s: view.header, area, touch: view.touch, base: max_frame })
+}
+
+impl Outbox<'_> {
+    /// Queues `frame`: inline if it fits and nothing waits in the slot (so order is kept), else
+    /// in the out area. `false`: no room left (a slow consumer).
+    pub fn push(&mut self, frame: &Frame<'_>) -> bool {
+        let s = &mut *self.s;
+        let n = frame.encoded_len();
+        if s.slot_out_len == 0 && s.inline_len as usize + n <= INLINE_OUT {
+            let at = s.inline_len as usize;
+            proto::encode(frame, &mut s.inline_out[at..at + n]);
+            s.inline_len += n as u8;
+            return true;
+        }
+        if s.slot_out_len as usize + n > self.area.len() && s.send_len == 0 && s.slot_out_sent > 0 {
+            // Move the unsent part to the front; only while no send reads the area.
+            self.area.copy_within(s.slot_out_sent as usize..s.slot_out_len as usize, 0);
+            s.slot_out_len -= s.slot_out_sent;
+            s.slot_out_sent = 0;
+        }
+        let at = s.slot_out_len as usize;
+        if at + n > self.area.len() {
+            return false;
+        }
+        proto::encode(frame, &mut self.area[at..at + n]);
+        s.slot_out_len += n as u32;
+        self.touch.upto(self.base + at + n);
+        true
+    }
+}
+
+/// The bytes of the next send, if one may start now: inline bytes go before slot bytes.
+pub fn next_send<'a>(s: &'a Session, slot: &'a [u8], max_frame: usize) -> Option<&'a [u8]> {
+    if s.send_len != 0 {
+        return None;
+    }
+    if s.inline_sent < s.inline_len {
+        return Some(&s.inline_out[s.inline_sent as usize..s.inline_len as usize]);
+    }
+    if s.slot_out_sent < s.slot_out_len {
+        return Some(&slot[max_frame + s.slot_out_sent as usize..max_frame + s.slot_out_len as usize]);
+    }
+    None
+}
+
+/// Accounts for `n` bytes of the send in flight having gone out.
+pub fn sent(s: &mut Session, n: u32) {
+    s.send_len = 0;
+    if s.inline_sent < s.inline_len {
+        s.inline_sent += n as u8;
+        if s.inline_sent >= s.inline_len {
+            s.inline_sent = 0;
+            s.inline_len = 0;
+        }
+    } else {
+        s.slot_out_sent += n;
+        if s.slot_out_sent >= s.slot_out_len {
+            s.slot_out_sent = 0;
+            s.slot_out_len = 0;
+        }
+    }
+}
+
+/// Queues a fatal ERROR and says to close after it.
+fn fatal(out: &mut Outbox<'_>, env: &Env<'_>, code: ErrorCode, reason: CloseReason) -> Verdict {
+    env.stats.protocol_errors[code.index()].inc();
+    if out.push(&Frame::error(code, code.name())) {
+        env.stats.frames_out[Kind::Error.index()].inc();
+    }
+    Verdict::CloseAfterSend(reason)
+}
+
+fn protocol_error(out: &mut Outbox<'_>, env: &Env<'_>, e: ProtoError) -> Verdict {
+    fatal(out, env, e.code(), CloseReason::ProtocolError)
+}
+
+/// Queues the timeout ERROR (hello or heartbeat deadline passed).
+pub fn timed_out(out: &mut Outbox<'_>, env: &Env<'_>) -> Verdict {
+    fatal(out, env, ErrorCode::Timeout, CloseReason::Timeout)
+}
+
+/// Queues the shutdown BYE.
+pub fn say_bye(out: &mut Outbox<'_>, env: &Env<'_>) -> Verdict {
+    if out.push(&Frame::Bye) {
+        env.stats.frames_out[Kind::Bye.index()].inc();
+    }
+    Verdict::CloseAfterSend(CloseReason::Shutdown)
+}
+
+fn reply(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
+    if out.push(&frame) {
+        env.stats.frames_out[frame.kind().index()].inc();
+        Verdict::Open
+    } else {
+        Verdict::CloseNow(CloseReason::SlowConsumer)
+    }
+}
+
+/// Handles one whole frame.
+fn handle(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
+    env.stats.frames_in[frame.kind().index()].inc();
+    out.s.last_frame_tick = env.now_tick;
+    let logged_in = out.s.state == state::LOGGED_IN;
+    match frame {
+        Frame::Hello { user_id, .. } if !logged_in => {
+            out.s.state = state::LOGGED_IN;
+            out.s.user_id = user_id;
+            let welcome = Frame::Welcome {
+                session_id: env.session_id,
+                server_time_ns: env.wall_ns,
+                heartbeat_ms: env.heartbeat_ms,
+            };
+            reply(out, env, welcome)
+        }
+        // A second HELLO on a session.
+        Frame::Hello { .. } => fatal(out, env, ErrorCode::Malformed, CloseReason::ProtocolError),
+        // A server-to-client kind is not a kind a server accepts.
+        _ if !frame.kind().is_client_to_server() => {
+            fatal(out, env, ErrorCode::UnknownKind, CloseReason::ProtocolError)
+        }
+        _ if !logged_in => fatal(out, env, ErrorCode::NotLoggedIn, CloseReason::ProtocolError),
+        Frame::Ping { seq, t_ns } => reply(out, env, Frame::Pong { seq, t_ns }),
+        Frame::Echo { data } => reply(out, env, Frame::EchoReply { data }),
+        // Routing between sessions is not built yet: every recipient is unknown, and the sender
+        // is told so rather than left waiting for an ACK.
+        Frame::Send { msg_id, .. } => {
+            env.stats.protocol_errors[ErrorCode::UnknownRecipient.index()].inc();
+            reply(out, env, Frame::nack(msg_id, ErrorCode::UnknownRecipient))
+        }
+        // The client is leaving: send what is queued, then close. Nothing is said back.
+        Frame::Bye => Verdict::CloseAfterSend(CloseReason::Bye),
+        // RECEIPT: nothing to route yet; counted above.
+        _ => Verdict::Open,
+    }
+}
+
+/// Consumes received bytes: completes a partial frame kept in the slot, handles whole frames in
+/// place in `data`, and keeps an incomplete tail in the slot.
+pub fn on_bytes(view: SlotView<'_, Session>, env: &Env<'_>, mut data: &[u8]) -> Verdict {
+    env.stats.bytes_in.add(data.len() as u64);
+    let max = env.max_frame;
+    let (in_area, mut out) = split(view, max);
+    if out.s.has(flag::CLOSE_AFTER_SEND | flag::TEARDOWN) {
+        return Verdict::Open;
+    }
+    if out.s.in_len > 0 {
+        // Finish the frame whose start arrived earlier: first its header, then its body.
+        loop {
+            let have = out.s.in_len as usize;
+            let parsed = match proto::parse(&in_area[..have], max) {
+                Ok(p) => p,
+                Err(e) => return protocol_error(&mut out, env, e),
+            };
+            match parsed {
+                proto::Parsed::Incomplete { need } => {
+                    let take = (need - have).min(data.len());
+                    in_area[have..have + take].copy_from_slice(&data[..take]);
+                    out.touch.upto(have + take);
+                    out.s.in_len += take as u16;
+                    data = &data[take..];
+                    if take == 0 {
+                        return Verdict::Open;
+                    }
+                }
+                proto::Parsed::Frame { frame, .. } => {
+                    out.s.in_len = 0;
+                    let verdict = handle(&mut out, env, frame);
+                    if verdict != Verdict::Open {
+                        return verdict;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let mut frames = proto::FrameIter::new(data, max);
+    for result in frames.by_ref() {
+        let verdict = match result {
+            Ok(frame) => handle(&mut out, env, frame),
+            Err(e) => protocol_error(&mut out, env, e),
+        };
+        if verdict != Verdict::Open {
+            return verdict;
+        }
+    }
+    let tail = frames.remaining();
+    if !tail.is_empty() {
+        in_area[..tail.len()].copy_from_slice(tail);
+        out.touch.upto(tail.len());
+        out.s.in_len = tail.len() as u16;
+    }
+    Verdict::Open
+}

@@ -1,0 +1,536 @@
+//! One server worker: its listener, rings, slab and timers, and the glue from completions to
+//! the session state machine.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use io_uring::types::{CancelBuilder, Fd, Fixed, TimeoutFlags, Timespec};
+use io_uring::{cqueue, opcode};
+
+use super::ServeConfig;
+use super::session::{self, Env, Session, Verdict, flag, state};
+use crate::engine::timer::TimerWheel;
+use crate::engine::{Op, RingSet, Service, Token};
+use crate::proto::{self, ErrorCode, Frame};
+use crate::slab::SessionSlab;
+use crate::stats::{CloseReason, WorkerStats};
+
+/// How far ahead the timing wheel reaches, in ticks.
+const WHEEL_BUCKETS: usize = 4096;
+/// A session told to close after its last send gets this long before it is closed anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Per-ring accept state.
+struct AcceptState {
+    armed: bool,
+    /// Bumped on every arm, carried in the token, so the end of an old accept is not mistaken
+    /// for the end of the current one.
+    generation: u32,
+}
+
+pub struct ServerWorker {
+    id: usize,
+    cfg: Arc<ServeConfig>,
+    stats: Arc<WorkerStats>,
+    listener: OwnedFd,
+    slab: SessionSlab<Session>,
+    wheel: TimerWheel,
+    fired: Vec<u32>,
+    accept: Vec<AcceptState>,
+    /// Free table slots a ring keeps before it stops accepting: one accept run can take a whole
+    /// listen backlog, and a full table would drop those connections.
+    accept_margin: u32,
+    /// Sessions whose multishot receive ended for lack of buffers, re-armed after the buffers
+    /// go back to the kernel.
+    rearm: Vec<u32>,
+    tick: Box<Timespec>,
+    tick_ms: u64,
+    started: Instant,
+    now_tick: u32,
+    hello_ticks: u32,
+    heartbeat_ticks: u32,
+    /// ERROR 5, sent to connections that find the slab full (stable address for the kernel).
+    full_frame: Box<[u8]>,
+    stop: Arc<AtomicBool>,
+    drain_until: Option<Instant>,
+}
+
+/// What frame handling needs, built from the worker's fields (not `&self`) so the slab can be
+/// borrowed mutably beside it.
+fn env<'a>(id: usize, cfg: &'a ServeConfig, stats: &'a WorkerStats, generation: u32, slot: u32, now_tick: u32) -> Env<'a> {
+    let generation = generation as u64 & 0xffff;
+    Env {
+        stats,
+        max_frame: cfg.max_frame,
+        heartbeat_ms: cfg.heartbeat_ms,
+        session_id: (id as u64) << 48 | generation << 32 | slot as u64,
+        now_tick,
+        wall_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+    }
+}
+
+/// Rings a worker needs so that `sessions` plus the accept margin fit tables of `files` slots.
+pub fn rings_needed(sessions: usize, files: u32, margin: u32) -> usize {
+    let usable = (files - margin) as usize;
+    (sessions + margin as usize).div_ceil(usable).max(1)
+}
+
+/// Free table slots a ring keeps in reserve (see `ServerWorker::accept_margin`).
+pub fn accept_margin(cfg: &ServeConfig, files: u32) -> u32 {
+    (cfg.backlog + 64).min(files / 4)
+}
+
+impl ServerWorker {
+    pub fn new(
+        id: usize,
+        cfg: Arc<ServeConfig>,
+        stats: Arc<WorkerStats>,
+        listener: OwnedFd,
+        sessions: usize,
+        accept_margin: u32,
+        stop: Arc<AtomicBool>,
+    ) -> Result<ServerWorker, super::ServerError> {
+        let slab = SessionSlab::<Session>::new(sessions, cfg.session_bytes)?;
+        let [h, m] = slab.header_ranges();
+        stats.set_slab_ranges([h, m, slab.slots_range()]);
+        let tick_ms = (cfg.hello_timeout_ms.min(cfg.heartbeat_ms) as u64 / 10).clamp(10, 100);
+        let ticks = |ms: u64| ms.div_ceil(tick_ms) as u32;
+        let full = proto::encode_vec(&Frame::error(ErrorCode::ServerFull, ErrorCode::ServerFull.name()));
+        Ok(ServerWorker {
+            id,
+            stats,
+            listener,
+            wheel: TimerWheel::new(sessions, WHEEL_BUCKETS),
+            slab,
+            fired: Vec::new(),
+            accept: Vec::new(),
+            accept_margin,
+            rearm: Vec::new(),
+            tick: Box::new(Timespec::from(Duration::from_millis(tick_ms))),
+            tick_ms,
+            started: Instant::now(),
+            now_tick: 0,
+            hello_ticks: ticks(cfg.hello_timeout_ms as u64),
+            heartbeat_ticks: ticks(3 * cfg.heartbeat_ms as u64),
+            full_frame: full.into_boxed_slice(),
+            stop,
+            drain_until: None,
+            cfg,
+        })
+    }
+
+    /// Arms accepts on every ring and the tick on ring 0.
+    pub fn start(&mut self, rings: &mut RingSet) {
+        self.accept = (0..rings.len()).map(|_| AcceptState { armed: false, generation: 0 }).collect();
+        for ring in 0..rings.len() {
+            self.arm_accept(rings, ring);
+        }
+        self.arm_tick(rings);
+        self.stats.rings.set(rings.len() as u64);
+        self.stats.recv_buffer_bytes.set(rings.rings.iter().map(|r| r.bufs.mapped_bytes() as u64).sum());
+    }
+
+    fn push(rings: &mut RingSet, ring: usize, entry: io_uring::squeue::Entry) {
+        // SAFETY: every entry built in this file points only at memory that outlives the
+        // operation: session headers and slots (the slab's mappings live as long as the worker,
+        // and a slot is freed only once nothing is in flight on it), `full_frame` and `tick`
+        // (boxed, owned by the worker, which outlives its rings' operations), and fds the
+        // worker owns.
+        unsafe { rings.rings[ring].push(entry) }
+    }
+
+    fn arm_accept(&mut self, rings: &mut RingSet, ring: usize) {
+        let a = &mut self.accept[ring];
+        a.generation = a.generation.wrapping_add(1);
+        a.armed = true;
+        let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+            .allocate_file_index(true)
+            .build()
+            .user_data(Token::of(Op::Accept, ring as u16, 0, a.generation).0);
+        Self::push(rings, ring, entry);
+    }
+
+    fn cancel_accept(&mut self, rings: &mut RingSet, ring: usize) {
+        let a = &mut self.accept[ring];
+        if !a.armed {
+            return;
+        }
+        a.armed = false;
+        let target = Token::of(Op::Accept, ring as u16, 0, a.generation).0;
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+            .build()
+            .user_data(Token::of(Op::AcceptCancel, ring as u16, 0, 0).0);
+        Self::push(rings, ring, entry);
+    }
+
+    fn arm_tick(&mut self, rings: &mut RingSet) {
+        let entry = opcode::Timeout::new(&*self.tick)
+            .flags(TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(Token::of(Op::Tick, 0, 0, 0).0);
+        Self::push(rings, 0, entry);
+    }
+
+    fn update_files_gauge(&self, rings: &RingSet) {
+        self.stats.fixed_files_in_use.set(rings.rings.iter().map(|r| r.files_in_use as u64).sum());
+    }
+
+    fn on_accept(&mut self, rings: &mut RingSet, ring: usize, token: Token, cqe: &cqueue::Entry) {
+        let current = token.slot() == self.accept[ring].generation;
+        if current && !cqueue::more(cqe.flags()) {
+            self.accept[ring].armed = false;
+        }
+        let res = cqe.result();
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                self.stats.accept_errors.inc();
+            }
+            return;
+        }
+        let file = res as u32;
+        rings.rings[ring].files_in_use += 1;
+        if rings.rings[ring].files_capacity - rings.rings[ring].files_in_use < self.accept_margin {
+            self.cancel_accept(rings, ring);
+        }
+        self.update_files_gauge(rings);
+        if self.drain_until.is_some() {
+            self.reject_close(rings, ring, file);
+            return;
+        }
+        let Some(slot) = self.slab.alloc() else {
+            // Server full: say so, then close. The connection never becomes a session.
+            self.stats.sessions_rejected.inc();
+            self.stats.protocol_errors[ErrorCode::ServerFull.index()].inc();
+            self.stats.frames_out[proto::Kind::Error.index()].inc();
+            let entry = opcode::Send::new(Fixed(file), self.full_frame.as_ptr(), self.full_frame.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(Token::of(Op::RejectSend, ring as u16, 0, file).0);
+            Self::push(rings, ring, entry);
+            return;
+        };
+        self.stats.sessions_accepted.inc();
+        self.stats.slots_in_use.set(self.slab.in_use() as u64);
+        let s = self.slab.header_mut(slot);
+        s.state = state::OPEN;
+        s.ring = ring as u16;
+        s.file = file;
+        s.opened_tick = self.now_tick;
+        s.last_frame_tick = self.now_tick;
+        self.wheel.schedule(slot, self.now_tick as u64 + self.hello_ticks as u64);
+        self.arm_recv(rings, slot);
+    }
+
+    fn reject_close(&mut self, rings: &mut RingSet, ring: usize, file: u32) {
+        let entry = opcode::Close::new(Fixed(file)).build().user_data(Token::of(Op::RejectClose, ring as u16, 0, file).0);
+        Self::push(rings, ring, entry);
+    }
+
+    fn token(&self, op: Op, slot: u32) -> Token {
+        let s = self.slab.header(slot);
+        Token::of(op, s.ring, self.slab.generation(slot), slot)
+    }
+
+    fn arm_recv(&mut self, rings: &mut RingSet, slot: u32) {
+        let token = self.token(Op::Recv, slot);
+        let s = self.slab.header_mut(slot);
+        s.flags |= flag::RECV_ARMED;
+        s.inflight += 1;
+        let ring = s.ring as usize;
+        let entry = opcode::RecvMulti::new(Fixed(s.file), rings.rings[ring].bufs.bgid()).build().user_data(token.0);
+        Self::push(rings, ring, entry);
+    }
+
+    /// The slot a session-op token refers to, if it is still that session's.
+    fn live_slot(&self, token: Token) -> Option<u32> {
+        let slot = token.slot();
+        (slot < self.slab.high_water()
+            && self.slab.header(slot).state != state::FREE
+            && token.matches_generation(self.slab.generation(slot)))
+        .then_some(slot)
+    }
+
+    fn on_recv(&mut self, rings: &mut RingSet, ring: usize, token: Token, cqe: &cqueue::Entry) {
+        let res = cqe.result();
+        let more = cqueue::more(cqe.flags());
+        let bid = cqueue::buffer_select(cqe.flags());
+        let Some(slot) = self.live_slot(token) else {
+            if let Some(bid) = bid {
+                rings.rings[ring].bufs.recycle(bid);
+            }
+            return;
+        };
+        if !more {
+            let s = self.slab.header_mut(slot);
+            s.flags &= !flag::RECV_ARMED;
+            s.inflight -= 1;
+        }
+        let mut verdict = Verdict::Open;
+        if res > 0 {
+            if let Some(bid) = bid {
+                let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+                let data = rings.rings[ring].bufs.data(bid, res as usize);
+                verdict = session::on_bytes(self.slab.session(slot), &env, data);
+                rings.rings[ring].bufs.recycle(bid);
+            }
+        } else if res == 0 {
+            verdict = Verdict::CloseNow(CloseReason::PeerClosed);
+        } else if res == -libc::ENOBUFS {
+            self.stats.recv_no_buffers.inc();
+            if !more {
+                self.rearm.push(slot);
+            }
+        } else if res != -libc::ECANCELED {
+            verdict = Verdict::CloseNow(CloseReason::PeerClosed);
+        }
+        let s = self.slab.header(slot);
+        if !more && res > 0 && !s.has(flag::TEARDOWN) {
+            // The kernel ended the multishot (e.g. CQ pressure) with data: keep receiving.
+            self.rearm.push(slot);
+        }
+        self.apply(rings, slot, verdict);
+        self.maybe_free(slot);
+    }
+
+    /// Acts on a verdict: keep going (send replies), close after sending, or close now.
+    fn apply(&mut self, rings: &mut RingSet, slot: u32, verdict: Verdict) {
+        match verdict {
+            Verdict::Open => {}
+            Verdict::CloseAfterSend(reason) => {
+                let s = self.slab.header_mut(slot);
+                if !s.has(flag::CLOSE_AFTER_SEND) {
+                    s.flags |= flag::CLOSE_AFTER_SEND;
+                    s.close_reason = reason as u8;
+                    let at = self.now_tick as u64 + CLOSE_GRACE.as_millis() as u64 / self.tick_ms;
+                    self.wheel.schedule(slot, at);
+                }
+            }
+            Verdict::CloseNow(reason) => return self.teardown(rings, slot, reason),
+        }
+        self.flush(rings, slot);
+    }
+
+    /// Starts the next send if none is in flight; closes a finished CLOSE_AFTER_SEND session.
+    fn flush(&mut self, rings: &mut RingSet, slot: u32) {
+        let s = self.slab.header(slot);
+        if s.has(flag::TEARDOWN) {
+            return;
+        }
+        if let Some(bytes) = session::next_send(s, self.slab.slot(slot), self.cfg.max_frame) {
+            let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+            let token = self.token(Op::Send, slot);
+            let s = self.slab.header_mut(slot);
+            s.send_len = len;
+            s.inflight += 1;
+            let entry = opcode::Send::new(Fixed(s.file), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token.0);
+            Self::push(rings, s.ring as usize, entry);
+        } else if s.has(flag::CLOSE_AFTER_SEND) && s.send_len == 0 {
+            let reason = CloseReason::ALL[s.close_reason as usize];
+            self.teardown(rings, slot, reason);
+        }
+    }
+
+    fn on_send(&mut self, rings: &mut RingSet, token: Token, res: i32) {
+        let Some(slot) = self.live_slot(token) else { return };
+        let s = self.slab.header_mut(slot);
+        s.inflight -= 1;
+        if res < 0 {
+            s.send_len = 0;
+            self.teardown(rings, slot, CloseReason::PeerClosed);
+        } else {
+            self.stats.bytes_out.add(res as u64);
+            session::sent(s, res as u32);
+            self.flush(rings, slot);
+        }
+        self.maybe_free(slot);
+    }
+
+    /// Closes a session: cancel its receive, shut the socket's write side (FIN after what was
+    /// sent), then close the direct descriptor. The slot is freed when all of that completed.
+    fn teardown(&mut self, rings: &mut RingSet, slot: u32, reason: CloseReason) {
+        let s = self.slab.header(slot);
+        if s.has(flag::TEARDOWN) {
+            return;
+        }
+        let ring = s.ring as usize;
+        let file = s.file;
+        let armed = s.has(flag::RECV_ARMED);
+        let recv = self.token(Op::Recv, slot);
+        let cancel = self.token(Op::Cancel, slot);
+        let shutdown = self.token(Op::Shutdown, slot);
+        let s = self.slab.header_mut(slot);
+        s.flags |= flag::TEARDOWN;
+        self.stats.closed(reason).inc();
+        self.wheel.cancel(slot);
+        if armed {
+            s.inflight += 1;
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
+            Self::push(rings, ring, entry);
+        }
+        s.inflight += 1;
+        let entry = opcode::Shutdown::new(Fixed(file), libc::SHUT_WR).build().user_data(shutdown.0);
+        Self::push(rings, ring, entry);
+    }
+
+    fn on_teardown_step(&mut self, rings: &mut RingSet, ring: usize, token: Token, op: Op) {
+        let Some(slot) = self.live_slot(token) else { return };
+        let s = self.slab.header_mut(slot);
+        s.inflight -= 1;
+        match op {
+            Op::Shutdown => {
+                s.inflight += 1;
+                let entry = opcode::Close::new(Fixed(s.file)).build().user_data(self.token(Op::Close, slot).0);
+                Self::push(rings, ring, entry);
+            }
+            Op::Close => {
+                rings.rings[ring].files_in_use -= 1;
+                self.update_files_gauge(rings);
+            }
+            _ => {}
+        }
+        self.maybe_free(slot);
+    }
+
+    fn maybe_free(&mut self, slot: u32) {
+        let s = self.slab.header_mut(slot);
+        if s.has(flag::TEARDOWN) && s.inflight == 0 && s.state != state::FREE {
+            s.state = state::FREE;
+            self.slab.free(slot);
+            self.stats.slots_in_use.set(self.slab.in_use() as u64);
+        }
+    }
+
+    fn on_reject(&mut self, rings: &mut RingSet, ring: usize, token: Token, op: Op) {
+        let file = token.slot();
+        let next = match op {
+            Op::RejectSend => opcode::Shutdown::new(Fixed(file), libc::SHUT_WR)
+                .build()
+                .user_data(Token::of(Op::RejectShutdown, ring as u16, 0, file).0),
+            Op::RejectShutdown => {
+                return self.reject_close(rings, ring, file);
+            }
+            _ => {
+                rings.rings[ring].files_in_use -= 1;
+                self.update_files_gauge(rings);
+                return;
+            }
+        };
+        Self::push(rings, ring, next);
+    }
+
+    fn on_tick(&mut self, rings: &mut RingSet, cqe: &cqueue::Entry) {
+        if !cqueue::more(cqe.flags()) {
+            self.arm_tick(rings);
+        }
+        self.now_tick = (self.started.elapsed().as_millis() as u64 / self.tick_ms) as u32;
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.wheel.advance(self.now_tick as u64, &mut fired);
+        for &slot in &fired {
+            self.on_deadline(rings, slot);
+        }
+        self.fired = fired;
+    }
+
+    /// A session's wheel bucket came up: check its real deadline.
+    fn on_deadline(&mut self, rings: &mut RingSet, slot: u32) {
+        let s = self.slab.header(slot);
+        if s.state == state::FREE || s.has(flag::TEARDOWN) {
+            return;
+        }
+        if s.has(flag::CLOSE_AFTER_SEND) {
+            // Its last words were not read in time.
+            let reason = CloseReason::ALL[s.close_reason as usize];
+            return self.teardown(rings, slot, reason);
+        }
+        let deadline = if s.state == state::LOGGED_IN {
+            s.last_frame_tick + self.heartbeat_ticks
+        } else {
+            s.opened_tick + self.hello_ticks
+        };
+        if self.now_tick >= deadline {
+            let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+            let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
+            let verdict = session::timed_out(&mut out, &env);
+            self.apply(rings, slot, verdict);
+            return;
+        }
+        self.wheel.schedule(slot, deadline as u64);
+        // An idle session gives its slot pages back; done here so it costs at most one
+        // madvise per session per heartbeat period.
+        if s.slot_idle() && s.send_len == 0 && self.slab.touched(slot) > 0 {
+            self.slab.reclaim(slot);
+        }
+    }
+
+    fn begin_drain(&mut self, rings: &mut RingSet) {
+        self.drain_until = Some(Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms as u64));
+        for ring in 0..rings.len() {
+            self.cancel_accept(rings, ring);
+        }
+        for slot in 0..self.slab.high_water() {
+            let s = self.slab.header(slot);
+            if s.state == state::FREE || s.has(flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
+                continue;
+            }
+            let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+            let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
+            let verdict = session::say_bye(&mut out, &env);
+            self.apply(rings, slot, verdict);
+        }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.slab.in_use()
+    }
+}
+
+impl Service for ServerWorker {
+    fn on_completion(&mut self, rings: &mut RingSet, ring: u16, cqe: &cqueue::Entry) {
+        let token = Token(cqe.user_data());
+        let ring = ring as usize;
+        match token.op() {
+            Some(Op::Accept) => self.on_accept(rings, ring, token, cqe),
+            Some(Op::Recv) => self.on_recv(rings, ring, token, cqe),
+            Some(Op::Send) => self.on_send(rings, token, cqe.result()),
+            Some(op @ (Op::Cancel | Op::Shutdown | Op::Close)) => self.on_teardown_step(rings, ring, token, op),
+            Some(op @ (Op::RejectSend | Op::RejectShutdown | Op::RejectClose)) => self.on_reject(rings, ring, token, op),
+            Some(Op::Tick) => self.on_tick(rings, cqe),
+            Some(Op::AcceptCancel) | None => {}
+        }
+    }
+
+    fn after_batch(&mut self, rings: &mut RingSet) {
+        for ring in &mut rings.rings {
+            ring.bufs.commit();
+        }
+        for slot in std::mem::take(&mut self.rearm) {
+            let s = self.slab.header(slot);
+            if s.state != state::FREE && !s.has(flag::TEARDOWN | flag::RECV_ARMED) {
+                self.arm_recv(rings, slot);
+            }
+        }
+        if self.drain_until.is_none() {
+            if self.stop.load(Ordering::Relaxed) {
+                self.begin_drain(rings);
+            } else {
+                for ring in 0..rings.len() {
+                    let r = &rings.rings[ring];
+                    if !self.accept[ring].armed && r.files_capacity - r.files_in_use >= 2 * self.accept_margin {
+                        self.arm_accept(rings, ring);
+                    }
+                }
+            }
+        }
+        self.stats.sq_backlog.set(rings.rings.iter().map(|r| r.backlog_len() as u64).sum());
+    }
+
+    fn done(&self) -> bool {
+        match self.drain_until {
+            Some(until) => self.slab.in_use() == 0 || Instant::now() >= until,
+            None => false,
+        }
+    }
+}

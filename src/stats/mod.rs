@@ -1,0 +1,258 @@
+//! Counters each worker keeps, and their Prometheus rendering.
+//!
+//! Every counter has exactly one writer (its worker thread), so an increment is a relaxed load
+//! and store: no locked instruction on the hot path. Readers (the metrics endpoint) see values
+//! that are at most a moment old.
+
+pub mod metrics_http;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::proto::{ErrorCode, Kind};
+
+/// A counter written by one thread only.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed)
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a session ended (a label of `c2m_sessions_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said BYE.
+    Bye,
+    /// The client closed or reset the connection.
+    PeerClosed,
+    /// A fatal protocol error (ERROR frame sent).
+    ProtocolError,
+    /// Hello or heartbeat timeout (ERROR 6 sent).
+    Timeout,
+    /// Its replies piled up past the slot's output area.
+    SlowConsumer,
+    /// The server is shutting down (BYE sent).
+    Shutdown,
+    /// A send or receive failed.
+    IoError,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Bye,
+        CloseReason::PeerClosed,
+        CloseReason::ProtocolError,
+        CloseReason::Timeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Shutdown,
+        CloseReason::IoError,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Bye => "bye",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IoError => "io_error",
+        }
+    }
+}
+
+/// One worker's counters; cache-line aligned so workers never share a line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct WorkerStats {
+    pub sessions_accepted: Counter,
+    pub sessions_closed: [Counter; CloseReason::ALL.len()],
+    /// Connections refused with ERROR 5 because the slab was full (never became sessions).
+    pub sessions_rejected: Counter,
+    pub frames_in: [Counter; Kind::ALL.len()],
+    pub frames_out: [Counter; Kind::ALL.len()],
+    pub protocol_errors: [Counter; ErrorCode::ALL.len()],
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub accept_errors: Counter,
+    /// Multishot receives that ended for lack of a provided buffer and were re-armed.
+    pub recv_no_buffers: Counter,
+    pub rings: Counter,
+    /// Slab slots held (sessions plus those still closing); returns to 0 when all are gone.
+    pub slots_in_use: Counter,
+    pub fixed_files_in_use: Counter,
+    pub sq_backlog: Counter,
+    /// Address ranges of this worker's slab (headers, bookkeeping, slots), for resident bytes.
+    pub slab_ranges: [(AtomicUsize, AtomicUsize); 3],
+    /// Address ranges of the worker's provided receive buffers are many small mappings; their
+    /// total mapped size is reported instead.
+    pub recv_buffer_bytes: Counter,
+}
+
+impl WorkerStats {
+    pub fn closed(&self, reason: CloseReason) -> &Counter {
+        &self.sessions_closed[reason as usize]
+    }
+
+    pub fn closed_total(&self) -> u64 {
+        self.sessions_closed.iter().map(Counter::get).sum()
+    }
+
+    pub fn active(&self) -> u64 {
+        self.sessions_accepted.get().saturating_sub(self.closed_total())
+    }
+
+    pub fn set_slab_ranges(&self, ranges: [(usize, usize); 3]) {
+        for (slot, (addr, len)) in self.slab_ranges.iter().zip(ranges) {
+            slot.0.store(addr, Ordering::Relaxed);
+            slot.1.store(len, Ordering::Relaxed);
+        }
+    }
+
+    fn slab_ranges(&self) -> Vec<(usize, usize)> {
+        self.slab_ranges
+            .iter()
+            .map(|(a, l)| (a.load(Ordering::Relaxed), l.load(Ordering::Relaxed)))
+            .filter(|&(a, _)| a != 0)
+            .collect()
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders every worker's counters in the Prometheus text format, with a `worker` label (the
+/// sum over it is the server's total).
+pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let per_worker = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&WorkerStats) -> u64| {
+        family(out, name, kind, help);
+        for (w, s) in workers.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", get(s));
+        }
+    };
+    per_worker(&mut out, "c2m_sessions_active", "gauge", "Sessions from accept to close, logged in or not.", &|s| s.active());
+    per_worker(&mut out, "c2m_sessions_accepted_total", "counter", "Connections accepted as sessions.", &|s| {
+        s.sessions_accepted.get()
+    });
+    family(&mut out, "c2m_sessions_closed_total", "counter", "Sessions closed, by reason.");
+    for (w, s) in workers.iter().enumerate() {
+        for r in CloseReason::ALL {
+            let _ = writeln!(out, "c2m_sessions_closed_total{{worker=\"{w}\",reason=\"{}\"}} {}", r.name(), s.closed(r).get());
+        }
+    }
+    per_worker(&mut out, "c2m_sessions_rejected_total", "counter", "Connections refused with ERROR 5 (server full).", &|s| {
+        s.sessions_rejected.get()
+    });
+    for (name, help, pick) in [
+        ("c2m_frames_in_total", "Frames received, by kind.", (|s: &WorkerStats| &s.frames_in) as fn(&WorkerStats) -> &[Counter; 14]),
+        ("c2m_frames_out_total", "Frames sent, by kind.", |s: &WorkerStats| &s.frames_out),
+    ] {
+        family(&mut out, name, "counter", help);
+        for (w, s) in workers.iter().enumerate() {
+            for k in Kind::ALL {
+                let v = pick(s)[k.index()].get();
+                if v > 0 {
+                    let _ = writeln!(out, "{name}{{worker=\"{w}\",kind=\"{}\"}} {v}", k.name());
+                }
+            }
+        }
+    }
+    family(&mut out, "c2m_protocol_errors_total", "counter", "Protocol errors, by ERROR code.");
+    for (w, s) in workers.iter().enumerate() {
+        for c in ErrorCode::ALL {
+            let _ = writeln!(
+                out,
+                "c2m_protocol_errors_total{{worker=\"{w}\",code=\"{}\",name=\"{}\"}} {}",
+                c as u16,
+                c.name(),
+                s.protocol_errors[c.index()].get()
+            );
+        }
+    }
+    per_worker(&mut out, "c2m_bytes_in_total", "counter", "Payload bytes received.", &|s| s.bytes_in.get());
+    per_worker(&mut out, "c2m_bytes_out_total", "counter", "Bytes sent.", &|s| s.bytes_out.get());
+    per_worker(&mut out, "c2m_accept_errors_total", "counter", "Accept completions that failed.", &|s| s.accept_errors.get());
+    per_worker(&mut out, "c2m_recv_no_buffers_total", "counter", "Receives re-armed after the buffer ring ran dry.", &|s| {
+        s.recv_no_buffers.get()
+    });
+    per_worker(&mut out, "c2m_slab_resident_bytes", "gauge", "Resident bytes of the session slab (headers and slots).", &|s| {
+        crate::slab::resident_bytes(&s.slab_ranges()).unwrap_or(0)
+    });
+    per_worker(&mut out, "c2m_recv_buffer_bytes", "gauge", "Bytes mapped for provided receive buffers.", &|s| {
+        s.recv_buffer_bytes.get()
+    });
+    per_worker(&mut out, "c2m_slab_slots_in_use", "gauge", "Session slots held, closing ones included.", &|s| s.slots_in_use.get());
+    per_worker(&mut out, "c2m_rings", "gauge", "io_uring instances.", &|s| s.rings.get());
+    per_worker(&mut out, "c2m_fixed_files_in_use", "gauge", "Direct descriptors in use.", &|s| s.fixed_files_in_use.get());
+    per_worker(&mut out, "c2m_sq_backlog", "gauge", "SQEs waiting for room in a full submission queue.", &|s| s.sq_backlog.get());
+    out
+}
+
+/// Sums one line family (all label sets) of a Prometheus text body: handy for tests and tools.
+pub fn sum_metric(body: &str, name: &str) -> Option<f64> {
+    let mut found = false;
+    let mut total = 0.0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = line.rsplit_once(' ')?;
+        let metric = key.split('{').next().unwrap_or(key);
+        if metric == name {
+            found = true;
+            total += value.parse::<f64>().ok()?;
+        }
+    }
+    found.then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn renders_every_family_with_worker_labels() {
+        let a = Arc::new(WorkerStats::default());
+        let b = Arc::new(WorkerStats::default());
+        a.sessions_accepted.add(5);
+        a.closed(CloseReason::Bye).add(2);
+        b.sessions_accepted.add(1);
+        b.protocol_errors[ErrorCode::Timeout.index()].inc();
+        a.frames_in[Kind::Ping.index()].add(7);
+        let text = render_prometheus(&[a, b]);
+        for name in [
+            "c2m_sessions_active",
+            "c2m_sessions_accepted_total",
+            "c2m_sessions_closed_total",
+            "c2m_frames_in_total",
+            "c2m_frames_out_total",
+            "c2m_protocol_errors_total",
+            "c2m_bytes_in_total",
+            "c2m_bytes_out_total",
+            "c2m_slab_resident_bytes",
+            "c2m_rings",
+            "c2m_fixed_files_in_use",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert_eq!(sum_metric(&text, "c2m_sessions_active"), Some(4.0));
+        assert_eq!(sum_metric(&text, "c2m_frames_in_total"), Some(7.0));
+        assert!(text.contains("c2m_protocol_errors_total{worker=\"1\",code=\"6\",name=\"timeout\"} 1"));
+        assert_eq!(sum_metric(&text, "c2m_nothing"), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! Starting a real `c2m serve` process and talking to it over loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use c2m::client::{BlockingClient, HoldReport, RawFrame};
+use c2m::proto::{ErrorCode, Frame};
+use c2m::stats::{metrics_http, sum_metric};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_c2m");
+
+/// A `c2m serve` child process, stopped with SIGTERM (by its PID) when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn start(extra: &[&str]) -> ServerProcess {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn c2m serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).expect("read banner");
+        let field = |key: &str| -> SocketAddr {
+            let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no {key:?} in banner {line:?}"));
+            let word = rest.split_whitespace().next().unwrap();
+            word.trim_start_matches("http://").trim_end_matches("/metrics").parse().unwrap()
+        };
+        let (addr, metrics) = (field("listening on "), field("metrics "));
+        ServerProcess { child, addr, metrics }
+    }
+
+    pub fn scrape(&self) -> String {
+        metrics_http::scrape(self.metrics).expect("scrape /metrics")
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        sum_metric(&self.scrape(), name).unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Waits until `name` sums to `want`, at most `timeout`.
+    pub fn wait_metric(&self, name: &str, want: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.metric(name);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} is {got}, want {want}\n{}", self.scrape());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status, at most `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit within {timeout:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> BlockingClient {
+        BlockingClient::connect(self.addr).expect("connect")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.terminate(Duration::from_secs(10));
+        }
+    }
+}
+
+/// A `c2m hold` child holding connections until its stdin is closed.
+pub struct HoldProcess {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    pub report: HoldReport,
+}
+
+impl HoldProcess {
+    pub fn start(server: SocketAddr, source: &str, connections: usize, first_user: u64) -> HoldProcess {
+        let mut child = Command::new(BIN)
+            .args(["hold", "--server", &server.to_string(), "--source", source])
+            .args(["-c", &connections.to_string(), "--first-user", &first_user.to_string(), "--hold-secs", "300"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn c2m hold");
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).expect("hold report");
+        let report = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("bad hold report {line:?}: {e}"));
+        HoldProcess { child, stdin, report }
+    }
+
+    /// Closes stdin (the signal to let go) and waits for the process.
+    pub fn release(mut self) {
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.flush();
+        }
+        let status = self.child.wait().expect("wait for c2m hold");
+        assert!(status.success(), "c2m hold failed: {status}");
+    }
+}
+
+/// Reads frames until an ERROR arrives and returns its code; panics on anything else.
+pub fn expect_error(c: &mut BlockingClient, within: Duration) -> u16 {
+    match c.read_frame(within) {
+        Ok(Some(f)) => match f.frame() {
+            Frame::Error { code, .. } => code,
+            other => panic!("expected ERROR, got {other:?}"),
+        },
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+/// After its last frame, the server closes: the next read sees EOF (or a reset, when our own
+/// unread bytes made the kernel answer with RST).
+pub fn expect_closed(c: &mut BlockingClient) {
+    match c.read_frame(Duration::from_secs(5)) {
+        Ok(None) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the server to close, got {other:?}"),
+    }
+}
+
+pub fn expect_frame(c: &mut BlockingClient) -> RawFrame {
+    c.read_frame(Duration::from_secs(10)).expect("read").expect("a frame, not EOF")
+}
+
+pub fn code(c: ErrorCode) -> u16 {
+    c as u16
+}
