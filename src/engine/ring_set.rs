@@ -8,7 +8,9 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::sync::Arc;
 
 use io_uring::{IoUring, cqueue, squeue};
@@ -41,7 +43,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn new(cfg: &RingConfig, bgid: u16, eventfd: &OwnedFd) -> Result<Ring, EngineError> {
+    pub fn new(cfg: &RingConfig, bgid: u16, eventfd: &EventFd) -> Result<Ring, EngineError> {
         let uring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -74,7 +76,8 @@ impl Ring {
     /// entry waits in the backlog.
     ///
     /// # Safety
-    /// Every buffer or pointer the entry refers to must stay valid until its completion arrives.
+    /// SAFETY contract for callers: every buffer or pointer the entry refers to must stay valid
+    /// until its completion arrives.
     pub unsafe fn push(&mut self, entry: squeue::Entry) {
         if !self.backlog.is_empty() {
             self.backlog.push_back(entry);
@@ -143,7 +146,7 @@ impl Ring {
 /// All rings of one worker plus the eventfd they share.
 pub struct RingSet {
     pub rings: Vec<Ring>,
-    eventfd: Arc<OwnedFd>,
+    eventfd: Arc<EventFd>,
 }
 
 impl RingSet {
@@ -155,13 +158,8 @@ impl RingSet {
                 super::token::MAX_RINGS
             )));
         }
-        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(EngineError::ring_setup("eventfd", io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| EngineError::ring_setup("eventfd", e.into()))?;
         let mut rings = Vec::with_capacity(count);
         for i in 0..count {
             rings.push(Ring::new(cfg, i as u16, &eventfd)?);
@@ -184,32 +182,20 @@ impl RingSet {
 
     /// Sleeps until some ring has work or someone writes the eventfd.
     pub fn wait(&self) -> io::Result<()> {
-        let mut value = 0u64;
-        // SAFETY: reads 8 bytes into a local u64 from our own eventfd.
-        let n = unsafe {
-            libc::read(self.eventfd.as_raw_fd(), &mut value as *mut u64 as *mut libc::c_void, 8)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
+        match self.eventfd.read() {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 
 /// Wakes a worker blocked in [`RingSet::wait`] (control events such as shutdown). It shares
 /// ownership of the eventfd, so it can never write to a descriptor number that was reused.
 #[derive(Clone)]
-pub struct Waker(Arc<OwnedFd>);
+pub struct Waker(Arc<EventFd>);
 
 impl Waker {
     pub fn wake(&self) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a local u64 to an eventfd we keep open.
-        unsafe {
-            libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8);
-        }
+        let _ = self.0.write(1);
     }
 }

@@ -294,3 +294,51 @@ impl Server {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::BlockingClient;
+    use crate::proto::Frame;
+    use std::time::Duration;
+
+    /// The whole engine in-process (so sanitizers see every unsafe block run): accept into the
+    /// fixed table, multishot receive into provided buffers, inline and slot sends, teardown,
+    /// and a drain on stop.
+    #[test]
+    fn in_process_server_answers_and_drains() {
+        let cfg = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 1,
+            max_sessions: 64,
+            recv_buffers: 8,
+            recv_buffer_size: 256,
+            files_per_ring: Some(64),
+            ..ServeConfig::default()
+        };
+        let server = Server::start(cfg).expect("server starts");
+        let mut clients: Vec<BlockingClient> = (0..20).map(|_| BlockingClient::connect(server.local_addr()).unwrap()).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.login(i as u64).unwrap();
+            c.send(&Frame::Ping { seq: i as u64, t_ns: 5 }).unwrap();
+            let pong = c.read_frame(Duration::from_secs(5)).unwrap().unwrap();
+            assert_eq!(pong.frame(), Frame::Pong { seq: i as u64, t_ns: 5 });
+        }
+        // Larger than a receive buffer and than the inline outbox: spans buffers, uses the slot.
+        let data = vec![7u8; 3000];
+        clients[0].send(&Frame::Echo { data: &data }).unwrap();
+        let reply = clients[0].read_frame(Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(reply.frame(), Frame::EchoReply { data: &data });
+        assert!(server.layout().rings_per_worker >= 2, "64 sessions in tables of 64 files need several rings");
+        drop(clients.pop());
+        server.stop();
+        for c in &mut clients {
+            let bye = c.read_frame(Duration::from_secs(5)).unwrap().unwrap();
+            assert_eq!(bye.frame(), Frame::Bye);
+        }
+        let stats = server.stats();
+        server.join().unwrap();
+        assert_eq!(stats[0].active(), 0);
+        assert_eq!(stats[0].slots_in_use.get(), 0);
+    }
+}

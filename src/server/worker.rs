@@ -518,7 +518,9 @@ impl Service for ServerWorker {
             } else {
                 for ring in 0..rings.len() {
                     let r = &rings.rings[ring];
-                    if !self.accept[ring].armed && r.files_capacity - r.files_in_use >= 2 * self.accept_margin {
+                    // Same threshold as the cancel: with a higher one, every ring could sit between
+                    // the two and the worker would stop accepting with room left.
+                    if !self.accept[ring].armed && r.files_capacity - r.files_in_use >= self.accept_margin {
                         self.arm_accept(rings, ring);
                     }
                 }
