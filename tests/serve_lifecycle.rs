@@ -69,7 +69,14 @@ fn small_window_client(server: &ServerProcess) -> BlockingClient {
 #[test]
 fn full_slab_refuses_with_error_5_and_reuses_a_freed_slot() {
     let server = ServerProcess::start(&["--workers", "1", "--max-sessions", "100"]);
-    let mut clients: Vec<BlockingClient> = (1..=100).map(|u| login(&server, u)).collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut clients: Vec<BlockingClient> = (1..=100)
+        .map(|u| {
+            let mut c = server.client();
+            assert!(ids.insert(c.login(u).unwrap()), "session ids are unique");
+            c
+        })
+        .collect();
     let text = server.scrape();
     assert_eq!(sum(&text, "c2m_sessions_active"), 100.0, "{text}");
     assert_eq!(sum(&text, "c2m_slab_slots_in_use"), 100.0, "{text}");
@@ -95,7 +102,9 @@ fn full_slab_refuses_with_error_5_and_reuses_a_freed_slot() {
     drop(clients.remove(17));
     server.wait_metric("c2m_slab_slots_in_use", 99.0, Duration::from_secs(5));
     server.wait_metric("c2m_fixed_files_in_use", 99.0, Duration::from_secs(5));
-    let mut again = login(&server, 1000);
+    let mut again = server.client();
+    // Same slot, new generation: a session id never seen before.
+    assert!(ids.insert(again.login(1000).unwrap()), "a reused slot gets a fresh session id");
     again.send(&Frame::Ping { seq: 1, t_ns: 2 }).unwrap();
     assert_eq!(expect_frame(&mut again).frame(), Frame::Pong { seq: 1, t_ns: 2 });
     clients.push(again);
@@ -170,16 +179,22 @@ fn sigterm_with_a_send_stuck_on_a_full_socket_still_exits_0_in_time() {
     c.login(1).unwrap();
     let echo = encode_vec(&Frame::Echo { data: &[3; 4000] });
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut owed = 0.0;
+    let mut rounds = 0;
     loop {
-        // A few replies at a time (far less than the slot's out area), until some are owed.
-        for _ in 0..3 {
+        // A burst far smaller than the slot's out area (9 replies) while nothing is owed, then one
+        // at a time, until a whole reply is owed: the send in flight is stuck.
+        for _ in 0..if owed == 0.0 { 6 } else { 1 } {
             c.send_raw(&echo).unwrap();
         }
-        sleep(Duration::from_millis(30));
+        rounds += 1;
+        sleep(Duration::from_millis(5));
         let text = server.scrape();
         assert_eq!(sum_where(&text, "c2m_sessions_closed_total", "reason=\"slow_consumer\""), 0.0, "{text}");
         let queued = 24.0 + 4004.0 * sum_where(&text, "c2m_frames_out_total", "kind=\"echo_reply\"");
-        if queued - sum(&text, "c2m_bytes_out_total") >= 4004.0 {
+        owed = queued - sum(&text, "c2m_bytes_out_total");
+        if owed >= 4004.0 {
+            eprintln!("{rounds} rounds, {queued} reply bytes queued, {owed} owed");
             break;
         }
         assert!(Instant::now() < deadline, "replies never backed up\n{text}");
@@ -215,13 +230,8 @@ fn metrics_endpoint_serves_metrics_and_404s_elsewhere() {
     let ok = http_get(&server, "/metrics");
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
     let (head, body) = ok.split_once("\r\n\r\n").unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .expect("Content-Length")
-        .trim()
-        .parse()
-        .unwrap();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).expect("Content-Length").trim().parse().unwrap();
     assert_eq!(len, body.len(), "Content-Length matches the body");
     assert!(body.contains("# TYPE c2m_sessions_active gauge"), "{body}");
     for (name, kind) in [

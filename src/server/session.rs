@@ -177,6 +177,19 @@ pub fn sent(s: &mut Session, n: u32) {
     }
 }
 
+/// Moves the unsent bytes of the out area to its front. Called when a send completes (nothing
+/// reads the area then): under steady traffic a send is nearly always in flight when replies are
+/// added, so without this the area would only ever fill up.
+pub fn rewind_out_area(s: &mut Session, slot: &mut [u8], max_frame: usize) {
+    if s.send_len != 0 || s.slot_out_sent == 0 {
+        return;
+    }
+    let area = &mut slot[max_frame..];
+    area.copy_within(s.slot_out_sent as usize..s.slot_out_len as usize, 0);
+    s.slot_out_len -= s.slot_out_sent;
+    s.slot_out_sent = 0;
+}
+
 /// Queues a fatal ERROR and says to close after it.
 fn fatal(out: &mut Outbox<'_>, env: &Env<'_>, code: ErrorCode, reason: CloseReason) -> Verdict {
     env.stats.protocol_errors[code.index()].inc();

@@ -843,6 +843,32 @@ fn out_area_compacts_after_a_partial_send() {
 }
 
 #[test]
+fn the_out_area_rewinds_when_a_send_completes_with_more_queued() {
+    // The worker's order: a send is in flight, another reply is queued behind it, the send
+    // completes and the area is rewound before the next send. A reader that keeps up so never
+    // runs out of room, however many replies it gets in all (40 x 4004 bytes here).
+    let mut h = Harness::logged_in();
+    let mut out = Vec::new();
+    assert_eq!(h.feed(&echo(&[0; BIG])), Verdict::Open);
+    for m in 1..40u8 {
+        let in_flight = h.submit().expect("a reply to send");
+        assert_eq!(h.feed(&echo(&[m; BIG])), Verdict::Open, "echo {m}");
+        out.extend_from_slice(&in_flight);
+        h.complete(in_flight.len());
+        let i = h.i;
+        let view = h.slab.session(i);
+        super::session::rewind_out_area(view.header, view.slot, MAX_FRAME);
+        h.check_invariants();
+    }
+    out.extend(h.drain_by(5000));
+    let frames = parse_all(&out);
+    assert_eq!(frames.len(), 40);
+    for (m, f) in frames.into_iter().enumerate() {
+        assert_eq!(f, Frame::EchoReply { data: &[m as u8; BIG] });
+    }
+}
+
+#[test]
 fn out_area_is_not_compacted_under_a_send_in_flight() {
     let mut h = Harness::logged_in();
     let fits = OUT_AREA / BIG_REPLY;

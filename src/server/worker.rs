@@ -276,7 +276,8 @@ impl ServerWorker {
                 rings.rings[ring].bufs.recycle(bid);
             }
         } else if res == 0 {
-            verdict = Verdict::CloseNow(CloseReason::PeerClosed);
+            // The peer shut its write side; it may still read: send what is owed, then close.
+            verdict = Verdict::CloseAfterSend(CloseReason::PeerClosed);
         } else if res == -libc::ENOBUFS {
             self.stats.recv_no_buffers.inc();
             if !more {
@@ -342,6 +343,8 @@ impl ServerWorker {
         } else {
             self.stats.bytes_out.add(res as u64);
             session::sent(s, res as u32);
+            let view = self.slab.session(slot);
+            session::rewind_out_area(view.header, view.slot, self.cfg.max_frame);
             self.flush(rings, slot);
         }
         self.maybe_free(slot);
