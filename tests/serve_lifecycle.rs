@@ -12,38 +12,11 @@ use std::time::{Duration, Instant};
 
 use c2m::client::BlockingClient;
 use c2m::proto::{ErrorCode, Frame, encode_vec};
-use common::{BIN, ServerProcess, expect_closed, expect_error, expect_frame};
+use common::*;
 
-/// Sums the lines of family `name` whose label set contains `label` (e.g. `reason="bye"`).
-fn sum_where(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let metric = key.split('{').next()?;
-            (metric == name && key.contains(label)).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
 
-fn sum(text: &str, name: &str) -> f64 {
-    c2m::stats::sum_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
-}
 
-fn login(server: &ServerProcess, user_id: u64) -> BlockingClient {
-    let mut c = server.client();
-    c.login(user_id).unwrap_or_else(|e| panic!("user {user_id} login: {e}"));
-    c
-}
 
-/// No session, slab slot or direct descriptor outlives its connection.
-fn assert_no_leaks(server: &ServerProcess) {
-    server.wait_metric("c2m_sessions_active", 0.0, Duration::from_secs(10));
-    server.wait_metric("c2m_slab_slots_in_use", 0.0, Duration::from_secs(10));
-    server.wait_metric("c2m_fixed_files_in_use", 0.0, Duration::from_secs(10));
-    let text = server.scrape();
-    assert_eq!(sum(&text, "c2m_sessions_accepted_total"), sum(&text, "c2m_sessions_closed_total"), "{text}");
-}
 
 /// The rest of the server's stdout after it exited (the banner line was read at start).
 fn rest_of_stdout(server: &mut ServerProcess) -> String {
@@ -54,15 +27,6 @@ fn rest_of_stdout(server: &mut ServerProcess) -> String {
     out
 }
 
-/// A client whose receive buffer is small, so the server's replies back up quickly.
-fn small_window_client(server: &ServerProcess) -> BlockingClient {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect_timeout(&server.addr.into(), Duration::from_secs(5)).unwrap();
-    s.set_tcp_nodelay(true).unwrap();
-    BlockingClient::from_stream(s.into())
-}
 
 // ---- a full slab ----
 

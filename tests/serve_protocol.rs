@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use c2m::client::BlockingClient;
 use c2m::proto::{ErrorCode, Frame, encode_vec};
-use common::{ServerProcess, expect_closed, expect_error, expect_frame};
+use common::*;
 
 const HELLO_TIMEOUT_MS: u64 = 800;
 const HEARTBEAT_MS: u64 = 500;
@@ -31,21 +31,7 @@ fn start() -> ServerProcess {
     ])
 }
 
-/// Sums the lines of family `name` whose label set contains `label` (e.g. `code="6"`).
-fn sum_where(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let metric = key.split('{').next()?;
-            (metric == name && key.contains(label)).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
 
-fn sum(text: &str, name: &str) -> f64 {
-    c2m::stats::sum_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
-}
 
 /// Waits until `pred` holds on a scrape, at most `timeout`; returns that scrape.
 fn wait_for(server: &ServerProcess, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
@@ -80,17 +66,6 @@ fn expect_counted(server: &ServerProcess, code: ErrorCode, n: f64, reason: &str)
     assert_eq!(sum_where(&text, "c2m_frames_out_total", "kind=\"error\""), n, "one ERROR frame each\n{text}");
 }
 
-/// No session, slab slot or direct descriptor outlives its connection, and every accepted session
-/// was closed exactly once.
-fn assert_no_leaks(server: &ServerProcess) {
-    server.wait_metric("c2m_sessions_active", 0.0, Duration::from_secs(10));
-    server.wait_metric("c2m_slab_slots_in_use", 0.0, Duration::from_secs(10));
-    server.wait_metric("c2m_fixed_files_in_use", 0.0, Duration::from_secs(10));
-    let text = server.scrape();
-    let accepted = sum(&text, "c2m_sessions_accepted_total");
-    assert!(accepted > 0.0, "{text}");
-    assert_eq!(accepted, sum(&text, "c2m_sessions_closed_total"), "accepted != closed\n{text}");
-}
 
 /// One connection sends `bytes` and must get ERROR `want`, then EOF.
 fn send_expect_error(server: &ServerProcess, bytes: &[u8], want: ErrorCode) {
@@ -121,11 +96,6 @@ fn ping(seq: u64) -> Vec<u8> {
     encode_vec(&Frame::Ping { seq, t_ns: seq * 3 })
 }
 
-fn login(server: &ServerProcess, user_id: u64) -> BlockingClient {
-    let mut c = server.client();
-    c.login(user_id).expect("login");
-    c
-}
 
 fn expect_pong(c: &mut BlockingClient, seq: u64) {
     let f = expect_frame(c);
@@ -410,15 +380,6 @@ fn reset_with_replies_unread_is_counted_and_leaks_nothing() {
     assert_no_leaks(&server);
 }
 
-/// A client whose receive buffer is small, so the server's replies back up quickly.
-fn small_window_client(server: &ServerProcess) -> BlockingClient {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect_timeout(&server.addr.into(), Duration::from_secs(5)).unwrap();
-    s.set_tcp_nodelay(true).unwrap();
-    BlockingClient::from_stream(s.into())
-}
 
 /// Reply bytes pushed (WELCOME is 24 bytes, each ECHO_REPLY 4004) but not yet sent, for one
 /// logged-in session that only sent ECHOs of 4000 bytes.
@@ -719,32 +680,3 @@ fn half_close_after_pipelined_pings_still_gets_every_pong() {
     assert_eq!(pongs, 100, "PONGs before EOF");
 }
 
-#[test]
-fn half_close_after_pipelined_pings_is_counted_and_leaks_nothing() {
-    // Whatever is sent back, EOF from the client ends the session as peer_closed, cleanly.
-    let server = start();
-    let mut c = login(&server, 1);
-    let mut bytes = Vec::new();
-    for seq in 1..=100 {
-        bytes.extend(ping(seq));
-    }
-    c.send_raw(&bytes).unwrap();
-    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
-    let mut pongs = 0;
-    loop {
-        match c.read_frame(Duration::from_secs(5)) {
-            Ok(Some(f)) => {
-                pongs += 1;
-                assert_eq!(f.frame(), Frame::Pong { seq: pongs, t_ns: pongs * 3 }, "PONGs in order");
-            }
-            Ok(None) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("after {pongs} PONGs: {e}"),
-        }
-    }
-    let text =
-        wait_for(&server, "peer_closed", Duration::from_secs(5), |t| closed_with_reason(t, "peer_closed") >= 1.0);
-    assert_eq!(closed_with_reason(&text, "peer_closed"), 1.0, "{text}");
-    assert_eq!(sum(&text, "c2m_protocol_errors_total"), 0.0, "{text}");
-    assert_no_leaks(&server);
-}

@@ -149,3 +149,47 @@ pub fn expect_frame(c: &mut BlockingClient) -> RawFrame {
 pub fn code(c: ErrorCode) -> u16 {
     c as u16
 }
+
+/// Sums the lines of family `name` whose label set contains `label` (e.g. `code="6"`).
+pub fn sum_where(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let metric = key.split('{').next()?;
+            (metric == name && key.contains(label)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+pub fn sum(text: &str, name: &str) -> f64 {
+    c2m::stats::sum_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// No session, slab slot or direct descriptor outlives its connection, and every accepted session
+/// was closed exactly once.
+pub fn assert_no_leaks(server: &ServerProcess) {
+    server.wait_metric("c2m_sessions_active", 0.0, Duration::from_secs(10));
+    server.wait_metric("c2m_slab_slots_in_use", 0.0, Duration::from_secs(10));
+    server.wait_metric("c2m_fixed_files_in_use", 0.0, Duration::from_secs(10));
+    let text = server.scrape();
+    let accepted = sum(&text, "c2m_sessions_accepted_total");
+    assert!(accepted > 0.0, "{text}");
+    assert_eq!(accepted, sum(&text, "c2m_sessions_closed_total"), "accepted != closed\n{text}");
+}
+
+pub fn login(server: &ServerProcess, user_id: u64) -> BlockingClient {
+    let mut c = server.client();
+    c.login(user_id).expect("login");
+    c
+}
+
+/// A client whose receive buffer is small, so the server's replies back up quickly.
+pub fn small_window_client(server: &ServerProcess) -> BlockingClient {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect_timeout(&server.addr.into(), Duration::from_secs(5)).unwrap();
+    s.set_tcp_nodelay(true).unwrap();
+    BlockingClient::from_stream(s.into())
+}
