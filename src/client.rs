@@ -33,6 +33,8 @@ impl RawFrame {
 pub fn connect(server: SocketAddr, source: Option<SocketAddr>, timeout: Duration) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(server), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(source) = source {
+        // A port whose last user is in TIME_WAIT may be taken again.
+        socket.set_reuse_address(true)?;
         socket.bind(&source.into())?;
     }
     socket.connect_timeout(&server.into(), timeout)?;
@@ -199,6 +201,11 @@ pub fn hold(cfg: &HoldConfig) -> io::Result<HoldReport> {
         let _ = tx.send(());
     });
     let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    // Abortive close (RST): no TIME_WAIT sockets linger for a minute on either side, so the
+    // next measurement on this box starts from a clean kernel.
+    for c in &clients {
+        let _ = socket2::SockRef::from(c.stream()).set_linger(Some(Duration::ZERO));
+    }
     drop(clients);
     Ok(report)
 }
