@@ -138,6 +138,11 @@ impl Ring {
         self.uring.submission().capacity()
     }
 
+    /// Whether completions wait to be reaped.
+    pub fn has_completions(&mut self) -> bool {
+        !self.uring.completion().is_empty()
+    }
+
     pub fn backlog_len(&self) -> usize {
         self.backlog.len()
     }

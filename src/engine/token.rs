@@ -33,6 +33,8 @@ pub enum Op {
     Shutdown = 10,
     /// The shutdown that follows a `RejectSend`; slot = direct descriptor.
     RejectShutdown = 11,
+    /// A session's half-close (write side shut after its last words; input still drained).
+    HalfClose = 12,
 }
 
 impl Op {
@@ -51,6 +53,7 @@ impl Op {
             9 => Op::AcceptCancel,
             10 => Op::Shutdown,
             11 => Op::RejectShutdown,
+            12 => Op::HalfClose,
             _ => return None,
         })
     }

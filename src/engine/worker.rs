@@ -27,7 +27,9 @@ pub fn run_worker<S: Service>(rings: &mut RingSet, service: &mut S) -> io::Resul
         let mut progressed = false;
         for index in 0..rings.len() {
             let ring = &mut rings.rings[index];
-            if ring.needs_enter() {
+            // Reap what is there before entering again: the service's view of the ring (e.g.
+            // free table slots) must not fall further behind the kernel's.
+            if !ring.has_completions() && ring.needs_enter() {
                 ring.submit()?;
             }
             cqes.clear();
@@ -51,6 +53,7 @@ pub fn run_worker<S: Service>(rings: &mut RingSet, service: &mut S) -> io::Resul
                     ring.submit()?;
                     pending = true;
                 }
+                pending |= ring.has_completions();
             }
             if !pending {
                 rings.wait()?;

@@ -229,8 +229,12 @@ impl Server {
                     }
                 };
                 let _ = ready.send((id, Ok(set.waker())));
-                run_worker(&mut set, &mut w)
-                    .map_err(|source| ServerError::Io { what: format!("worker {id} event loop"), source })
+                let result = run_worker(&mut set, &mut w);
+                // The rings go first: operations still in flight at a drain deadline point into
+                // the worker's slab, which must outlive them.
+                drop(set);
+                drop(w);
+                result.map_err(|source| ServerError::Io { what: format!("worker {id} event loop"), source })
             };
             let handle = spawn_pinned(format!("c2m-w{id}"), core, body)
                 .map_err(|source| ServerError::Io { what: "spawning a worker".into(), source })?;

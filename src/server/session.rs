@@ -30,6 +30,9 @@ pub mod flag {
     pub const CLOSE_AFTER_SEND: u8 = 2;
     /// Cancel/shutdown/close have been issued; the slot is freed when nothing is in flight.
     pub const TEARDOWN: u8 = 4;
+    /// The last words are sent and the write side is shut (FIN); input is read and dropped until
+    /// the peer closes, so the final close never meets unread data (which would turn it into RST).
+    pub const WRITE_SHUT: u8 = 8;
 }
 
 /// The hot per-session state, 128 bytes, in the slab's dense header array.

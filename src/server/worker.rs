@@ -25,6 +25,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Per-ring accept state.
 struct AcceptState {
     armed: bool,
+    /// After a failed accept, the tick before which it is not re-armed (no spinning on ENOMEM).
+    retry_tick: u32,
     /// Bumped on every arm, carried in the token, so the end of an old accept is not mistaken
     /// for the end of the current one.
     generation: u32,
@@ -45,6 +47,9 @@ pub struct ServerWorker {
     /// Sessions whose multishot receive ended for lack of buffers, re-armed after the buffers
     /// go back to the kernel.
     rearm: Vec<u32>,
+    /// Sessions whose receive cancel found nothing to cancel while the receive was still armed;
+    /// the cancel is sent again at the next tick.
+    recancel: Vec<u32>,
     tick: Box<Timespec>,
     tick_ms: u64,
     started: Instant,
@@ -79,7 +84,7 @@ pub fn rings_needed(sessions: usize, files: u32, margin: u32) -> usize {
 
 /// Free table slots a ring keeps in reserve (see `ServerWorker::accept_margin`).
 pub fn accept_margin(cfg: &ServeConfig, files: u32) -> u32 {
-    (cfg.backlog + 64).min(files / 4)
+    cfg.backlog.saturating_add(64).min(files / 4)
 }
 
 impl ServerWorker {
@@ -108,6 +113,7 @@ impl ServerWorker {
             accept: Vec::new(),
             accept_margin,
             rearm: Vec::new(),
+            recancel: Vec::new(),
             tick: Box::new(Timespec::from(Duration::from_millis(tick_ms))),
             tick_ms,
             started: Instant::now(),
@@ -123,7 +129,7 @@ impl ServerWorker {
 
     /// Arms accepts on every ring and the tick on ring 0.
     pub fn start(&mut self, rings: &mut RingSet) {
-        self.accept = (0..rings.len()).map(|_| AcceptState { armed: false, generation: 0 }).collect();
+        self.accept = (0..rings.len()).map(|_| AcceptState { armed: false, retry_tick: 0, generation: 0 }).collect();
         for ring in 0..rings.len() {
             self.arm_accept(rings, ring);
         }
@@ -186,6 +192,9 @@ impl ServerWorker {
         if res < 0 {
             if res != -libc::ECANCELED {
                 self.stats.accept_errors.inc();
+                if current && !cqueue::more(cqe.flags()) {
+                    self.accept[ring].retry_tick = self.now_tick + 1;
+                }
             }
             return;
         }
@@ -267,28 +276,33 @@ impl ServerWorker {
             s.flags &= !flag::RECV_ARMED;
             s.inflight -= 1;
         }
-        let mut verdict = Verdict::Open;
-        if res > 0 {
-            if let Some(bid) = bid {
-                let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
-                let data = rings.rings[ring].bufs.data(bid, res as usize);
-                verdict = session::on_bytes(self.slab.session(slot), &env, data);
-                rings.rings[ring].bufs.recycle(bid);
-            }
-        } else if res == 0 {
+        let verdict = match res {
+            1.. => match bid {
+                Some(bid) => {
+                    let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+                    let data = rings.rings[ring].bufs.data(bid, res as usize);
+                    session::on_bytes(self.slab.session(slot), &env, data)
+                }
+                None => Verdict::Open,
+            },
             // The peer shut its write side; it may still read: send what is owed, then close.
-            verdict = Verdict::CloseAfterSend(CloseReason::PeerClosed);
-        } else if res == -libc::ENOBUFS {
-            self.stats.recv_no_buffers.inc();
-            if !more {
-                self.rearm.push(slot);
+            0 => Verdict::CloseAfterSend(CloseReason::PeerClosed),
+            _ if res == -libc::ENOBUFS => {
+                self.stats.recv_no_buffers.inc();
+                Verdict::Open
             }
-        } else if res != -libc::ECANCELED {
-            verdict = Verdict::CloseNow(CloseReason::PeerClosed);
+            _ if res == -libc::ECANCELED => Verdict::Open,
+            _ if res == -libc::ECONNRESET || res == -libc::EPIPE => Verdict::CloseNow(CloseReason::PeerClosed),
+            _ => Verdict::CloseNow(CloseReason::IoError),
+        };
+        // Every buffer the kernel handed out goes back, whatever the completion said.
+        if let Some(bid) = bid {
+            rings.rings[ring].bufs.recycle(bid);
         }
         let s = self.slab.header(slot);
-        if !more && res > 0 && !s.has(flag::TEARDOWN) {
-            // The kernel ended the multishot (e.g. CQ pressure) with data: keep receiving.
+        if !more && res != 0 && res != -libc::ECANCELED && !s.has(flag::TEARDOWN) {
+            // The kernel ended the multishot (no buffer left, CQ pressure): keep receiving once
+            // the buffers are back.
             self.rearm.push(slot);
         }
         self.apply(rings, slot, verdict);
@@ -301,6 +315,9 @@ impl ServerWorker {
             Verdict::Open => {}
             Verdict::CloseAfterSend(reason) => {
                 let s = self.slab.header_mut(slot);
+                if s.has(flag::TEARDOWN) {
+                    return;
+                }
                 if !s.has(flag::CLOSE_AFTER_SEND) {
                     s.flags |= flag::CLOSE_AFTER_SEND;
                     s.close_reason = reason as u8;
@@ -328,8 +345,20 @@ impl ServerWorker {
             let entry = opcode::Send::new(Fixed(s.file), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token.0);
             Self::push(rings, s.ring as usize, entry);
         } else if s.has(flag::CLOSE_AFTER_SEND) && s.send_len == 0 {
-            let reason = CloseReason::ALL[s.close_reason as usize];
-            self.teardown(rings, slot, reason);
+            if !s.has(flag::RECV_ARMED) {
+                // The peer is gone or its input ended: nothing to wait for.
+                let reason = CloseReason::ALL[s.close_reason as usize];
+                self.teardown(rings, slot, reason);
+            } else if !s.has(flag::WRITE_SHUT) {
+                // FIN after the last words; the close follows the peer's own close (or the grace
+                // timer), with its input drained.
+                let token = self.token(Op::HalfClose, slot);
+                let s = self.slab.header_mut(slot);
+                s.flags |= flag::WRITE_SHUT;
+                s.inflight += 1;
+                let entry = opcode::Shutdown::new(Fixed(s.file), libc::SHUT_WR).build().user_data(token.0);
+                Self::push(rings, s.ring as usize, entry);
+            }
         }
     }
 
@@ -339,7 +368,12 @@ impl ServerWorker {
         s.inflight -= 1;
         if res < 0 {
             s.send_len = 0;
-            self.teardown(rings, slot, CloseReason::PeerClosed);
+            let reason = if res == -libc::EPIPE || res == -libc::ECONNRESET {
+                CloseReason::PeerClosed
+            } else {
+                CloseReason::IoError
+            };
+            self.teardown(rings, slot, reason);
         } else {
             self.stats.bytes_out.add(res as u64);
             session::sent(s, res as u32);
@@ -351,18 +385,22 @@ impl ServerWorker {
     }
 
     /// Closes a session: cancel its receive, shut the socket's write side (FIN after what was
-    /// sent), then close the direct descriptor. The slot is freed when all of that completed.
+    /// sent) unless a half-close did already, then close the direct descriptor. The slot is freed
+    /// when all of that completed. A session that was closing after its last words is counted
+    /// under the reason it was closing for.
     fn teardown(&mut self, rings: &mut RingSet, slot: u32, reason: CloseReason) {
         let s = self.slab.header(slot);
         if s.has(flag::TEARDOWN) {
             return;
         }
+        let reason = if s.has(flag::CLOSE_AFTER_SEND) { CloseReason::ALL[s.close_reason as usize] } else { reason };
         let ring = s.ring as usize;
         let file = s.file;
         let armed = s.has(flag::RECV_ARMED);
+        let write_shut = s.has(flag::WRITE_SHUT);
         let recv = self.token(Op::Recv, slot);
         let cancel = self.token(Op::Cancel, slot);
-        let shutdown = self.token(Op::Shutdown, slot);
+        let next = self.token(if write_shut { Op::Close } else { Op::Shutdown }, slot);
         let s = self.slab.header_mut(slot);
         s.flags |= flag::TEARDOWN;
         self.stats.closed(reason).inc();
@@ -373,11 +411,15 @@ impl ServerWorker {
             Self::push(rings, ring, entry);
         }
         s.inflight += 1;
-        let entry = opcode::Shutdown::new(Fixed(file), libc::SHUT_WR).build().user_data(shutdown.0);
+        let entry = if write_shut {
+            opcode::Close::new(Fixed(file)).build().user_data(next.0)
+        } else {
+            opcode::Shutdown::new(Fixed(file), libc::SHUT_WR).build().user_data(next.0)
+        };
         Self::push(rings, ring, entry);
     }
 
-    fn on_teardown_step(&mut self, rings: &mut RingSet, ring: usize, token: Token, op: Op) {
+    fn on_teardown_step(&mut self, rings: &mut RingSet, ring: usize, token: Token, op: Op, res: i32) {
         let Some(slot) = self.live_slot(token) else { return };
         let s = self.slab.header_mut(slot);
         s.inflight -= 1;
@@ -391,6 +433,9 @@ impl ServerWorker {
                 rings.rings[ring].files_in_use -= 1;
                 self.update_files_gauge(rings);
             }
+            // The cancel found nothing while the receive is still armed (it was between the
+            // poll table and its task work): try again at the next tick.
+            Op::Cancel if res < 0 && s.has(flag::RECV_ARMED) => self.recancel.push(slot),
             _ => {}
         }
         self.maybe_free(slot);
@@ -428,6 +473,16 @@ impl ServerWorker {
             self.arm_tick(rings);
         }
         self.now_tick = (self.started.elapsed().as_millis() as u64 / self.tick_ms) as u32;
+        for slot in std::mem::take(&mut self.recancel) {
+            let s = self.slab.header(slot);
+            if s.state != state::FREE && s.has(flag::TEARDOWN) && s.has(flag::RECV_ARMED) {
+                let (recv, cancel) = (self.token(Op::Recv, slot), self.token(Op::Cancel, slot));
+                let ring = s.ring as usize;
+                self.slab.header_mut(slot).inflight += 1;
+                let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
+                Self::push(rings, ring, entry);
+            }
+        }
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.wheel.advance(self.now_tick as u64, &mut fired);
@@ -498,7 +553,9 @@ impl Service for ServerWorker {
             Some(Op::Accept) => self.on_accept(rings, ring, token, cqe),
             Some(Op::Recv) => self.on_recv(rings, ring, token, cqe),
             Some(Op::Send) => self.on_send(rings, token, cqe.result()),
-            Some(op @ (Op::Cancel | Op::Shutdown | Op::Close)) => self.on_teardown_step(rings, ring, token, op),
+            Some(op @ (Op::Cancel | Op::Shutdown | Op::Close | Op::HalfClose)) => {
+                self.on_teardown_step(rings, ring, token, op, cqe.result())
+            }
             Some(op @ (Op::RejectSend | Op::RejectShutdown | Op::RejectClose)) => self.on_reject(rings, ring, token, op),
             Some(Op::Tick) => self.on_tick(rings, cqe),
             Some(Op::AcceptCancel) | None => {}
@@ -523,7 +580,8 @@ impl Service for ServerWorker {
                     let r = &rings.rings[ring];
                     // Same threshold as the cancel: with a higher one, every ring could sit between
                     // the two and the worker would stop accepting with room left.
-                    if !self.accept[ring].armed && r.files_capacity - r.files_in_use >= self.accept_margin {
+                    let a = &self.accept[ring];
+                    if !a.armed && self.now_tick >= a.retry_tick && r.files_capacity - r.files_in_use >= self.accept_margin {
                         self.arm_accept(rings, ring);
                     }
                 }
