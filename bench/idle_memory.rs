@@ -304,7 +304,7 @@ fn main() -> anyhow::Result<()> {
     let n = match args.connections {
         Some(n) if n > fit => bail!(
             "{n} connections need about {} MiB at {PLAN_BYTES_PER_CONN} B each; MemFree is {} MiB and {} MiB must stay free: at most {fit} fit",
-            n as u64 * PLAN_BYTES_PER_CONN >> 20,
+            (n as u64 * PLAN_BYTES_PER_CONN) >> 20,
             free >> 20,
             FLOOR >> 20
         ),

@@ -296,7 +296,7 @@ fn logged_in_slowloris_is_cut_off_at_three_heartbeats() {
     let limit = Duration::from_millis(3 * HEARTBEAT_MS);
     assert!(took >= limit - Duration::from_millis(150), "ERROR 6 after only {took:?}");
     assert!(took < limit + Duration::from_millis(1000), "ERROR 6 only after {took:?} ({sent} bytes sent)");
-    assert!(sent >= 5 && sent < 20, "{sent} bytes sent before ERROR 6");
+    assert!((5..20).contains(&sent), "{sent} bytes sent before ERROR 6");
     expect_closed(&mut c);
     expect_counted(&server, ErrorCode::Timeout, 1.0, "timeout");
     let text = server.scrape();
