@@ -340,6 +340,8 @@ mod tests {
             let bye = c.read_frame(Duration::from_secs(5)).unwrap().unwrap();
             assert_eq!(bye.frame(), Frame::Bye);
         }
+        // The server half-closed after BYE and waits for the clients' own close.
+        drop(clients);
         let stats = server.stats();
         server.join().unwrap();
         assert_eq!(stats[0].active(), 0);

@@ -99,7 +99,8 @@ pub struct Env<'a> {
     pub heartbeat_ms: u32,
     pub session_id: u64,
     pub now_tick: u32,
-    pub wall_ns: u64,
+    /// Wall-clock nanoseconds, read only when a WELCOME needs them (not per completion).
+    pub wall_ns: fn() -> u64,
 }
 
 /// Where replies go: the header's inline outbox, then the slot's out area. Borrowed apart from
@@ -239,7 +240,7 @@ fn handle(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
             out.s.user_id = user_id;
             let welcome = Frame::Welcome {
                 session_id: env.session_id,
-                server_time_ns: env.wall_ns,
+                server_time_ns: (env.wall_ns)(),
                 heartbeat_ms: env.heartbeat_ms,
             };
             reply(out, env, welcome)

@@ -56,7 +56,7 @@ impl Harness {
             heartbeat_ms: HEARTBEAT_MS,
             session_id: SESSION_ID,
             now_tick: self.now_tick,
-            wall_ns: WALL_NS,
+            wall_ns: || WALL_NS,
         };
         on_bytes(self.slab.session(self.i), &env, bytes)
     }
@@ -372,7 +372,7 @@ fn timed_out_queues_error_6() {
         heartbeat_ms: HEARTBEAT_MS,
         session_id: SESSION_ID,
         now_tick: 99,
-        wall_ns: WALL_NS,
+        wall_ns: || WALL_NS,
     };
     let (_, mut out) = session::split(h.slab.session(h.i), MAX_FRAME);
     assert_eq!(session::timed_out(&mut out, &env), Verdict::CloseAfterSend(CloseReason::Timeout));
@@ -390,7 +390,7 @@ fn say_bye_queues_bye_and_closes_after_send() {
         heartbeat_ms: HEARTBEAT_MS,
         session_id: SESSION_ID,
         now_tick: 99,
-        wall_ns: WALL_NS,
+        wall_ns: || WALL_NS,
     };
     let (_, mut out) = session::split(h.slab.session(h.i), MAX_FRAME);
     assert_eq!(session::say_bye(&mut out, &env), Verdict::CloseAfterSend(CloseReason::Shutdown));

@@ -72,7 +72,7 @@ fn env<'a>(id: usize, cfg: &'a ServeConfig, stats: &'a WorkerStats, generation: 
         heartbeat_ms: cfg.heartbeat_ms,
         session_id: (id as u64) << 48 | generation << 32 | slot as u64,
         now_tick,
-        wall_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+        wall_ns: || SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
     }
 }
 
