@@ -179,8 +179,16 @@ impl ServerWorker {
         Self::push(rings, 0, entry);
     }
 
-    fn update_files_gauge(&self, rings: &RingSet) {
-        self.stats.fixed_files_in_use.set(rings.rings.iter().map(|r| r.files_in_use as u64).sum());
+    /// A direct descriptor of `ring` was installed (`true`) or closed (`false`).
+    fn count_file(&self, rings: &mut RingSet, ring: usize, installed: bool) {
+        let r = &mut rings.rings[ring];
+        if installed {
+            r.files_in_use += 1;
+            self.stats.fixed_files_in_use.add(1);
+        } else {
+            r.files_in_use -= 1;
+            self.stats.fixed_files_in_use.sub(1);
+        }
     }
 
     fn on_accept(&mut self, rings: &mut RingSet, ring: usize, token: Token, cqe: &cqueue::Entry) {
@@ -199,11 +207,10 @@ impl ServerWorker {
             return;
         }
         let file = res as u32;
-        rings.rings[ring].files_in_use += 1;
+        self.count_file(rings, ring, true);
         if rings.rings[ring].files_capacity - rings.rings[ring].files_in_use < self.accept_margin {
             self.cancel_accept(rings, ring);
         }
-        self.update_files_gauge(rings);
         if self.drain_until.is_some() {
             self.reject_close(rings, ring, file);
             return;
@@ -430,8 +437,7 @@ impl ServerWorker {
                 Self::push(rings, ring, entry);
             }
             Op::Close => {
-                rings.rings[ring].files_in_use -= 1;
-                self.update_files_gauge(rings);
+                self.count_file(rings, ring, false);
             }
             // The cancel found nothing while the receive is still armed (it was between the
             // poll table and its task work): try again at the next tick.
@@ -460,8 +466,7 @@ impl ServerWorker {
                 return self.reject_close(rings, ring, file);
             }
             _ => {
-                rings.rings[ring].files_in_use -= 1;
-                self.update_files_gauge(rings);
+                self.count_file(rings, ring, false);
                 return;
             }
         };
