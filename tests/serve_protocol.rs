@@ -388,42 +388,45 @@ fn owed(text: &str) -> f64 {
 }
 
 #[test]
-fn slow_consumer_that_stays_connected_is_closed_and_leaks_nothing() {
-    // ECHOs in, replies never read. First the kernel's buffers fill (small bursts, until a whole
-    // reply is owed: a send is stuck on the socket), then the slot's out area overflows and the
-    // server drops the session with that send still in flight. The client keeps its socket open
-    // (no RST, no FIN), so only the server's own teardown can end that send.
+fn a_client_that_never_reads_is_paused_then_timed_out_and_leaks_nothing() {
+    // ECHOs in, replies never read. Once the kernel's buffers and the slot's out area are full,
+    // the server stops reading from the session (backpressure): the client's own writes then
+    // stall on TCP flow control instead of the session being dropped. With no whole frame
+    // handled for 3 heartbeats it is closed as timed out, while the client still holds its
+    // socket open and unread, so only the server's own teardown can end its stuck send.
     let server = start();
     let mut c = small_window_client(&server);
     c.login(1).unwrap();
+    c.stream().set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    socket2::SockRef::from(c.stream()).set_send_buffer_size(16 * 1024).unwrap();
     let echo = encode_vec(&Frame::Echo { data: &[7; 4000] });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut text = server.scrape();
-    while owed(&text) < 4004.0 {
-        for _ in 0..if owed(&text) == 0.0 { 6 } else { 1 } {
-            c.send_raw(&echo).unwrap();
-        }
-        sleep(Duration::from_millis(5));
-        text = server.scrape();
-        assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
-        assert!(Instant::now() < deadline, "replies never backed up\n{text}");
+    let mut written = 0;
+    while written < 2000 && std::io::Write::write_all(&mut &*c.stream(), &echo).is_ok() {
+        written += 1;
     }
-    // Now every reply stays in the out area (36 KiB): at most 10 more overflow it.
-    for _ in 0..20 {
-        c.send_raw(&echo).unwrap();
-        sleep(Duration::from_millis(5));
-        if closed_with_reason(&server.scrape(), "slow_consumer") >= 1.0 {
-            break;
-        }
-    }
-    let text = wait_for(&server, "the slow_consumer close", Duration::from_secs(5), |t| {
-        closed_with_reason(t, "slow_consumer") >= 1.0
-    });
-    assert_eq!(closed_with_reason(&text, "slow_consumer"), 1.0, "{text}");
-    assert!(owed(&text) >= 4004.0, "replies were still owed when it was dropped\n{text}");
-    // The client still holds its socket, unread: the server must still let go of everything.
+    assert!(written < 2000, "8 MB written and the client's writes never stalled: no backpressure");
+    let text = server.scrape();
+    assert!(sum(&text, "c2m_backpressure_pauses_total") >= 1.0, "{text}");
+    assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
+    assert!(owed(&text) >= 4004.0, "replies are owed while paused\n{text}");
+    let text = wait_for(&server, "the timeout close", Duration::from_secs(8), |t| closed_with_reason(t, "timeout") >= 1.0);
+    assert_eq!(closed_with_reason(&text, "timeout"), 1.0, "{text}");
     assert_no_leaks(&server);
+    assert_eq!(sum(&server.scrape(), "c2m_held_buffers"), 0.0);
     drop(c);
+}
+
+#[test]
+fn a_burst_bigger_than_the_out_area_is_answered_in_full_while_the_client_reads() {
+    // 100 ECHOs of 4000 bytes (400 KB) in one go, about 11 times the out area: the server pauses
+    // and resumes the session as its replies drain, and every reply arrives, in order.
+    let server = start();
+    let got = echo_storm(&server, 2, 100);
+    let text = server.scrape();
+    assert_eq!(got, vec![100, 100], "{text}");
+    assert!(sum(&text, "c2m_backpressure_pauses_total") >= 1.0, "the burst never filled the out area\n{text}");
+    assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
+    assert_eq!(sum(&text, "c2m_held_buffers"), 0.0, "{text}");
 }
 
 // ---- a good session among bad ones ----

@@ -33,6 +33,9 @@ pub mod flag {
     /// The last words are sent and the write side is shut (FIN); input is read and dropped until
     /// the peer closes, so the final close never meets unread data (which would turn it into RST).
     pub const WRITE_SHUT: u8 = 8;
+    /// Its replies filled the out area: its receive is cancelled and the input it could not
+    /// handle waits in held buffers until sends make room (backpressure).
+    pub const PAUSED: u8 = 16;
 }
 
 /// The hot per-session state, 128 bytes, in the slab's dense header array.
@@ -88,8 +91,11 @@ pub enum Verdict {
     Open,
     /// Send what is queued, then close (ERROR or BYE queued as needed).
     CloseAfterSend(CloseReason),
-    /// Close now: there is nothing to say (the peer said BYE).
+    /// Close now: nothing more can be said.
     CloseNow(CloseReason),
+    /// The out area is full: the first `n` bytes of the input were handled, the rest (from the
+    /// frame whose reply did not fit) was not. Feed it again once replies have been sent.
+    Blocked(usize),
 }
 
 /// What frame handling needs from its worker.
@@ -225,25 +231,36 @@ fn reply(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
         env.stats.frames_out[frame.kind().index()].inc();
         Verdict::Open
     } else {
-        Verdict::CloseNow(CloseReason::SlowConsumer)
+        Verdict::Blocked(0)
     }
 }
 
-/// Handles one whole frame.
+/// Handles one whole frame. A frame whose reply found no room (`Blocked`) counts as not handled
+/// at all, so handling it again later is exact.
 fn handle(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
-    env.stats.frames_in[frame.kind().index()].inc();
-    out.s.last_frame_tick = env.now_tick;
+    let verdict = answer(out, env, frame);
+    if !matches!(verdict, Verdict::Blocked(_)) {
+        env.stats.frames_in[frame.kind().index()].inc();
+        out.s.last_frame_tick = env.now_tick;
+    }
+    verdict
+}
+
+fn answer(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
     let logged_in = out.s.state == state::LOGGED_IN;
     match frame {
         Frame::Hello { user_id, .. } if !logged_in => {
-            out.s.state = state::LOGGED_IN;
-            out.s.user_id = user_id;
             let welcome = Frame::Welcome {
                 session_id: env.session_id,
                 server_time_ns: (env.wall_ns)(),
                 heartbeat_ms: env.heartbeat_ms,
             };
-            reply(out, env, welcome)
+            let verdict = reply(out, env, welcome);
+            if verdict == Verdict::Open {
+                out.s.state = state::LOGGED_IN;
+                out.s.user_id = user_id;
+            }
+            verdict
         }
         // A second HELLO on a session.
         Frame::Hello { .. } => fatal(out, env, ErrorCode::Malformed, CloseReason::ProtocolError),
@@ -268,14 +285,15 @@ fn handle(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
 }
 
 /// Consumes received bytes: completes a partial frame kept in the slot, handles whole frames in
-/// place in `data`, and keeps an incomplete tail in the slot.
-pub fn on_bytes(view: SlotView<'_, Session>, env: &Env<'_>, mut data: &[u8]) -> Verdict {
-    env.stats.bytes_in.add(data.len() as u64);
+/// place in `data`, and keeps an incomplete tail in the slot. (Byte counts are the caller's: the
+/// same bytes may be fed again after a `Blocked`.)
+pub fn on_bytes(view: SlotView<'_, Session>, env: &Env<'_>, data: &[u8]) -> Verdict {
     let max = env.max_frame;
     let (in_area, mut out) = split(view, max);
     if out.s.has(flag::CLOSE_AFTER_SEND | flag::TEARDOWN) {
         return Verdict::Open;
     }
+    let mut rest = data;
     if out.s.in_len > 0 {
         // Finish the frame whose start arrived earlier: first its header, then its body.
         loop {
@@ -286,18 +304,22 @@ pub fn on_bytes(view: SlotView<'_, Session>, env: &Env<'_>, mut data: &[u8]) -> 
             };
             match parsed {
                 proto::Parsed::Incomplete { need } => {
-                    let take = (need - have).min(data.len());
-                    in_area[have..have + take].copy_from_slice(&data[..take]);
+                    let take = (need - have).min(rest.len());
+                    in_area[have..have + take].copy_from_slice(&rest[..take]);
                     out.touch.upto(have + take);
                     out.s.in_len += take as u16;
-                    data = &data[take..];
+                    rest = &rest[take..];
                     if take == 0 {
                         return Verdict::Open;
                     }
                 }
                 proto::Parsed::Frame { frame, .. } => {
-                    out.s.in_len = 0;
                     let verdict = handle(&mut out, env, frame);
+                    if let Verdict::Blocked(_) = verdict {
+                        // The whole frame stays in the in area for the next try.
+                        return Verdict::Blocked(data.len() - rest.len());
+                    }
+                    out.s.in_len = 0;
                     if verdict != Verdict::Open {
                         return verdict;
                     }
@@ -306,14 +328,19 @@ pub fn on_bytes(view: SlotView<'_, Session>, env: &Env<'_>, mut data: &[u8]) -> 
             }
         }
     }
-    let mut frames = proto::FrameIter::new(data, max);
-    for result in frames.by_ref() {
+    let base = data.len() - rest.len();
+    let mut frames = proto::FrameIter::new(rest, max);
+    loop {
+        let at = frames.consumed();
+        let Some(result) = frames.next() else { break };
         let verdict = match result {
             Ok(frame) => handle(&mut out, env, frame),
             Err(e) => protocol_error(&mut out, env, e),
         };
-        if verdict != Verdict::Open {
-            return verdict;
+        match verdict {
+            Verdict::Open => {}
+            Verdict::Blocked(_) => return Verdict::Blocked(base + at),
+            other => return other,
         }
     }
     let tail = frames.remaining();

@@ -785,7 +785,7 @@ fn inline_bytes_go_before_slot_bytes() {
 // ---- slow consumer and the out area ----
 
 #[test]
-fn slow_consumer_is_closed_when_the_out_area_is_full() {
+fn a_full_out_area_blocks_at_the_frame_whose_reply_does_not_fit() {
     let mut h = Harness::logged_in();
     let fits = OUT_AREA / BIG_REPLY;
     let mut verdict = Verdict::Open;
@@ -795,27 +795,66 @@ fn slow_consumer_is_closed_when_the_out_area_is_full() {
         h.check_invariants();
         fed += 1;
     }
-    assert_eq!(verdict, Verdict::CloseNow(CloseReason::SlowConsumer));
-    assert_eq!(fed, fits + 1, "closed on the first reply that does not fit");
+    assert_eq!(verdict, Verdict::Blocked(0), "nothing of the last input was handled");
+    assert_eq!(fed, fits + 1, "blocked on the first reply that does not fit");
     assert_eq!(h.s().slot_out_len as usize, fits * BIG_REPLY);
     assert_eq!(h.frames_out(Kind::EchoReply), fits as u64);
-    // What was queued is intact.
-    let out = h.drain();
-    for (n, f) in parse_all(&out).into_iter().enumerate() {
+    assert_eq!(h.frames_in(Kind::Echo), fits as u64, "the blocked frame is not counted as handled");
+    // Once the replies are sent, the same input goes through, in order.
+    let mut out = h.drain();
+    assert_eq!(h.feed(&echo(&[fits as u8; BIG])), Verdict::Open);
+    out.extend(h.drain());
+    let frames = parse_all(&out);
+    assert_eq!(frames.len(), fits + 1);
+    for (n, f) in frames.into_iter().enumerate() {
         assert_eq!(f, Frame::EchoReply { data: &[n as u8; BIG] });
     }
 }
 
 #[test]
-fn slow_consumer_with_small_replies() {
+fn a_burst_of_small_frames_blocks_and_resumes_where_it_stopped() {
     let mut h = Harness::logged_in();
     let input: Vec<u8> = (0..3000).flat_map(ping).collect();
-    assert_eq!(h.feed(&input), Verdict::CloseNow(CloseReason::SlowConsumer));
-    h.check_invariants();
     let pong = 20;
-    let expected = INLINE_OUT / pong + OUT_AREA / pong;
-    assert_eq!(h.frames_out(Kind::Pong), expected as u64);
-    assert_eq!(pong_seqs(&h.drain()), (0..expected as u64).collect::<Vec<_>>());
+    let first = INLINE_OUT / pong + OUT_AREA / pong;
+    assert_eq!(h.feed(&input), Verdict::Blocked(first * 20), "the PINGs whose PONGs fit were handled");
+    h.check_invariants();
+    assert_eq!(h.frames_out(Kind::Pong), first as u64);
+    // The worker feeds the rest again each time sends make room, as often as it takes.
+    let mut out = Vec::new();
+    let mut at = first * 20;
+    while at < input.len() {
+        out.extend(h.drain());
+        match h.feed(&input[at..]) {
+            Verdict::Blocked(done) => at += done,
+            Verdict::Open => at = input.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+        h.check_invariants();
+    }
+    out.extend(h.drain());
+    assert_eq!(pong_seqs(&out), (0..3000).collect::<Vec<_>>());
+    assert_eq!(h.frames_in(Kind::Ping), 3000);
+}
+
+#[test]
+fn a_partial_frame_completed_into_a_full_out_area_stays_in_the_slot() {
+    let mut h = Harness::logged_in();
+    let fits = OUT_AREA / BIG_REPLY;
+    for n in 0..fits {
+        assert_eq!(h.feed(&echo(&[n as u8; BIG])), Verdict::Open);
+    }
+    let next = echo(&[fits as u8; BIG]);
+    assert_eq!(h.feed(&next[..100]), Verdict::Open, "a partial frame is kept");
+    // Its end arrives while there is no room for its reply: the bytes taken are reported and
+    // the whole frame waits in the in area.
+    assert_eq!(h.feed(&next[100..]), Verdict::Blocked(next.len() - 100));
+    assert_eq!(h.s().in_len as usize, next.len());
+    let mut out = h.drain();
+    assert_eq!(h.feed(&[]), Verdict::Open, "fed again with nothing new, the kept frame goes through");
+    out.extend(h.drain());
+    assert_eq!(parse_all(&out).len(), fits + 1);
+    assert_eq!(h.s().in_len, 0);
 }
 
 #[test]
@@ -880,7 +919,7 @@ fn out_area_is_not_compacted_under_a_send_in_flight() {
     let in_flight = h.submit().unwrap();
     assert_eq!(in_flight, bytes[2 * BIG_REPLY..]);
     // The area is full and a send reads it: the reply cannot be placed.
-    assert_eq!(h.feed(&echo(&[0xAB; BIG])), Verdict::CloseNow(CloseReason::SlowConsumer));
+    assert_eq!(h.feed(&echo(&[0xAB; BIG])), Verdict::Blocked(0));
     let s = *h.s();
     let i = h.i;
     let start = MAX_FRAME + s.slot_out_sent as usize;
@@ -985,7 +1024,7 @@ proptest! {
             match verdict {
                 Verdict::Open => {}
                 Verdict::CloseAfterSend(_) => h.s_mut().flags |= flag::CLOSE_AFTER_SEND,
-                Verdict::CloseNow(_) => break,
+                Verdict::CloseNow(_) | Verdict::Blocked(_) => break,
             }
             if *drain {
                 let out = h.drain_by(1 + chunk.len());
@@ -1014,7 +1053,7 @@ proptest! {
             match verdict {
                 Verdict::Open => {}
                 Verdict::CloseAfterSend(_) => h.s_mut().flags |= flag::CLOSE_AFTER_SEND,
-                Verdict::CloseNow(_) => break,
+                Verdict::CloseNow(_) | Verdict::Blocked(_) => break,
             }
         }
         parse_all(&h.drain());

@@ -1,6 +1,7 @@
 //! One server worker: its listener, rings, slab and timers, and the glue from completions to
 //! the session state machine.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,16 @@ use crate::stats::{CloseReason, WorkerStats};
 const WHEEL_BUCKETS: usize = 4096;
 /// A session told to close after its last send gets this long before it is closed anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A received buffer that a paused session has not consumed yet.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    ring: u16,
+    bid: u16,
+    /// Bytes of it already handled.
+    offset: u32,
+    len: u32,
+}
 
 /// Per-ring accept state.
 struct AcceptState {
@@ -50,6 +61,11 @@ pub struct ServerWorker {
     /// Sessions whose receive cancel found nothing to cancel while the receive was still armed;
     /// the cancel is sent again at the next tick.
     recancel: Vec<u32>,
+    /// Input of paused sessions, in order (only paused sessions have an entry).
+    held: HashMap<u32, VecDeque<Held>>,
+    /// Buffers held per ring; at most half a ring's buffers may be held, so paused sessions
+    /// cannot starve the others.
+    held_per_ring: Vec<u32>,
     tick: Box<Timespec>,
     tick_ms: u64,
     started: Instant,
@@ -114,6 +130,8 @@ impl ServerWorker {
             accept_margin,
             rearm: Vec::new(),
             recancel: Vec::new(),
+            held: HashMap::new(),
+            held_per_ring: Vec::new(),
             tick: Box::new(Timespec::from(Duration::from_millis(tick_ms))),
             tick_ms,
             started: Instant::now(),
@@ -129,6 +147,7 @@ impl ServerWorker {
 
     /// Arms accepts on every ring and the tick on ring 0.
     pub fn start(&mut self, rings: &mut RingSet) {
+        self.held_per_ring = vec![0; rings.len()];
         self.accept = (0..rings.len()).map(|_| AcceptState { armed: false, retry_tick: 0, generation: 0 }).collect();
         for ring in 0..rings.len() {
             self.arm_accept(rings, ring);
@@ -283,12 +302,15 @@ impl ServerWorker {
             s.flags &= !flag::RECV_ARMED;
             s.inflight -= 1;
         }
+        let mut keep_buffer = false;
         let verdict = match res {
             1.. => match bid {
                 Some(bid) => {
-                    let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
-                    let data = rings.rings[ring].bufs.data(bid, res as usize);
-                    session::on_bytes(self.slab.session(slot), &env, data)
+                    self.stats.bytes_in.add(res as u64);
+                    let held = Held { ring: ring as u16, bid, offset: 0, len: res as u32 };
+                    let (verdict, kept) = self.take_input(rings, slot, held);
+                    keep_buffer = kept;
+                    verdict
                 }
                 None => Verdict::Open,
             },
@@ -302,18 +324,115 @@ impl ServerWorker {
             _ if res == -libc::ECONNRESET || res == -libc::EPIPE => Verdict::CloseNow(CloseReason::PeerClosed),
             _ => Verdict::CloseNow(CloseReason::IoError),
         };
-        // Every buffer the kernel handed out goes back, whatever the completion said.
-        if let Some(bid) = bid {
+        // Every buffer the kernel handed out goes back (now, or when a paused session is done
+        // with it), whatever the completion said.
+        if let (Some(bid), false) = (bid, keep_buffer) {
             rings.rings[ring].bufs.recycle(bid);
         }
         let s = self.slab.header(slot);
-        if !more && res != 0 && res != -libc::ECANCELED && !s.has(flag::TEARDOWN) {
-            // The kernel ended the multishot (no buffer left, CQ pressure): keep receiving once
-            // the buffers are back.
+        if !more && res != 0 && !s.has(flag::TEARDOWN) {
+            // The multishot ended (no buffer left, CQ pressure, or the cancel of a pause that
+            // has since been lifted): receive again once the buffers are back, unless paused.
             self.rearm.push(slot);
         }
         self.apply(rings, slot, verdict);
         self.maybe_free(slot);
+    }
+
+    /// Handles newly received input, or holds it if the session is paused. Returns the verdict
+    /// and whether the buffer was kept (held) rather than done with.
+    fn take_input(&mut self, rings: &mut RingSet, slot: u32, input: Held) -> (Verdict, bool) {
+        if self.slab.header(slot).has(flag::PAUSED) {
+            return match self.hold(rings, slot, input) {
+                true => (Verdict::Open, true),
+                false => (Verdict::CloseNow(CloseReason::SlowConsumer), false),
+            };
+        }
+        let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+        let data = rings.rings[input.ring as usize].bufs.data(input.bid, input.len as usize);
+        match session::on_bytes(self.slab.session(slot), &env, data) {
+            Verdict::Blocked(done) => {
+                let rest = Held { offset: done as u32, ..input };
+                if !self.hold(rings, slot, rest) {
+                    return (Verdict::CloseNow(CloseReason::SlowConsumer), false);
+                }
+                self.pause(rings, slot);
+                (Verdict::Open, true)
+            }
+            verdict => (verdict, false),
+        }
+    }
+
+    /// Keeps a buffer for a paused session, if its ring can spare it.
+    fn hold(&mut self, rings: &RingSet, slot: u32, input: Held) -> bool {
+        let ring = input.ring as usize;
+        if self.held_per_ring[ring] + 1 > rings.rings[ring].bufs.count() as u32 / 2 {
+            return false;
+        }
+        self.held_per_ring[ring] += 1;
+        self.stats.held_buffers.inc();
+        self.held.entry(slot).or_default().push_back(input);
+        true
+    }
+
+    /// Stops reading from a session whose replies filled its out area; the socket's own buffers
+    /// then push back on the client (TCP flow control).
+    fn pause(&mut self, rings: &mut RingSet, slot: u32) {
+        self.stats.backpressure_pauses.inc();
+        let (recv, cancel) = (self.token(Op::Recv, slot), self.token(Op::Cancel, slot));
+        let s = self.slab.header_mut(slot);
+        s.flags |= flag::PAUSED;
+        if s.has(flag::RECV_ARMED) {
+            s.inflight += 1;
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
+            Self::push(rings, s.ring as usize, entry);
+        }
+    }
+
+    /// Feeds a paused session its held input now that sends made room; un-pauses it and
+    /// receives again once all of it is handled.
+    fn resume(&mut self, rings: &mut RingSet, slot: u32) {
+        while let Some(front) = self.held.get(&slot).and_then(|q| q.front().copied()) {
+            let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+            let data = &rings.rings[front.ring as usize].bufs.data(front.bid, front.len as usize)[front.offset as usize..];
+            match session::on_bytes(self.slab.session(slot), &env, data) {
+                Verdict::Blocked(done) => {
+                    if let Some(f) = self.held.get_mut(&slot).and_then(|q| q.front_mut()) {
+                        f.offset += done as u32;
+                    }
+                    return;
+                }
+                Verdict::Open => self.release_front(rings, slot),
+                verdict => {
+                    self.release_held(rings, slot);
+                    return self.apply(rings, slot, verdict);
+                }
+            }
+        }
+        self.held.remove(&slot);
+        let s = self.slab.header_mut(slot);
+        s.flags &= !flag::PAUSED;
+        if !s.has(flag::RECV_ARMED | flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
+            self.arm_recv(rings, slot);
+        }
+    }
+
+    fn release_front(&mut self, rings: &mut RingSet, slot: u32) {
+        if let Some(h) = self.held.get_mut(&slot).and_then(|q| q.pop_front()) {
+            rings.rings[h.ring as usize].bufs.recycle(h.bid);
+            self.held_per_ring[h.ring as usize] -= 1;
+            self.stats.held_buffers.sub(1);
+        }
+    }
+
+    /// Gives every held buffer of a session back and un-pauses it.
+    fn release_held(&mut self, rings: &mut RingSet, slot: u32) {
+        for h in self.held.remove(&slot).unwrap_or_default() {
+            rings.rings[h.ring as usize].bufs.recycle(h.bid);
+            self.held_per_ring[h.ring as usize] -= 1;
+            self.stats.held_buffers.sub(1);
+        }
+        self.slab.header_mut(slot).flags &= !flag::PAUSED;
     }
 
     /// Acts on a verdict: keep going (send replies), close after sending, or close now.
@@ -333,6 +452,8 @@ impl ServerWorker {
                 }
             }
             Verdict::CloseNow(reason) => return self.teardown(rings, slot, reason),
+            // on_bytes's Blocked is turned into a pause by its callers.
+            Verdict::Blocked(_) => {}
         }
         self.flush(rings, slot);
     }
@@ -386,6 +507,9 @@ impl ServerWorker {
             session::sent(s, res as u32);
             let view = self.slab.session(slot);
             session::rewind_out_area(view.header, view.slot, self.cfg.max_frame);
+            if self.slab.header(slot).has(flag::PAUSED) {
+                self.resume(rings, slot);
+            }
             self.flush(rings, slot);
         }
         self.maybe_free(slot);
@@ -408,6 +532,9 @@ impl ServerWorker {
         let recv = self.token(Op::Recv, slot);
         let cancel = self.token(Op::Cancel, slot);
         let next = self.token(if write_shut { Op::Close } else { Op::Shutdown }, slot);
+        if self.held.contains_key(&slot) {
+            self.release_held(rings, slot);
+        }
         let s = self.slab.header_mut(slot);
         s.flags |= flag::TEARDOWN;
         self.stats.closed(reason).inc();
@@ -573,7 +700,7 @@ impl Service for ServerWorker {
         }
         for slot in std::mem::take(&mut self.rearm) {
             let s = self.slab.header(slot);
-            if s.state != state::FREE && !s.has(flag::TEARDOWN | flag::RECV_ARMED) {
+            if s.state != state::FREE && !s.has(flag::TEARDOWN | flag::RECV_ARMED | flag::PAUSED) {
                 self.arm_recv(rings, slot);
             }
         }

@@ -96,6 +96,10 @@ pub struct WorkerStats {
     pub accept_errors: Counter,
     /// Multishot receives that ended for lack of a provided buffer and were re-armed.
     pub recv_no_buffers: Counter,
+    /// Times a session's replies filled its out area and its input was paused.
+    pub backpressure_pauses: Counter,
+    /// Receive buffers held by paused sessions right now.
+    pub held_buffers: Counter,
     pub rings: Counter,
     /// Slab slots held (sessions plus those still closing); returns to 0 when all are gone.
     pub slots_in_use: Counter,
@@ -196,6 +200,10 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     per_worker(&mut out, "c2m_recv_no_buffers_total", "counter", "Receives re-armed after the buffer ring ran dry.", &|s| {
         s.recv_no_buffers.get()
     });
+    per_worker(&mut out, "c2m_backpressure_pauses_total", "counter", "Sessions paused because their replies filled the out area.", &|s| {
+        s.backpressure_pauses.get()
+    });
+    per_worker(&mut out, "c2m_held_buffers", "gauge", "Receive buffers held by paused sessions.", &|s| s.held_buffers.get());
     per_worker(&mut out, "c2m_slab_resident_bytes", "gauge", "Resident bytes of the session slab (headers and slots).", &|s| {
         crate::slab::resident_bytes(&s.slab_ranges()).unwrap_or(0)
     });
