@@ -54,3 +54,18 @@ fn hint(e: &io::Error) -> &'static str {
         _ => "",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_up_errors_name_the_cause_and_the_fix() {
+        let e = EngineError::ring_setup("io_uring_setup", io::Error::from_raw_os_error(libc::EPERM));
+        assert!(e.to_string().contains("kernel.io_uring_disabled"), "{e}");
+        let e = EngineError::ring_setup("IORING_REGISTER_FILES_SPARSE", io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(e.to_string().contains("RLIMIT_NOFILE"), "{e}");
+        let e = EngineError::ring_setup("io_uring_setup", io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(e.to_string().contains("6.1"), "{e}");
+    }
+}

@@ -318,6 +318,9 @@ mod tests {
             recv_buffers: 8,
             recv_buffer_size: 256,
             files_per_ring: Some(64),
+            // Tiny queues, so the SQ backlog and CQ overflow paths run too.
+            sq_entries: 4,
+            cq_entries: 8,
             ..ServeConfig::default()
         };
         let server = Server::start(cfg).expect("server starts");
