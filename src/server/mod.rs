@@ -350,4 +350,44 @@ mod tests {
         assert_eq!(stats[0].active(), 0);
         assert_eq!(stats[0].slots_in_use.get(), 0);
     }
+
+    /// Small fixed-file tables force one worker to spread its sessions over several rings: each
+    /// ring stops accepting near its table's end and the others take over; the slab, not a
+    /// table, is what finally refuses (ERROR 5).
+    #[test]
+    fn sessions_spread_over_rings_until_the_slab_is_full() {
+        let cfg = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 1,
+            max_sessions: 200,
+            files_per_ring: Some(64),
+            backlog: 8,
+            ..ServeConfig::default()
+        };
+        let server = Server::start(cfg).expect("server starts");
+        let rings = server.layout().rings_per_worker;
+        assert!(rings >= 4, "200 sessions in tables of 64 need several rings, got {rings}");
+        let mut clients = Vec::new();
+        for user in 0..200u64 {
+            let mut c = BlockingClient::connect(server.local_addr()).unwrap();
+            c.login(user).unwrap_or_else(|e| panic!("session {user}: {e}"));
+            clients.push(c);
+        }
+        let stats = server.stats();
+        assert_eq!(stats[0].fixed_files_in_use.get(), 200);
+        let mut extra = BlockingClient::connect(server.local_addr()).unwrap();
+        match extra.read_frame(Duration::from_secs(5)).unwrap().map(|f| f.0) {
+            Some(bytes) => assert!(matches!(
+                crate::proto::parse(&bytes, 4096),
+                Ok(crate::proto::Parsed::Frame { frame: Frame::Error { code: 5, .. }, .. })
+            )),
+            None => panic!("closed without ERROR 5"),
+        }
+        drop(extra);
+        drop(clients);
+        server.stop();
+        server.join().unwrap();
+        assert_eq!(stats[0].slots_in_use.get(), 0);
+        assert_eq!(stats[0].fixed_files_in_use.get(), 0);
+    }
 }
