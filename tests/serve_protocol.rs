@@ -401,7 +401,7 @@ fn a_client_that_never_reads_is_paused_then_timed_out_and_leaks_nothing() {
     socket2::SockRef::from(c.stream()).set_send_buffer_size(16 * 1024).unwrap();
     let echo = encode_vec(&Frame::Echo { data: &[7; 4000] });
     let mut written = 0;
-    while written < 2000 && std::io::Write::write_all(&mut &*c.stream(), &echo).is_ok() {
+    while written < 2000 && std::io::Write::write_all(&mut c.stream(), &echo).is_ok() {
         written += 1;
     }
     assert!(written < 2000, "8 MB written and the client's writes never stalled: no backpressure");

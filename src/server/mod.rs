@@ -1,5 +1,6 @@
 //! `c2m serve`: protocol v1 sessions on the io_uring engine, one pinned worker per core.
 
+mod held;
 pub mod session;
 pub mod worker;
 

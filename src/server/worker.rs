@@ -1,7 +1,6 @@
 //! One server worker: its listener, rings, slab and timers, and the glue from completions to
 //! the session state machine.
 
-use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +10,7 @@ use io_uring::types::{CancelBuilder, Fd, Fixed, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode};
 
 use super::ServeConfig;
+use super::held::{Held, HeldInput};
 use super::session::{self, Env, Session, Verdict, flag, state};
 use crate::engine::timer::TimerWheel;
 use crate::engine::{Op, RingSet, Service, Token};
@@ -22,16 +22,6 @@ use crate::stats::{CloseReason, WorkerStats};
 const WHEEL_BUCKETS: usize = 4096;
 /// A session told to close after its last send gets this long before it is closed anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// A received buffer that a paused session has not consumed yet.
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    ring: u16,
-    bid: u16,
-    /// Bytes of it already handled.
-    offset: u32,
-    len: u32,
-}
 
 /// Per-ring accept state.
 struct AcceptState {
@@ -55,17 +45,14 @@ pub struct ServerWorker {
     /// Free table slots a ring keeps before it stops accepting: one accept run can take a whole
     /// listen backlog, and a full table would drop those connections.
     accept_margin: u32,
-    /// Sessions whose multishot receive ended for lack of buffers, re-armed after the buffers
-    /// go back to the kernel.
+    /// Sessions whose multishot receive ended while they still need one (no buffers, CQ
+    /// pressure, a lifted pause), re-armed once the buffers are back with the kernel.
     rearm: Vec<u32>,
     /// Sessions whose receive cancel found nothing to cancel while the receive was still armed;
     /// the cancel is sent again at the next tick.
     recancel: Vec<u32>,
-    /// Input of paused sessions, in order (only paused sessions have an entry).
-    held: HashMap<u32, VecDeque<Held>>,
-    /// Buffers held per ring; at most half a ring's buffers may be held, so paused sessions
-    /// cannot starve the others.
-    held_per_ring: Vec<u32>,
+    /// Input of paused sessions, in order.
+    held: HeldInput,
     tick: Box<Timespec>,
     tick_ms: u64,
     started: Instant,
@@ -130,8 +117,7 @@ impl ServerWorker {
             accept_margin,
             rearm: Vec::new(),
             recancel: Vec::new(),
-            held: HashMap::new(),
-            held_per_ring: Vec::new(),
+            held: HeldInput::default(),
             tick: Box::new(Timespec::from(Duration::from_millis(tick_ms))),
             tick_ms,
             started: Instant::now(),
@@ -147,7 +133,7 @@ impl ServerWorker {
 
     /// Arms accepts on every ring and the tick on ring 0.
     pub fn start(&mut self, rings: &mut RingSet) {
-        self.held_per_ring = vec![0; rings.len()];
+        self.held = HeldInput::new(rings.len());
         self.accept = (0..rings.len()).map(|_| AcceptState { armed: false, retry_tick: 0, generation: 0 }).collect();
         for ring in 0..rings.len() {
             self.arm_accept(rings, ring);
@@ -365,14 +351,9 @@ impl ServerWorker {
 
     /// Keeps a buffer for a paused session, if its ring can spare it.
     fn hold(&mut self, rings: &RingSet, slot: u32, input: Held) -> bool {
-        let ring = input.ring as usize;
-        if self.held_per_ring[ring] + 1 > rings.rings[ring].bufs.count() as u32 / 2 {
-            return false;
-        }
-        self.held_per_ring[ring] += 1;
-        self.stats.held_buffers.inc();
-        self.held.entry(slot).or_default().push_back(input);
-        true
+        let kept = self.held.hold(slot, input, rings.rings[input.ring as usize].bufs.count());
+        self.stats.held_buffers.set(self.held.len() as u64);
+        kept
     }
 
     /// Stops reading from a session whose replies filled its out area; the socket's own buffers
@@ -392,24 +373,21 @@ impl ServerWorker {
     /// Feeds a paused session its held input now that sends made room; un-pauses it and
     /// receives again once all of it is handled.
     fn resume(&mut self, rings: &mut RingSet, slot: u32) {
-        while let Some(front) = self.held.get(&slot).and_then(|q| q.front().copied()) {
+        while let Some(front) = self.held.front(slot) {
             let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
             let data = &rings.rings[front.ring as usize].bufs.data(front.bid, front.len as usize)[front.offset as usize..];
             match session::on_bytes(self.slab.session(slot), &env, data) {
-                Verdict::Blocked(done) => {
-                    if let Some(f) = self.held.get_mut(&slot).and_then(|q| q.front_mut()) {
-                        f.offset += done as u32;
-                    }
-                    return;
+                Verdict::Blocked(done) => return self.held.advance(slot, done),
+                Verdict::Open => {
+                    self.held.release_front(slot, rings);
+                    self.stats.held_buffers.set(self.held.len() as u64);
                 }
-                Verdict::Open => self.release_front(rings, slot),
                 verdict => {
                     self.release_held(rings, slot);
                     return self.apply(rings, slot, verdict);
                 }
             }
         }
-        self.held.remove(&slot);
         let s = self.slab.header_mut(slot);
         s.flags &= !flag::PAUSED;
         if !s.has(flag::RECV_ARMED | flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
@@ -417,21 +395,10 @@ impl ServerWorker {
         }
     }
 
-    fn release_front(&mut self, rings: &mut RingSet, slot: u32) {
-        if let Some(h) = self.held.get_mut(&slot).and_then(|q| q.pop_front()) {
-            rings.rings[h.ring as usize].bufs.recycle(h.bid);
-            self.held_per_ring[h.ring as usize] -= 1;
-            self.stats.held_buffers.sub(1);
-        }
-    }
-
     /// Gives every held buffer of a session back and un-pauses it.
     fn release_held(&mut self, rings: &mut RingSet, slot: u32) {
-        for h in self.held.remove(&slot).unwrap_or_default() {
-            rings.rings[h.ring as usize].bufs.recycle(h.bid);
-            self.held_per_ring[h.ring as usize] -= 1;
-            self.stats.held_buffers.sub(1);
-        }
+        self.held.release_all(slot, rings);
+        self.stats.held_buffers.set(self.held.len() as u64);
         self.slab.header_mut(slot).flags &= !flag::PAUSED;
     }
 
@@ -532,7 +499,7 @@ impl ServerWorker {
         let recv = self.token(Op::Recv, slot);
         let cancel = self.token(Op::Cancel, slot);
         let next = self.token(if write_shut { Op::Close } else { Op::Shutdown }, slot);
-        if self.held.contains_key(&slot) {
+        if self.held.has(slot) {
             self.release_held(rings, slot);
         }
         let s = self.slab.header_mut(slot);
