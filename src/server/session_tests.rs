@@ -23,6 +23,10 @@ const BIG_REPLY: usize = HEADER_LEN + BIG;
 
 // ---- harness ----
 
+fn test_env(stats: &WorkerStats, now_tick: u32) -> Env<'_> {
+    Env { stats, max_frame: MAX_FRAME, heartbeat_ms: HEARTBEAT_MS, session_id: SESSION_ID, now_tick, wall_ns: || WALL_NS }
+}
+
 /// One session in a slab, plus the worker's counters and clock.
 struct Harness {
     slab: SessionSlab<Session>,
@@ -50,14 +54,7 @@ impl Harness {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Verdict {
-        let env = Env {
-            stats: &self.stats,
-            max_frame: MAX_FRAME,
-            heartbeat_ms: HEARTBEAT_MS,
-            session_id: SESSION_ID,
-            now_tick: self.now_tick,
-            wall_ns: || WALL_NS,
-        };
+        let env = test_env(&self.stats, self.now_tick);
         on_bytes(self.slab.session(self.i), &env, bytes)
     }
 
@@ -366,14 +363,7 @@ fn several_frames_in_one_call_are_answered_in_order() {
 #[test]
 fn timed_out_queues_error_6() {
     let mut h = Harness::logged_in();
-    let env = Env {
-        stats: &h.stats,
-        max_frame: MAX_FRAME,
-        heartbeat_ms: HEARTBEAT_MS,
-        session_id: SESSION_ID,
-        now_tick: 99,
-        wall_ns: || WALL_NS,
-    };
+    let env = test_env(&h.stats, 99);
     let (_, mut out) = session::split(h.slab.session(h.i), MAX_FRAME);
     assert_eq!(session::timed_out(&mut out, &env), Verdict::CloseAfterSend(CloseReason::Timeout));
     let code = ErrorCode::Timeout;
@@ -384,14 +374,7 @@ fn timed_out_queues_error_6() {
 #[test]
 fn say_bye_queues_bye_and_closes_after_send() {
     let mut h = Harness::logged_in();
-    let env = Env {
-        stats: &h.stats,
-        max_frame: MAX_FRAME,
-        heartbeat_ms: HEARTBEAT_MS,
-        session_id: SESSION_ID,
-        now_tick: 99,
-        wall_ns: || WALL_NS,
-    };
+    let env = test_env(&h.stats, 99);
     let (_, mut out) = session::split(h.slab.session(h.i), MAX_FRAME);
     assert_eq!(session::say_bye(&mut out, &env), Verdict::CloseAfterSend(CloseReason::Shutdown));
     assert_eq!(parse_all(&h.drain()), [Frame::Bye]);
