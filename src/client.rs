@@ -85,6 +85,9 @@ impl BlockingClient {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-frame")),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                // A read with a timeout returns EINTR rather than restarting when the thread is
+                // interrupted (a signal, or io_uring task work notified like one): read again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "no frame in time"));
                 }
