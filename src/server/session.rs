@@ -274,8 +274,11 @@ fn answer(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
         // Routing between sessions is not built yet: every recipient is unknown, and the sender
         // is told so rather than left waiting for an ACK.
         Frame::Send { msg_id, .. } => {
-            env.stats.protocol_errors[ErrorCode::UnknownRecipient.index()].inc();
-            reply(out, env, Frame::nack(msg_id, ErrorCode::UnknownRecipient))
+            let verdict = reply(out, env, Frame::nack(msg_id, ErrorCode::UnknownRecipient));
+            if verdict == Verdict::Open {
+                env.stats.protocol_errors[ErrorCode::UnknownRecipient.index()].inc();
+            }
+            verdict
         }
         // The client is leaving: send what is queued, then close. Nothing is said back.
         Frame::Bye => Verdict::CloseAfterSend(CloseReason::Bye),
