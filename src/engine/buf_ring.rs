@@ -19,6 +19,8 @@ pub struct BufRing {
     buf_size: u32,
     /// Tail as we have written it, published to the kernel by `commit`.
     local_tail: u16,
+    /// Tail as last published, so a commit with nothing new is free.
+    published_tail: u16,
     bgid: u16,
 }
 
@@ -39,7 +41,7 @@ impl BufRing {
             .len(count as usize * buf_size as usize)
             .no_reserve_swap()
             .map_anon()?;
-        let mut ring = BufRing { entries, buffers, count, buf_size, local_tail: 0, bgid };
+        let mut ring = BufRing { entries, buffers, count, buf_size, local_tail: 0, published_tail: 0, bgid };
         for bid in 0..count {
             ring.recycle(bid);
         }
@@ -64,10 +66,6 @@ impl BufRing {
 
     pub fn bgid(&self) -> u16 {
         self.bgid
-    }
-
-    pub fn buf_size(&self) -> u32 {
-        self.buf_size
     }
 
     pub fn count(&self) -> u16 {
@@ -108,9 +106,13 @@ impl BufRing {
         self.local_tail = self.local_tail.wrapping_add(1);
     }
 
-    /// Publishes every recycled buffer to the kernel.
+    /// Publishes every recycled buffer to the kernel (nothing to do if none was recycled).
     #[inline]
     pub fn commit(&mut self) {
+        if self.published_tail == self.local_tail {
+            return;
+        }
+        self.published_tail = self.local_tail;
         let base = self.entries.as_ptr() as *const BufRingEntry;
         // SAFETY: the tail is a u16 inside entry 0 of our mapping (io_uring's ABI), 2-byte aligned;
         // the kernel reads it with acquire semantics, so the release store orders the entry writes

@@ -9,11 +9,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
-
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::sync::Arc;
 
 use io_uring::{IoUring, cqueue, squeue};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::EngineError;
 use super::buf_ring::BufRing;
@@ -132,10 +131,6 @@ impl Ring {
 
     pub fn submitter(&self) -> io_uring::Submitter<'_> {
         self.uring.submitter()
-    }
-
-    pub fn sq_capacity(&mut self) -> usize {
-        self.uring.submission().capacity()
     }
 
     /// Whether completions wait to be reaped.

@@ -185,7 +185,7 @@ impl ServerWorker {
     }
 
     /// A direct descriptor of `ring` was installed (`true`) or closed (`false`).
-    fn count_file(&self, rings: &mut RingSet, ring: usize, installed: bool) {
+    fn count_file(&mut self, rings: &mut RingSet, ring: usize, installed: bool) {
         let r = &mut rings.rings[ring];
         if installed {
             r.files_in_use += 1;
@@ -193,6 +193,22 @@ impl ServerWorker {
         } else {
             r.files_in_use -= 1;
             self.stats.fixed_files_in_use.sub(1);
+            self.maybe_arm_accept(rings, ring);
+        }
+    }
+
+    /// Arms a ring's accept if it is off, the worker is not draining, no failed accept asks to
+    /// wait, and the ring's table has its reserve free. The threshold is the cancel's: with a
+    /// higher one, every ring could sit between the two and the worker stop accepting with room
+    /// left.
+    fn maybe_arm_accept(&mut self, rings: &mut RingSet, ring: usize) {
+        let (r, a) = (&rings.rings[ring], &self.accept[ring]);
+        if !a.armed
+            && self.drain_until.is_none()
+            && self.now_tick >= a.retry_tick
+            && r.files_capacity - r.files_in_use >= self.accept_margin
+        {
+            self.arm_accept(rings, ring);
         }
     }
 
@@ -215,6 +231,9 @@ impl ServerWorker {
         self.count_file(rings, ring, true);
         if rings.rings[ring].files_capacity - rings.rings[ring].files_in_use < self.accept_margin {
             self.cancel_accept(rings, ring);
+        } else {
+            // The multishot may have ended (CQ pressure) with this accept.
+            self.maybe_arm_accept(rings, ring);
         }
         if self.drain_until.is_some() {
             self.reject_close(rings, ring, file);
@@ -356,17 +375,23 @@ impl ServerWorker {
         kept
     }
 
+    /// Cancels a session's armed multishot receive (its final completion still arrives).
+    fn cancel_recv(&mut self, rings: &mut RingSet, slot: u32) {
+        let (recv, cancel) = (self.token(Op::Recv, slot), self.token(Op::Cancel, slot));
+        let s = self.slab.header_mut(slot);
+        s.inflight += 1;
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
+        Self::push(rings, s.ring as usize, entry);
+    }
+
     /// Stops reading from a session whose replies filled its out area; the socket's own buffers
     /// then push back on the client (TCP flow control).
     fn pause(&mut self, rings: &mut RingSet, slot: u32) {
         self.stats.backpressure_pauses.inc();
-        let (recv, cancel) = (self.token(Op::Recv, slot), self.token(Op::Cancel, slot));
         let s = self.slab.header_mut(slot);
         s.flags |= flag::PAUSED;
         if s.has(flag::RECV_ARMED) {
-            s.inflight += 1;
-            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
-            Self::push(rings, s.ring as usize, entry);
+            self.cancel_recv(rings, slot);
         }
     }
 
@@ -496,22 +521,17 @@ impl ServerWorker {
         let file = s.file;
         let armed = s.has(flag::RECV_ARMED);
         let write_shut = s.has(flag::WRITE_SHUT);
-        let recv = self.token(Op::Recv, slot);
-        let cancel = self.token(Op::Cancel, slot);
         let next = self.token(if write_shut { Op::Close } else { Op::Shutdown }, slot);
         if self.held.has(slot) {
             self.release_held(rings, slot);
         }
-        let s = self.slab.header_mut(slot);
-        s.flags |= flag::TEARDOWN;
+        self.slab.header_mut(slot).flags |= flag::TEARDOWN;
         self.stats.closed(reason).inc();
         self.wheel.cancel(slot);
         if armed {
-            s.inflight += 1;
-            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
-            Self::push(rings, ring, entry);
+            self.cancel_recv(rings, slot);
         }
-        s.inflight += 1;
+        self.slab.header_mut(slot).inflight += 1;
         let entry = if write_shut {
             opcode::Close::new(Fixed(file)).build().user_data(next.0)
         } else {
@@ -572,14 +592,15 @@ impl ServerWorker {
             self.arm_tick(rings);
         }
         self.now_tick = (self.started.elapsed().as_millis() as u64 / self.tick_ms) as u32;
+        for ring in 0..rings.len() {
+            // Accepts that failed wait for a tick before they are tried again.
+            self.maybe_arm_accept(rings, ring);
+        }
+        self.stats.sq_backlog.set(rings.rings.iter().map(|r| r.backlog_len() as u64).sum());
         for slot in std::mem::take(&mut self.recancel) {
             let s = self.slab.header(slot);
             if s.state != state::FREE && s.has(flag::TEARDOWN) && s.has(flag::RECV_ARMED) {
-                let (recv, cancel) = (self.token(Op::Recv, slot), self.token(Op::Cancel, slot));
-                let ring = s.ring as usize;
-                self.slab.header_mut(slot).inflight += 1;
-                let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
-                Self::push(rings, ring, entry);
+                self.cancel_recv(rings, slot);
             }
         }
         let mut fired = std::mem::take(&mut self.fired);
@@ -638,10 +659,6 @@ impl ServerWorker {
             self.apply(rings, slot, verdict);
         }
     }
-
-    pub fn sessions(&self) -> usize {
-        self.slab.in_use()
-    }
 }
 
 impl Service for ServerWorker {
@@ -671,22 +688,9 @@ impl Service for ServerWorker {
                 self.arm_recv(rings, slot);
             }
         }
-        if self.drain_until.is_none() {
-            if self.stop.load(Ordering::Relaxed) {
-                self.begin_drain(rings);
-            } else {
-                for ring in 0..rings.len() {
-                    let r = &rings.rings[ring];
-                    // Same threshold as the cancel: with a higher one, every ring could sit between
-                    // the two and the worker would stop accepting with room left.
-                    let a = &self.accept[ring];
-                    if !a.armed && self.now_tick >= a.retry_tick && r.files_capacity - r.files_in_use >= self.accept_margin {
-                        self.arm_accept(rings, ring);
-                    }
-                }
-            }
+        if self.drain_until.is_none() && self.stop.load(Ordering::Relaxed) {
+            self.begin_drain(rings);
         }
-        self.stats.sq_backlog.set(rings.rings.iter().map(|r| r.backlog_len() as u64).sum());
     }
 
     fn done(&self) -> bool {
