@@ -5,3 +5,6 @@ pub mod proto;
 pub mod slab;
 pub mod server;
 pub mod stats;
+pub mod load;
+pub mod results;
+pub mod units;

@@ -1,0 +1,204 @@
+//! What `c2m load` reports: the JSON it writes with `--json`, the lines it prints with
+//! `--events`, and the latency summaries built from its HdrHistograms. `c2m bench` embeds the
+//! report whole in its result, so these types are part of the results schema (see
+//! `results/schema/`).
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Whether a run did what it was asked or was stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Complete,
+    Aborted,
+}
+
+/// The load's parameters as run (after defaults and derived values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadParams {
+    pub target: String,
+    pub connections: u64,
+    /// Connects per second asked for, over all workers (0: unpaced, bounded by concurrency).
+    pub connect_rate: f64,
+    pub connect_concurrency: u64,
+    pub connect_timeout_ms: u64,
+    /// Source addresses as given (ranges or CIDR) and how many there are.
+    pub sources: Vec<String>,
+    pub source_addresses: u64,
+    /// Source ports each address uses, inclusive.
+    pub source_ports: [u16; 2],
+    pub duration_ms: u64,
+    pub ramp_ms: u64,
+    pub hold_ms: u64,
+    /// `idle`, `ping` or `echo`.
+    pub workload: String,
+    /// Per connection, between two messages (0 for idle).
+    pub message_interval_ms: f64,
+    /// Messages per second over all connections, as scheduled (0 for idle).
+    pub message_rate: f64,
+    /// Frame size of an ECHO, header included (PING frames are 20 bytes).
+    pub size: u64,
+    pub workers: u64,
+    pub rings_per_worker: u64,
+    pub files_per_ring: u64,
+}
+
+/// Connections asked for and reached.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    pub requested: u64,
+    /// Connects completed (TCP handshake done).
+    pub connected: u64,
+    /// Connections that got WELCOME (logged in).
+    pub established: u64,
+    /// Most connections logged in at once.
+    pub established_peak: u64,
+    /// Logged in when the message phase ended (before the load closed them).
+    pub established_at_end: u64,
+    /// Connects that failed or timed out, and connections lost later (see `errors`).
+    pub failed: u64,
+    pub lost: u64,
+    /// Seconds from the first connect to the last one that completed.
+    pub connect_seconds: f64,
+    /// `established / connect_seconds`.
+    pub connect_rate_achieved: f64,
+}
+
+/// Messages sent and answered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageCounts {
+    pub sent: u64,
+    pub received: u64,
+    /// Sent but not answered when the load stopped.
+    pub unanswered: u64,
+    /// Scheduled messages a connection could not send on time because its previous send was
+    /// still in flight (they went out late; the corrected latency includes the wait).
+    pub late: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Messages per second during the message phase, asked and achieved.
+    pub rate_requested: f64,
+    pub rate_achieved: f64,
+}
+
+/// One latency distribution. Values are in `unit` (always microseconds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub unit: String,
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub p9999: f64,
+    pub max: f64,
+    /// The percentile spectrum, for charts: `[percentile, value]` pairs, percentile in 0..=100.
+    pub spectrum: Vec<[f64; 2]>,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram recorded in nanoseconds.
+    pub fn from_ns(h: &Histogram<u64>) -> LatencySummary {
+        let us = |v: u64| v as f64 / 1000.0;
+        if h.is_empty() {
+            return LatencySummary { unit: "us".into(), ..Default::default() };
+        }
+        let spectrum = h
+            .iter_quantiles(2)
+            .map(|it| [it.quantile_iterated_to() * 100.0, us(it.value_iterated_to())])
+            .collect();
+        LatencySummary {
+            unit: "us".into(),
+            count: h.len(),
+            min: us(h.min()),
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            p9999: us(h.value_at_quantile(0.9999)),
+            max: us(h.max()),
+            spectrum,
+        }
+    }
+}
+
+/// The latencies a run measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latencies {
+    /// Connect issued to TCP connect completed.
+    pub connect: LatencySummary,
+    /// Connect *scheduled* to TCP connect completed (includes waiting for a connect slot).
+    pub connect_corrected: LatencySummary,
+    /// Connect completed to WELCOME received.
+    pub login: LatencySummary,
+    /// Message round trip from its *scheduled* send time (coordinated omission corrected, as
+    /// wrk2 reports it).
+    pub rtt_corrected: LatencySummary,
+    /// Message round trip from the moment it was handed to the kernel (uncorrected).
+    pub rtt_uncorrected: LatencySummary,
+}
+
+/// One line of the timeline, once a second.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the load started.
+    pub t: f64,
+    pub established: u64,
+    /// Connects completed per second over the last interval.
+    pub connect_rate: f64,
+    /// Replies received per second over the last interval.
+    pub msg_rate: f64,
+    /// Corrected round trip over the last interval, microseconds (0 if none).
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// All errors so far.
+    pub errors: u64,
+    /// /proc/meminfo MemFree, bytes.
+    pub mem_free: u64,
+}
+
+/// A phase of the run and when it began and ended (seconds since the load started).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// Everything `c2m load` measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub params: LoadParams,
+    pub status: RunStatus,
+    pub abort_reason: Option<String>,
+    /// Unix time the load started, milliseconds.
+    pub started_unix_ms: u64,
+    pub elapsed_seconds: f64,
+    pub connections: ConnectionCounts,
+    /// Errors by kind, e.g. `connect ECONNREFUSED`, `connect timeout`, `bind EADDRINUSE`,
+    /// `server ERROR 5 server full`, `closed by server`, `reply timeout`. Every failure is here.
+    pub errors: BTreeMap<String, u64>,
+    pub messages: MessageCounts,
+    pub latency: Latencies,
+    pub phases: Vec<Phase>,
+    pub timeline: Vec<Sample>,
+}
+
+/// What `c2m load --events` prints on stdout, one JSON object a line, for a parent process
+/// (`c2m bench`) to follow the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// A phase began: `connect`, `messages`, `hold`, `close`.
+    Phase { name: String, t: f64, established: u64 },
+    /// The once-a-second sample.
+    Sample(Sample),
+    /// The run is over; the report is written (if `--json` was given).
+    Done { status: RunStatus, abort_reason: Option<String> },
+}
