@@ -18,6 +18,11 @@ struct Cli {
 enum Command {
     /// Run the protocol v1 server (thread-per-core io_uring engine).
     Serve(ServeArgs),
+    /// Open N connections to a protocol v1 server, send messages on an open-loop schedule and
+    /// measure connect and round-trip latency (thread-per-core io_uring engine).
+    Load(c2m::load::cli::LoadArgs),
+    /// Run a scenario end to end on this box (c2m serve + c2m load) and write results/.
+    Bench(c2m::bench::BenchArgs),
     /// Reference client on plain sockets: open N connections, log in, ping once, hold.
     /// One process stays under RLIMIT_NOFILE; tests and benches run several.
     #[command(hide = true)]
@@ -137,9 +142,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
+    let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    let opts = c2m::load::RunOptions {
+        json: args.json.clone(),
+        hlog: args.hlog.clone(),
+        progress: !args.no_progress,
+        events: args.events,
+    };
+    let report = c2m::load::run(cfg, &opts).context("running the load")?;
+    if report.status == c2m::load::report::RunStatus::Aborted {
+        // The report is written; the exit status still tells a script the run fell short.
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => c2m::bench::run(args),
+        Command::Load(args) => load(args),
         Command::Hold(a) => {
             let cfg = c2m::client::HoldConfig {
                 server: a.server,

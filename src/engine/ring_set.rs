@@ -17,6 +17,26 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::EngineError;
 use super::buf_ring::BufRing;
 
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (and the hard one too where allowed) and
+/// returns the fixed-file table size a ring may have.
+pub fn table_limit() -> u32 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = nr_open.min(1 << 20);
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+            // Raised (CAP_SYS_RESOURCE).
+        } else if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(1024);
+    soft.min(1 << 20) as u32
+}
+
 /// Sizes of one ring.
 #[derive(Clone, Copy, Debug)]
 pub struct RingConfig {
@@ -90,6 +110,27 @@ impl Ring {
                 self.backlog.push_back(entry);
             }
         }
+    }
+
+    /// Queues a linked chain whole, or nothing: a chain split across two submissions would
+    /// lose its links (the kernel ends a chain at the end of a submission). Returns `false` when
+    /// the SQ has no room for it even after a submit; the caller tries again later.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every entry.
+    pub unsafe fn push_chain(&mut self, entries: &[squeue::Entry]) -> bool {
+        let room = |u: &mut IoUring| {
+            let sq = u.submission();
+            sq.capacity() - sq.len()
+        };
+        if !self.backlog.is_empty() || room(&mut self.uring) < entries.len() {
+            let _ = self.submit();
+            if !self.backlog.is_empty() || room(&mut self.uring) < entries.len() {
+                return false;
+            }
+        }
+        // SAFETY: forwarded from the caller's contract; there is room for every entry.
+        unsafe { self.uring.submission().push_multiple(entries) }.is_ok()
     }
 
     /// Whether entering the kernel would do anything: SQEs to submit, deferred task work

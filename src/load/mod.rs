@@ -1,3 +1,38 @@
-//! `c2m load`: the load generator, a second user of the engine.
+//! `c2m load`: the load generator, a second user of the engine. One pinned worker per core
+//! opens its share of the connections with io_uring (socket, options, bind and connect linked
+//! in one chain into a fixed-file slot, so no socket enters the fd table), logs them in, sends
+//! messages on an open-loop schedule and records latency in HdrHistograms. The main thread
+//! moves the run through its phases, prints the live line, writes the interval log and builds
+//! the report.
 
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod progress;
 pub mod report;
+pub mod run;
+pub mod sources;
+pub mod worker;
+
+pub use config::{LoadConfig, Workload};
+pub use run::{RunOptions, run};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Slab(#[from] crate::slab::SlabError),
+    #[error("worker {0}: {1}")]
+    Worker(usize, String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+impl LoadError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> LoadError {
+        LoadError::Io { what: what.into(), source }
+    }
+}

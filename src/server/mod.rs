@@ -111,26 +111,6 @@ impl ServeConfig {
     }
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to its hard limit (and the hard one too where allowed) and
-/// returns the fixed-file table size a ring may have.
-fn files_per_ring() -> u32 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(1 << 20);
-    let want = nr_open.min(1 << 20);
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
-            // Raised (CAP_SYS_RESOURCE).
-        } else if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
-    let soft = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(1024);
-    soft.min(1 << 20) as u32
-}
-
 fn listener(addr: SocketAddr, backlog: u32) -> Result<Socket, ServerError> {
     let io = |what: &str| {
         let what = format!("{what} {addr}");
@@ -173,7 +153,7 @@ impl Server {
     pub fn start(cfg: ServeConfig) -> Result<Server, ServerError> {
         cfg.validate()?;
         let features = probe()?;
-        let files = cfg.files_per_ring.unwrap_or_else(files_per_ring);
+        let files = cfg.files_per_ring.unwrap_or_else(crate::engine::ring_set::table_limit);
         if files < 64 {
             return Err(ServerError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
         }

@@ -1,0 +1,154 @@
+//! What `c2m load` is told, checked, and the schedule derived from it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::LoadError;
+use super::sources::PortPlan;
+use crate::proto;
+
+/// What each connection does once logged in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Log in and stay silent (the server's heartbeat timeout must be longer than the run).
+    Idle,
+    /// PING on a schedule, measure PONG round trips.
+    Ping,
+    /// ECHO frames of `size` bytes on a schedule, measure ECHO_REPLY round trips.
+    Echo,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Idle => "idle",
+            Workload::Ping => "ping",
+            Workload::Echo => "echo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Workload, String> {
+        match s {
+            "idle" => Ok(Workload::Idle),
+            "ping" => Ok(Workload::Ping),
+            "echo" => Ok(Workload::Echo),
+            "chat" => Err("--workload chat is not built yet; use idle, ping or echo".into()),
+            _ => Err(format!("{s:?}: use idle, ping or echo")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub target: SocketAddr,
+    pub connections: u64,
+    /// Connects per second over all workers; 0: as fast as `connect_concurrency` allows.
+    pub connect_rate: f64,
+    /// Connects in flight at once over all workers.
+    pub connect_concurrency: u64,
+    pub connect_timeout: Duration,
+    pub ports: PortPlan,
+    /// The source specs as given, for the report.
+    pub source_specs: Vec<String>,
+    pub duration: Duration,
+    pub ramp: Duration,
+    pub hold: Duration,
+    pub workload: Workload,
+    /// Per connection, between two messages.
+    pub message_interval: Duration,
+    /// Frame size of an ECHO, header included.
+    pub size: usize,
+    pub first_user: u64,
+    pub workers: usize,
+    pub files_per_ring: Option<u32>,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+    pub max_frame: usize,
+    /// MemFree below this stops the run (aborted, result still written).
+    pub keep_free: u64,
+}
+
+/// Smallest ECHO frame: a header and the two timestamps.
+pub const MIN_ECHO: usize = proto::HEADER_LEN + 16;
+
+impl LoadConfig {
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let bad = |m: String| Err(LoadError::Config(m));
+        if self.connections == 0 {
+            return bad("-c/--connections must be at least 1".into());
+        }
+        if self.workers == 0 {
+            return bad("--workers must be at least 1".into());
+        }
+        if self.connect_concurrency < self.workers as u64 {
+            return bad(format!("--connect-concurrency must be at least the worker count ({})", self.workers));
+        }
+        if self.connections > self.ports.capacity() {
+            return bad(format!(
+                "{} connections need {} distinct source (address, port) pairs, but --sources x --source-ports give {} ({} addresses x {} ports): add addresses",
+                self.connections,
+                self.connections,
+                self.ports.capacity(),
+                self.ports.sources.len(),
+                self.ports.ports_per_address()
+            ));
+        }
+        if self.ports.sources.mixed_families() || self.ports.sources.is_ipv6() != self.target.is_ipv6() {
+            return bad("--sources must all be of the target's address family".into());
+        }
+        if self.workload == Workload::Echo && !(MIN_ECHO..=self.max_frame).contains(&self.size) {
+            return bad(format!("--size must be in {MIN_ECHO}..={} for echo", self.max_frame));
+        }
+        if self.workload != Workload::Idle && self.message_interval.is_zero() {
+            return bad("--ping-interval (or the interval --rate gives) must be above 0".into());
+        }
+        if !self.recv_buffers.is_power_of_two() {
+            return bad("--recv-buffers must be a power of two".into());
+        }
+        Ok(())
+    }
+
+    /// Connections worker `w` opens: global numbers `w, w + W, w + 2W, ...`.
+    pub fn connections_of(&self, worker: usize) -> u64 {
+        let w = worker as u64;
+        let n = self.workers as u64;
+        if w >= self.connections { 0 } else { (self.connections - w).div_ceil(n) }
+    }
+
+    /// When local connection `k` of worker `w` is due, from the start of the connect phase.
+    pub fn connect_due(&self, worker: usize, k: u64) -> Duration {
+        if self.connect_rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let g = k * self.workers as u64 + worker as u64;
+        Duration::from_secs_f64(g as f64 / self.connect_rate)
+    }
+
+    /// Messages per second over all connections, as scheduled.
+    pub fn message_rate(&self) -> f64 {
+        match self.workload {
+            Workload::Idle => 0.0,
+            _ => self.connections as f64 / self.message_interval.as_secs_f64(),
+        }
+    }
+
+    /// Size of one message frame.
+    pub fn frame_len(&self) -> usize {
+        match self.workload {
+            Workload::Echo => self.size,
+            _ => proto::HEADER_LEN + 16,
+        }
+    }
+
+    /// A bound on the connect phase: the schedule, plus time for the last connects and logins
+    /// to finish or time out. Past it the run is stopped (never an endless ramp).
+    pub fn connect_phase_limit(&self) -> Duration {
+        let schedule = if self.connect_rate > 0.0 {
+            self.connections as f64 / self.connect_rate
+        } else {
+            // Unpaced: at worst a slow box opening a few thousand a second.
+            self.connections as f64 / 2000.0
+        };
+        Duration::from_secs_f64(schedule) + 3 * self.connect_timeout + Duration::from_secs(30)
+    }
+}

@@ -1,0 +1,142 @@
+//! How a run shows itself while it goes: a bar on a terminal, a plain line a second otherwise,
+//! and with `--events` one JSON object a line on stdout for a parent process. The summary at the
+//! end goes to stderr.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::report::{Event, LoadReport, Sample};
+use crate::units::thousands;
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    events: bool,
+    target: u64,
+}
+
+impl Progress {
+    pub fn new(show: bool, events: bool, target: u64) -> Progress {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(target);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress { plain: show && bar.is_none(), bar, events, target }
+    }
+
+    fn emit(&self, event: &Event) {
+        if self.events {
+            if let Ok(line) = serde_json::to_string(event) {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }
+    }
+
+    pub fn phase(&mut self, name: &str, t: f64, established: u64) {
+        self.emit(&Event::Phase { name: name.into(), t, established });
+        match &self.bar {
+            Some(bar) => bar.set_prefix(name.to_string()),
+            None if self.plain => eprintln!("c2m load: {t:7.1}s phase {name} ({} established)", thousands(established)),
+            None => {}
+        }
+    }
+
+    pub fn sample(&mut self, s: &Sample) {
+        self.emit(&Event::Sample(s.clone()));
+        let line = format!(
+            "{:>6.0} conn/s {:>8.0} msg/s p50 {:.0} us p99 {:.0} us errors {} MemFree {}",
+            s.connect_rate,
+            s.msg_rate,
+            s.p50_us,
+            s.p99_us,
+            thousands(s.errors),
+            crate::units::human_bytes(s.mem_free as f64)
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(s.established.min(self.target));
+                bar.set_message(line);
+            }
+            None if self.plain => {
+                eprintln!("c2m load: {:7.1}s {}/{} established | {line}", s.t, thousands(s.established), thousands(self.target))
+            }
+            None => {}
+        }
+    }
+
+    pub fn done(&mut self, r: &LoadReport) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.emit(&Event::Done { status: r.status, abort_reason: r.abort_reason.clone() });
+        eprintln!("{}", summary(r));
+    }
+}
+
+/// The human summary of a run.
+pub fn summary(r: &LoadReport) -> String {
+    let c = &r.connections;
+    let m = &r.messages;
+    let mut out = String::new();
+    let status = match &r.abort_reason {
+        Some(reason) => format!("ABORTED: {reason}"),
+        None => "complete".into(),
+    };
+    out += &format!("c2m load: {status} after {:.1} s against {}\n", r.elapsed_seconds, r.params.target);
+    out += &format!(
+        "  connections: {} requested, {} connected, {} logged in (peak {}, {} at the end), {} failed, {} lost\n",
+        thousands(c.requested),
+        thousands(c.connected),
+        thousands(c.established),
+        thousands(c.established_peak),
+        thousands(c.established_at_end),
+        thousands(c.failed),
+        thousands(c.lost)
+    );
+    out += &format!("  connect: {:.1} s, {:.0} connections/s\n", c.connect_seconds, c.connect_rate_achieved);
+    out += &format!(
+        "  messages: {} sent, {} answered, {} unanswered at the end, {} late; {:.0}/s asked, {:.0}/s answered\n",
+        thousands(m.sent),
+        thousands(m.received),
+        thousands(m.unanswered),
+        thousands(m.late),
+        m.rate_requested,
+        m.rate_achieved
+    );
+    if r.errors.is_empty() {
+        out += "  errors: none\n";
+    } else {
+        out += "  errors:\n";
+        for (kind, n) in &r.errors {
+            out += &format!("    {kind}: {}\n", thousands(*n));
+        }
+    }
+    out += "  latency (us)          count      p50      p90      p99    p99.9   p99.99      max\n";
+    for (name, l) in [
+        ("connect", &r.latency.connect),
+        ("connect, corrected", &r.latency.connect_corrected),
+        ("login", &r.latency.login),
+        ("rtt, corrected", &r.latency.rtt_corrected),
+        ("rtt, uncorrected", &r.latency.rtt_uncorrected),
+    ] {
+        out += &format!(
+            "    {name:<18} {:>9} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}\n",
+            thousands(l.count),
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.p9999,
+            l.max
+        );
+    }
+    out
+}
