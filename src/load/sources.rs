@@ -48,7 +48,7 @@ fn parse_block(spec: &str) -> Result<Block, LoadError> {
                 let size = 1u64 << (32 - len);
                 let base = u32::from(a) & !((size - 1) as u32);
                 // A /24 and wider skips the network and broadcast addresses, as ip(8) would.
-                let (first, count) = if size >= 4 { (base + 1, size - 2) } else { (base, size) };
+                let (first, count) = if size >= 256 { (base + 1, size - 2) } else { (base, size) };
                 Ok(Block::V4 { first, count })
             }
             IpAddr::V6(a) if (64..=128).contains(&len) => {
