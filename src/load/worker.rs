@@ -310,7 +310,11 @@ impl LoadWorker {
     /// Starts the connects that are due, within the concurrency bound.
     fn start_due_connects(&mut self, rings: &mut RingSet, now_ns: u64) {
         while self.next < self.total && self.connecting < self.concurrency {
-            let due = self.cfg.connect_due(self.id, self.next).as_nanos() as u64;
+            // Unpaced connects have no schedule: each is due when it is issued.
+            let due = match self.cfg.connect_rate > 0.0 {
+                true => self.cfg.connect_due(self.id, self.next).as_nanos() as u64,
+                false => now_ns,
+            };
             if due > now_ns || !self.start_connect(rings, due, now_ns) {
                 break;
             }
@@ -453,11 +457,10 @@ impl LoadWorker {
         let g = self.global(slot);
         let hello = Frame::Hello { user_id: self.cfg.first_user + g, client_time_ns: now };
         let timeout = self.cfg.connect_timeout.max(Duration::from_secs(1));
-        let c = self.slab.header_mut(slot);
-        c.s.state = state::HELLO_SENT;
-        c.s.t_ns = now;
-        let n = proto::encode(&hello, &mut c.out);
-        c.s.out_len = n as u16;
+        let (c, out) = self.out_area(slot);
+        c.state = state::HELLO_SENT;
+        c.t_ns = now;
+        c.out_len = proto::encode(&hello, out) as u16;
         self.arm_recv(rings, slot);
         self.flush(rings, slot);
         self.wheel.schedule(slot, self.tick_of(now + timeout.as_nanos() as u64));
