@@ -144,6 +144,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
     let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    if !args.force {
+        // Both ends are on this box when the target is loopback: count both sockets.
+        let both_ends_here = args.server.ip().is_loopback();
+        let model = c2m::fit::CostModel::measured_or_default(std::path::Path::new("results"));
+        c2m::fit::check(cfg.connections, both_ends_here, cfg.keep_free, &model)
+            .map_err(|e| anyhow::anyhow!("{e} (--force starts anyway; the MemFree guard still stops the run)"))?;
+    }
     let opts = c2m::load::RunOptions {
         json: args.json.clone(),
         hlog: args.hlog.clone(),

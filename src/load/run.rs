@@ -452,3 +452,67 @@ fn params(cfg: &LoadConfig, rings: usize, files: u32) -> LoadParams {
         files_per_ring: files as u64,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Workload;
+    use crate::load::sources::{PortPlan, Sources};
+    use crate::server::{ServeConfig, Server};
+
+    fn config(target: std::net::SocketAddr, workload: Workload, first_port: u16) -> LoadConfig {
+        LoadConfig {
+            target,
+            connections: 200,
+            connect_rate: 0.0,
+            connect_concurrency: 16,
+            connect_timeout: Duration::from_secs(5),
+            ports: PortPlan {
+                sources: Sources::parse("127.0.4.1-127.0.4.2").unwrap(),
+                first_port,
+                last_port: first_port + 99,
+                skip_port: None,
+            },
+            source_specs: vec!["127.0.4.1-127.0.4.2".into()],
+            duration: Duration::from_millis(1500),
+            ramp: Duration::ZERO,
+            hold: Duration::from_millis(200),
+            workload,
+            message_interval: Duration::from_millis(50),
+            size: 3000,
+            first_user: 1,
+            workers: 2,
+            // Tables of 64 files: each worker spreads its 100 connections over 2 rings.
+            files_per_ring: Some(64),
+            recv_buffers: 8,
+            recv_buffer_size: 256,
+            max_frame: 4096,
+            keep_free: 0,
+        }
+    }
+
+    /// The whole load generator in-process against the in-process server (so sanitizers see
+    /// every unsafe block of both run): connect chains into fixed slots over several rings,
+    /// receives that span small buffers, inline and slot out areas, the close.
+    #[test]
+    fn in_process_load_against_in_process_server() {
+        let server = Server::start(ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 1,
+            max_sessions: 500,
+            files_per_ring: Some(128),
+            ..ServeConfig::default()
+        })
+        .expect("server starts");
+        for (workload, port) in [(Workload::Ping, 21000), (Workload::Echo, 21200)] {
+            let report = run(config(server.local_addr(), workload, port), &RunOptions::default()).expect("load runs");
+            assert_eq!(report.status, RunStatus::Complete, "{workload:?}: {:?} {:?}", report.abort_reason, report.errors);
+            assert_eq!(report.connections.established, 200);
+            assert_eq!(report.params.rings_per_worker, 2);
+            assert!(report.messages.received > 0);
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+        }
+        server.stop();
+        server.join().unwrap();
+    }
+}
