@@ -1,6 +1,9 @@
 //! c2m: hold millions of TCP connections on one Linux box and measure what that costs.
+pub mod bench;
 pub mod client;
 pub mod engine;
+pub mod fit;
+pub mod host;
 pub mod proto;
 pub mod slab;
 pub mod server;

@@ -42,7 +42,8 @@ fn pings_are_answered_and_measured() {
     assert_eq!((c.requested, c.connected, c.established, c.failed, c.lost), (3000, 3000, 3000, 0, 0));
     assert_eq!(c.established_at_end, 3000);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
-    assert!(r.messages.received > 0 && r.messages.received == r.messages.sent - r.messages.unanswered);
+    assert!(r.messages.received > 0 && r.messages.received <= r.messages.sent);
+    assert_eq!(r.messages.unanswered, r.messages.sent - r.messages.received);
     assert_eq!(r.latency.connect.count, 3000);
     assert_eq!(r.latency.login.count, 3000);
     let rtt = &r.latency.rtt_corrected;

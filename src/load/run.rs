@@ -207,7 +207,6 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
     let mut abort: Option<String> = None;
     let mut peak = 0u64;
     let mut at_end = 0u64;
-    let mut unanswered = 0u64;
     let mut received_at = (0u64, 0u64);
     let mut connect_seconds = 0.0;
     let mut sampler = Sampler {
@@ -291,7 +290,6 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             }
             if next == phase::CLOSE {
                 at_end = established;
-                unanswered = sum(&stats, |s| s.outstanding.get());
                 closing = true;
             }
             if next == phase::MESSAGES {
@@ -356,7 +354,8 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
         messages: MessageCounts {
             sent: sum(&stats, |s| s.sent.get()),
             received: sum(&stats, |s| s.received.get()),
-            unanswered,
+            // Replies still arrive while the close goes out, so this is taken at the very end.
+            unanswered: sum(&stats, |s| s.sent.get()).saturating_sub(sum(&stats, |s| s.received.get())),
             late: sum(&stats, |s| s.late.get()),
             bytes_sent: sum(&stats, |s| s.bytes_sent.get()),
             bytes_received: sum(&stats, |s| s.bytes_received.get()),

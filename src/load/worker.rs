@@ -77,7 +77,6 @@ pub struct LoadStats {
     pub late: Counter,
     pub bytes_sent: Counter,
     pub bytes_received: Counter,
-    pub outstanding: Counter,
     pub recv_no_buffers: Counter,
     /// Connections started whose close has completed (or that failed and were closed).
     pub finished: Counter,
@@ -577,7 +576,6 @@ impl LoadWorker {
         }
         if replies > 0 {
             self.stats.received.add(replies);
-            self.stats.outstanding.sub(replies);
         }
         if logged_in {
             self.logged_in(slot, now);
@@ -643,7 +641,6 @@ impl LoadWorker {
         }
         let next_due = c.due_ns;
         self.stats.sent.add(staged);
-        self.stats.outstanding.add(staged);
         self.flush(rings, slot);
         if self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
             self.wheel.schedule(slot, self.tick_of(next_due));
@@ -723,10 +720,8 @@ impl LoadWorker {
             c.s.flags &= !flag::COUNTED_UP;
             self.stats.established.sub(1);
         }
-        let outstanding = c.s.outstanding;
         c.s.outstanding = 0;
         c.s.state = state::CLOSING;
-        self.stats.outstanding.sub(outstanding as u64);
         if c.s.has(flag::RECV_ARMED) {
             c.s.inflight += 1;
             let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv)).build().user_data(cancel);

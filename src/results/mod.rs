@@ -1,6 +1,9 @@
 //! The result of one `c2m bench` run: its types (serialized as the results JSON, schema in
 //! `results/schema/bench-result.schema.json`), and the report built from all results.
 
+pub mod chart;
+pub mod report;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,56 @@
+//! `c2m bench`: runs a scenario end to end on this box. It checks that the connections fit,
+//! starts `c2m serve` and `c2m load` as children, follows the load's `--events`, measures memory
+//! while the connections are held, stops everything within bounded waits, and writes
+//! `results/<scenario>/<stamp>-<host>.json` (a [`crate::results::BenchResult`]) with the load's
+//! `.hlog` beside it.
+
+pub mod child;
+pub mod load;
+pub mod measure;
+pub mod progress;
+mod follow;
+mod output;
+mod run;
+pub mod scenario;
+pub mod server;
+pub mod signals;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::units::{parse_bytes, parse_count, parse_duration};
+
+pub use run::run;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Scenario: a NAME (bench/scenarios/NAME.toml, looked up here, then in the checkout the
+    /// executable was built in) or a path to a .toml file.
+    #[arg(long, default_value = "default")]
+    pub scenario: String,
+    /// Connections, instead of the scenario's (e.g. 50000, 100k, 1m).
+    #[arg(short = 'c', long, value_parser = parse_count)]
+    pub connections: Option<u64>,
+    /// Message phase, instead of the scenario's (e.g. 30s, 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Where results go (results/<scenario>/) and where measured costs are read from.
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// MemFree that must stay free: refuse a run predicted to go below it, and stop the load if
+    /// it does (e.g. 2GiB, 512MiB).
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    pub keep_free: u64,
+    /// Do not rebuild results/REPORT.md after the run.
+    #[arg(long)]
+    pub no_report: bool,
+    /// No redrawn live line; a plain progress line every 5 s instead.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Only rebuild results/REPORT.md and its charts from the results already there.
+    #[arg(long)]
+    pub report_only: bool,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    pub list: bool,
+}

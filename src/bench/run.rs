@@ -1,0 +1,284 @@
+//! `c2m bench`, step by step: scenario and fit, server, baseline, load, follow, stop, result.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::BenchArgs;
+use super::follow::{Followed, Follower};
+use super::load::{LoadChild, LoadPlan};
+use super::measure::{self, Held};
+use super::output::{self, with_ext};
+use super::progress::Progress;
+use super::scenario::{self, AutoOr, LoadSettings, Scenario};
+use super::server::ServerChild;
+use super::signals;
+use crate::fit::{self, CostModel};
+use crate::host::{clock, git, machine, memory, process};
+use crate::load::report::RunStatus;
+use crate::results::{BenchResult, Build, MemoryMeasurement, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION, ScenarioInfo};
+use crate::units::{human_bytes, thousands};
+
+/// How long the server has to drain and exit after SIGTERM before SIGKILL.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(30);
+/// Between the server's banner and the baseline: its threads finish setting up.
+const SERVER_SETTLE: Duration = Duration::from_millis(500);
+/// A connect rate to plan with when the scenario leaves it unpaced (slower than measured here).
+const PLANNING_CONNECT_RATE: u64 = 5_000;
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.list {
+        return list();
+    }
+    if args.report_only {
+        let report = crate::results::report::render_report(&args.results_dir)
+            .with_context(|| format!("rendering the report in {}", args.results_dir.display()))?;
+        println!("c2m bench: wrote {}", report.display());
+        return Ok(());
+    }
+    let path = scenario::locate(&args.scenario)?;
+    let mut sc = scenario::load(&path)?;
+    if let Some(n) = args.connections {
+        sc.load.connections = AutoOr::Fixed(n);
+        sc.load.max_connections = None;
+    }
+    if let Some(d) = args.duration {
+        sc.load.duration = scenario::HumanDuration(d);
+    }
+    sc.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+
+    let machine = machine::read_machine().context("reading this machine")?;
+    let model = CostModel::measured_or_default(&args.results_dir);
+    let connections = size_connections(&sc.load, args.keep_free, &model)?;
+    let fit = fit::check(connections, true, args.keep_free, &model)?;
+    sc.load.connections = AutoOr::Fixed(connections);
+
+    let progress = Progress::new(!args.no_progress);
+    progress.println(&format!(
+        "c2m bench {}: {}\n  {} connections need about {} ({}); MemFree {}, {} kept free",
+        sc.name,
+        sc.description,
+        thousands(connections),
+        human_bytes(fit.need_bytes as f64),
+        model.source,
+        human_bytes(fit.mem_free as f64),
+        human_bytes(args.keep_free as f64),
+    ));
+    signals::install().context("installing the SIGINT/SIGTERM handler")?;
+    let bench = Bench { args: &args, scenario: &sc, scenario_path: &path, machine, model, connections, progress };
+    let outcome = bench.execute();
+    bench.progress.finish();
+    outcome
+}
+
+/// The count to run: the scenario's, or for `"auto"` what fits here, capped by
+/// `max_connections`.
+fn size_connections(load: &LoadSettings, keep_free: u64, model: &CostModel) -> anyhow::Result<u64> {
+    match load.connections {
+        AutoOr::Fixed(n) => Ok(n),
+        AutoOr::Auto => {
+            let most = fit::check(1, true, keep_free, model)?.max_connections;
+            let n = load.max_connections.map_or(most, |cap| cap.0.min(most));
+            if n == 0 {
+                bail!("no connection fits here with {} kept free", human_bytes(keep_free as f64));
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn list() -> anyhow::Result<()> {
+    let Some((dir, scenarios)) = scenario::list() else {
+        bail!("no scenario folder: looked in {:?}", scenario::scenario_dirs());
+    };
+    println!("scenarios in {}:", dir.display());
+    for (path, parsed) in scenarios {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        match parsed {
+            Ok(s) => println!("  {name:<12} {}", s.description),
+            Err(e) => println!("  {name:<12} (does not parse: {e})"),
+        }
+    }
+    Ok(())
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    scenario: &'a Scenario,
+    scenario_path: &'a Path,
+    machine: crate::results::Machine,
+    model: CostModel,
+    connections: u64,
+    progress: Progress,
+}
+
+impl Bench<'_> {
+    fn execute(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let started_unix = clock::unix_now();
+        let exe = std::env::current_exe().context("finding the c2m executable")?;
+        let dir = self.args.results_dir.join(&self.scenario.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let base = output::result_base(&dir, &clock::file_stamp(started_unix), &self.machine.host);
+        let json_path = with_ext(&base, "json");
+        let hlog_path = with_ext(&base, "hlog");
+        let load_json = std::env::temp_dir().join(format!("c2m-bench-{}-{}.load.json", std::process::id(), started_unix));
+
+        let mut server = ServerChild::start(&exe, &self.scenario.server, self.connections, &self.progress)?;
+        self.progress.println(&format!("c2m bench: {}", server.banner));
+        std::thread::sleep(SERVER_SETTLE);
+        let baseline = memory::system_memory(started.elapsed().as_secs_f64()).context("baseline memory")?;
+        let server_start = process::memory(server.process.pid).context("c2m serve's memory at start")?;
+
+        let plan = LoadPlan::new(server.addr, self.connections, &self.scenario.load, load_json.clone(), hlog_path.clone(), self.args.keep_free);
+        let mut load_child = LoadChild::start(&exe, &plan, &self.progress)?;
+        let load_pid = load_child.process.pid;
+        let mut follower =
+            Follower::new(started, self.connections, self.args.keep_free, self.watchdog(), server.metrics, &self.progress);
+        let load_exit = follower.follow(&mut load_child, &mut server.process)?;
+        let followed = follower.out;
+        self.progress.finish();
+
+        let server_metrics = match (server.scrape_totals(), &followed.metrics_at_close) {
+            (Ok(totals), _) => totals,
+            (Err(e), Some(at_close)) => {
+                self.progress.println(&format!("c2m bench: {e:#}; keeping the metrics scraped when the load began closing"));
+                at_close.clone()
+            }
+            (Err(e), None) => {
+                self.progress.println(&format!("c2m bench: {e:#}"));
+                Default::default()
+            }
+        };
+        let server_exit = server.process.stop(SERVER_STOP_GRACE).context("stopping c2m serve")?;
+        let load_report = output::read_load_report(&load_json);
+        let _ = std::fs::remove_file(&load_json);
+        if followed.events_seen == 0 && load_report.is_err() {
+            bail!("c2m load failed before its run began ({load_exit}); see its messages above");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+
+        // The measurement: while the messages ran, else the most connections seen before.
+        let held = followed.settled.clone().or_else(|| followed.early.clone()).unwrap_or_default();
+        // Why the run fell short, cause first: the bench's own stop (the load's reason then only
+        // echoes the signal it was sent), else the load's.
+        let mut reasons: Vec<String> = followed.stop_reason.iter().cloned().collect();
+        let load = match load_report {
+            Ok(report) => {
+                if report.status == RunStatus::Aborted && followed.stop_reason.is_none() {
+                    reasons.push(report.abort_reason.clone().unwrap_or_else(|| "c2m load aborted".into()));
+                } else if report.status == RunStatus::Complete && !load_exit.success() {
+                    reasons.push(format!("c2m load: {load_exit}"));
+                }
+                report
+            }
+            Err(why) => {
+                let reason = format!("c2m load wrote no report ({load_exit}; {why})");
+                reasons.push(reason.clone());
+                output::stand_in_report(&plan, &followed, started_unix as u64 * 1000, elapsed, &reason)
+            }
+        };
+        if !followed.reached_messages {
+            reasons.push("the load never reached its message phase".into());
+        }
+        reasons.dedup();
+        let status = if reasons.is_empty() { RunStatus::Complete } else { RunStatus::Aborted };
+
+        let hlog_name = hlog_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let hlog_written = hlog_path.is_file();
+        if !hlog_written {
+            self.progress.println(&format!("c2m bench: no histogram log at {}", hlog_path.display()));
+        }
+        let result = BenchResult {
+            schema: SCHEMA_NAME.into(),
+            schema_version: SCHEMA_VERSION,
+            c2m: Build { version: env!("CARGO_PKG_VERSION").into(), git_commit: git::commit(Path::new(".")) },
+            machine: self.machine.clone(),
+            scenario: self.scenario_info(),
+            started_utc: clock::rfc3339(started_unix),
+            elapsed_seconds: elapsed,
+            status,
+            abort_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+            server: ProcessUsage {
+                command: "c2m serve".into(),
+                pid: server.process.pid,
+                rss_bytes: held.server.rss,
+                pss_bytes: held.server.pss,
+                rss_start_bytes: server_start.rss,
+                cpu_user_seconds: server_exit.cpu.user_seconds,
+                cpu_system_seconds: server_exit.cpu.system_seconds,
+            },
+            load_process: ProcessUsage {
+                command: "c2m load".into(),
+                pid: load_pid,
+                rss_bytes: held.load.rss,
+                pss_bytes: held.load.pss,
+                rss_start_bytes: followed.load_rss_start,
+                cpu_user_seconds: load_exit.cpu.user_seconds,
+                cpu_system_seconds: load_exit.cpu.system_seconds,
+            },
+            memory: memory_measurement(&baseline, server_start.rss, &followed, &held),
+            memory_timeline: followed.timeline.clone(),
+            server_metrics,
+            load,
+            hlog: if hlog_written { hlog_name } else { String::new() },
+        };
+        let text = serde_json::to_string_pretty(&result).context("serializing the result")?;
+        std::fs::write(&json_path, text + "\n").with_context(|| format!("writing {}", json_path.display()))?;
+
+        let report = if self.args.no_report { None } else { self.render_report() };
+        let summary = output::summary(&result, &json_path, hlog_written.then_some(hlog_path.as_path()), report.as_deref());
+        let _ = writeln!(std::io::stdout(), "{summary}");
+        if let Some(reason) = &result.abort_reason {
+            bail!("the run was aborted: {reason} (result written to {})", json_path.display());
+        }
+        Ok(())
+    }
+
+    /// Twice the run's expected length: connects at the scenario's rate (or a slow planning
+    /// rate when unpaced), the message phase, the hold, and a minute for start and close.
+    fn watchdog(&self) -> Duration {
+        let load = &self.scenario.load;
+        let rate = if load.connect_rate.0 > 0 { load.connect_rate.0.min(PLANNING_CONNECT_RATE) } else { PLANNING_CONNECT_RATE };
+        let connect = Duration::from_secs_f64(self.connections as f64 / rate as f64);
+        (connect + load.duration.0 + load.hold.0 + Duration::from_secs(60)) * 2
+    }
+
+    fn scenario_info(&self) -> ScenarioInfo {
+        let settings = serde_json::json!({
+            "server": self.scenario.server,
+            "load": self.scenario.load,
+            "keep_free": self.args.keep_free,
+            "cost_per_connection_bytes": self.model.per_connection_bytes,
+            "cost_source": self.model.source,
+        });
+        ScenarioInfo {
+            name: self.scenario.name.clone(),
+            description: self.scenario.description.clone(),
+            file: scenario::display_path(self.scenario_path),
+            settings,
+        }
+    }
+
+    /// Rebuilds results/REPORT.md; a failure is reported, not fatal (the result is written).
+    fn render_report(&self) -> Option<PathBuf> {
+        match crate::results::report::render_report(&self.args.results_dir) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                self.progress.println(&format!("c2m bench: rebuilding the report failed: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn memory_measurement(baseline: &crate::results::SystemMemory, server_rss_start: u64, followed: &Followed, held: &Held) -> MemoryMeasurement {
+    MemoryMeasurement {
+        connections: held.established,
+        baseline: baseline.clone(),
+        loaded: held.memory.clone(),
+        per_connection: measure::per_connection(baseline, server_rss_start, followed.load_rss_start, held),
+    }
+}

@@ -1,0 +1,91 @@
+//! `c2m bench`: the scenario files, the memory-fit refusal through the CLI, and the smoke
+//! scenario end to end (a real `c2m serve` and `c2m load` over loopback).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use c2m::bench::scenario::{self, AutoOr};
+use c2m::load::report::RunStatus;
+use c2m::results::BenchResult;
+
+const BIN: &str = env!("CARGO_BIN_EXE_c2m");
+const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/scenarios");
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(BIN).arg("bench").args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run c2m bench")
+}
+
+#[test]
+fn every_scenario_parses_and_the_four_exist() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(SCENARIOS).expect("bench/scenarios") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let s = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(Some(s.name.as_str()), path.file_stem().and_then(|n| n.to_str()), "name matches the file");
+            assert!(!s.description.is_empty(), "{}: no description", path.display());
+            names.push(s.name);
+        }
+    }
+    for required in ["smoke", "default", "c100k", "c1m"] {
+        assert!(names.iter().any(|n| n == required), "bench/scenarios/{required}.toml missing (found {names:?})");
+    }
+    let smoke = scenario::load(&Path::new(SCENARIOS).join("smoke.toml")).unwrap();
+    assert_eq!(smoke.load.connections, AutoOr::Fixed(10_000));
+    let default = scenario::load(&Path::new(SCENARIOS).join("default.toml")).unwrap();
+    assert_eq!(default.load.connections, AutoOr::Auto);
+    assert_eq!(default.load.max_connections.map(|c| c.0), Some(200_000));
+}
+
+#[test]
+fn refuses_what_cannot_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(&["-c", "100000000", "--results-dir", dir.path().to_str().unwrap(), "--no-progress"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "100,000,000 connections were not refused:\n{stderr}");
+    assert!(stderr.contains("at most"), "no 'at most' in:\n{stderr}");
+    assert!(stderr.contains("100,000,000 connections"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a refused run wrote files");
+}
+
+#[test]
+fn lists_scenarios() {
+    let out = bench(&["--list"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["smoke", "default", "c100k", "c1m"] {
+        assert!(stdout.contains(name), "{stdout}");
+    }
+}
+
+#[test]
+fn smoke_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(&["--scenario", "smoke", "--results-dir", dir.path().to_str().unwrap(), "--no-progress"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "c2m bench --scenario smoke failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let results: Vec<_> = std::fs::read_dir(dir.path().join("smoke"))
+        .expect("results/smoke/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let json = &results[0];
+    let result: BenchResult = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).expect("a BenchResult");
+    assert_eq!(result.status, RunStatus::Complete, "{:?}", result.abort_reason);
+    assert_eq!(result.scenario.name, "smoke");
+    assert_eq!(result.load.connections.requested, 10_000);
+    assert_eq!(result.load.connections.established, 10_000);
+    assert_eq!(result.memory.connections, 10_000);
+    assert!(result.memory.per_connection.total > 0.0);
+    assert!(result.server.rss_bytes > 0 && result.load_process.rss_bytes > 0);
+    assert!(!result.memory_timeline.is_empty());
+    assert!(result.server_metrics.get("c2m_sessions_accepted_total").copied().unwrap_or(0.0) >= 10_000.0, "{:?}", result.server_metrics);
+
+    let hlog = json.with_extension("hlog");
+    assert!(hlog.is_file(), "no {}", hlog.display());
+    assert_eq!(result.hlog, hlog.file_name().unwrap().to_str().unwrap());
+    assert!(dir.path().join("REPORT.md").is_file(), "no REPORT.md in {}", dir.path().display());
+}
