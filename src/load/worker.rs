@@ -188,6 +188,8 @@ pub struct LoadWorker {
     /// When the tick was armed: the multishot timeout fires every TICK from here without drift,
     /// so messages are scheduled on this grid and wait only for the timer's own lateness.
     tick_origin: u64,
+    /// CLOCK_MONOTONIC nanoseconds at the load's base instant.
+    mono_base: u64,
 }
 
 /// Ticks of the worker's clock (and of its timing wheel).
@@ -244,13 +246,27 @@ impl LoadWorker {
             stats,
             closing_since: None,
             tick_origin: 0,
+            mono_base: 0,
             cfg,
         })
     }
 
     pub fn start(&mut self, rings: &mut RingSet) {
+        // CLOCK_MONOTONIC (what io_uring's absolute timeouts count in) at the load's base instant.
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| Duration::from(t).as_nanos() as u64).unwrap_or(0);
+        self.mono_base = mono.saturating_sub(self.now_ns());
         self.tick_origin = self.now_ns();
-        let entry = opcode::Timeout::new(&*self.tick).flags(TimeoutFlags::MULTISHOT).build().user_data(Token::of(Op::Tick, 0, 0, 0).0);
+        self.arm_tick(rings);
+    }
+
+    /// Arms a one-shot timeout for the next instant of the tick grid. An absolute deadline
+    /// keeps the ticks on the grid: a relative (or multishot) timeout drifts by each tick's
+    /// handling time, so messages would wait half a tick on average.
+    fn arm_tick(&mut self, rings: &mut RingSet) {
+        let next = self.on_grid(self.now_ns() + 1);
+        let at = Duration::from_nanos(self.mono_base + next);
+        *self.tick = Timespec::new().sec(at.as_secs()).nsec(at.subsec_nanos());
+        let entry = opcode::Timeout::new(&*self.tick).flags(TimeoutFlags::ABS).build().user_data(Token::of(Op::Tick, 0, 0, 0).0);
         Self::push(rings, 0, entry);
     }
 
@@ -764,12 +780,8 @@ impl LoadWorker {
 
     // ---- time -------------------------------------------------------------------------
 
-    fn on_tick(&mut self, rings: &mut RingSet, cqe: &cqueue::Entry) {
-        if !cqueue::more(cqe.flags()) {
-            let entry =
-                opcode::Timeout::new(&*self.tick).flags(TimeoutFlags::MULTISHOT).build().user_data(Token::of(Op::Tick, 0, 0, 0).0);
-            Self::push(rings, 0, entry);
-        }
+    fn on_tick(&mut self, rings: &mut RingSet) {
+        self.arm_tick(rings);
         let now = self.now_ns();
         let current = self.control.phase.load(Ordering::Relaxed);
         if current == phase::CLOSE {
@@ -832,7 +844,7 @@ impl Service for LoadWorker {
             Some(Op::Recv) => self.on_recv(rings, ring as usize, slot, cqe),
             Some(Op::Send) => self.on_send(rings, slot, cqe.result()),
             Some(Op::Cancel | Op::Close) => self.on_close_step(slot),
-            Some(Op::Tick) => self.on_tick(rings, cqe),
+            Some(Op::Tick) => self.on_tick(rings),
             _ => {}
         }
     }
