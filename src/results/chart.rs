@@ -147,14 +147,14 @@ fn bar_color(is_sum: bool) -> RGBColor {
     if is_sum { SERIES_COLORS[1] } else { SERIES_COLORS[0] }
 }
 
-/// Says which colour is a part and which a sum of parts (drawn as empty labelled series).
+/// Says which colour is a part and which a whole (MemFree-based) (drawn as empty labelled series).
 fn draw_bar_legend<'a, DB: DrawingBackend + 'a>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<TickedAxis, TickedAxis>>,
 ) -> Result<(), ChartError>
 where
     DB::ErrorType: 'static,
 {
-    for (label, is_sum) in [("part", false), ("sum of parts", true)] {
+    for (label, is_sum) in [("one part", false), ("all of it (MemFree drop)", true)] {
         let style = bar_color(is_sum).mix(0.85).filled();
         chart
             .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
