@@ -84,8 +84,21 @@ fn smoke_end_to_end() {
     assert!(!result.memory_timeline.is_empty());
     assert!(result.server_metrics.get("c2m_sessions_accepted_total").copied().unwrap_or(0.0) >= 10_000.0, "{:?}", result.server_metrics);
 
+    // The file as written (not only as serde reads it back) is valid against the JSON Schema.
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("results/schema/bench-result.schema.json").unwrap()).unwrap();
+    let instance: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the smoke result breaks the schema: {errors:?}");
+    assert!(result.load.latency.rtt_corrected.count > 0, "round trips were measured");
+
     let hlog = json.with_extension("hlog");
     assert!(hlog.is_file(), "no {}", hlog.display());
     assert_eq!(result.hlog, hlog.file_name().unwrap().to_str().unwrap());
-    assert!(dir.path().join("REPORT.md").is_file(), "no REPORT.md in {}", dir.path().display());
+    let report = std::fs::read_to_string(dir.path().join("REPORT.md")).expect("REPORT.md written");
+    assert!(report.contains("## smoke"), "the report has the scenario's section");
+    for chart in ["connections", "memory", "latency"] {
+        assert!(dir.path().join(format!("charts/smoke-{chart}.svg")).is_file(), "no {chart} chart");
+    }
 }

@@ -477,3 +477,30 @@ fn an_empty_results_directory_gives_a_report_that_says_so() {
     let report = fs::read_to_string(render_report(dir.path()).expect("report")).expect("read");
     assert!(report.contains("No results yet."));
 }
+
+/// Every result committed under results/ is valid against the schema it claims.
+#[test]
+fn committed_results_validate() {
+    let v = validator();
+    let mut checked = 0;
+    for scenario in std::fs::read_dir("results").unwrap() {
+        let dir = scenario.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let instance: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if instance.get("schema").and_then(Value::as_str) != Some("c2m-bench-result") {
+                continue;
+            }
+            let errors = errors_of(&v, &instance);
+            assert!(errors.is_empty(), "{} breaks the schema: {errors:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the c100k and c1m results are committed");
+}

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::load::Workload;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::units::{parse_bytes, parse_count, parse_duration};
@@ -96,25 +97,6 @@ pub struct LoadSettings {
 
 fn default_ping_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Workload {
-    Idle,
-    #[default]
-    Ping,
-    Echo,
-}
-
-impl Workload {
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::Idle => "idle",
-            Workload::Ping => "ping",
-            Workload::Echo => "echo",
-        }
-    }
 }
 
 /// A number written either way in TOML: `100000` or `"100k"` (see [`parse_count`]).

@@ -7,12 +7,14 @@ use super::LoadError;
 use super::sources::PortPlan;
 use crate::proto;
 
-/// What each connection does once logged in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What each connection does once logged in (as in scenario files: `idle`, `ping`, `echo`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Log in and stay silent (the server's heartbeat timeout must be longer than the run).
     Idle,
     /// PING on a schedule, measure PONG round trips.
+    #[default]
     Ping,
     /// ECHO frames of `size` bytes on a schedule, measure ECHO_REPLY round trips.
     Echo,

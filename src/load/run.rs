@@ -42,16 +42,7 @@ pub fn rings_needed(per_worker: u64, files: u32) -> usize {
 }
 
 fn mem_free() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemFree:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(u64::MAX)
+    crate::host::memory::read_meminfo().map(|m| m.mem_free).unwrap_or(u64::MAX)
 }
 
 fn sum(stats: &[Arc<LoadStats>], f: impl Fn(&LoadStats) -> u64) -> u64 {
