@@ -31,13 +31,12 @@ impl Progress {
     }
 
     fn emit(&self, event: &Event) {
-        if self.events {
-            if let Ok(line) = serde_json::to_string(event) {
+        if self.events
+            && let Ok(line) = serde_json::to_string(event) {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
-        }
     }
 
     pub fn phase(&mut self, name: &str, t: f64, established: u64) {

@@ -212,11 +212,10 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
     let mut closing = false;
 
     loop {
-        if let Some(sig) = wait_signal(&signals, Duration::from_millis(100)) {
-            if !closing {
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(100))
+            && !closing {
                 abort.get_or_insert_with(|| format!("interrupted by {sig:?}"));
             }
-        }
         if workers.handles.iter().any(|h| h.is_finished()) && !closing {
             abort.get_or_insert_with(|| "a worker stopped early".into());
         }

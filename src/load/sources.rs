@@ -160,11 +160,10 @@ impl PortPlan {
         let per = self.ports_per_address();
         let addr = self.sources.nth(g / per)?;
         let mut port = self.first_port as u64 + g % per;
-        if let Some(skip) = self.skip_port {
-            if port >= skip as u64 && (self.first_port..=self.last_port).contains(&skip) {
+        if let Some(skip) = self.skip_port
+            && port >= skip as u64 && (self.first_port..=self.last_port).contains(&skip) {
                 port += 1;
             }
-        }
         Some(SocketAddr::new(addr, port as u16))
     }
 }

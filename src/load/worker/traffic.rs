@@ -1,0 +1,236 @@
+//! Traffic on a logged-in connection: replies reassembled into frames and measured, messages
+//! staged on schedule and sent one send at a time.
+
+use std::sync::atomic::Ordering;
+
+use io_uring::types::Fixed;
+use io_uring::{cqueue, opcode};
+use nix::errno::Errno;
+
+use super::{LoadWorker, phase, record};
+use crate::engine::{Op, RingSet};
+use crate::load::config::Workload;
+use crate::load::conn::{self, Conn, ConnState, flag, state};
+use crate::proto::{self, Frame};
+
+impl LoadWorker {
+    pub(super) fn arm_recv(&mut self, rings: &mut RingSet, slot: u32) {
+        let (ring, file) = self.place(slot);
+        let token = self.token(Op::Recv as u8, slot);
+        let c = self.slab.header_mut(slot);
+        c.s.flags |= flag::RECV_ARMED;
+        c.s.inflight += 1;
+        let entry = opcode::RecvMulti::new(Fixed(file), rings.rings[ring].bufs.bgid()).build().user_data(token);
+        Self::push(rings, ring, entry);
+    }
+
+    pub(super) fn on_recv(&mut self, rings: &mut RingSet, ring: usize, slot: u32, cqe: &cqueue::Entry) {
+        let res = cqe.result();
+        let more = cqueue::more(cqe.flags());
+        if !more {
+            let c = self.slab.header_mut(slot);
+            c.s.flags &= !flag::RECV_ARMED;
+            c.s.inflight -= 1;
+        }
+        let live = matches!(self.slab.header(slot).s.state, state::HELLO_SENT | state::LOGGED_IN);
+        if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+            if res > 0 && live {
+                self.stats.bytes_received.add(res as u64);
+                self.take_input(rings, ring, slot, bid, res as usize);
+            }
+            rings.rings[ring].bufs.recycle(bid);
+        }
+        let still_live = matches!(self.slab.header(slot).s.state, state::HELLO_SENT | state::LOGGED_IN);
+        match res {
+            0 if still_live => self.lose(rings, slot, "closed by server".into()),
+            _ if res == -libc::ENOBUFS => {
+                self.stats.recv_no_buffers.inc();
+            }
+            _ if res < 0 && res != -libc::ECANCELED && still_live => {
+                self.lose(rings, slot, format!("recv {:?}", Errno::from_raw(-res)))
+            }
+            _ => {}
+        }
+        let c = self.slab.header(slot);
+        if !more && res != 0 && matches!(c.s.state, state::HELLO_SENT | state::LOGGED_IN) {
+            self.rearm.push(slot);
+        }
+        self.maybe_done(slot);
+    }
+
+    pub(super) fn take_input(&mut self, rings: &mut RingSet, ring: usize, slot: u32, bid: u16, len: usize) {
+        let max_frame = self.cfg.max_frame;
+        let now = self.now_ns();
+        let measuring = self.control.phase.load(Ordering::Relaxed) == phase::MESSAGES;
+        let data = rings.rings[ring].bufs.data(bid, len);
+        let mut outcome: Option<String> = None;
+        let mut logged_in = false;
+        let mut replies = 0u64;
+        let view = self.slab.session(slot);
+        let (c, partial) = (&mut view.header.s, view.slot);
+        let hist = &mut self.hist;
+        let interval_rtt = &mut self.interval_rtt;
+        let mut touch = view.touch;
+        let (st, outstanding) = (&mut c.state, &mut c.outstanding);
+        let result = conn::take_bytes(&mut c.partial_len, &mut partial[..max_frame], data, max_frame, |frame| {
+            match frame {
+                Frame::Welcome { .. } if *st == state::HELLO_SENT => {
+                    *st = state::LOGGED_IN;
+                    logged_in = true;
+                    true
+                }
+                Frame::Pong { .. } | Frame::EchoReply { .. } => match conn::reply_times(&frame) {
+                    Some((sent_ns, due_ns)) if *st == state::LOGGED_IN && *outstanding > 0 => {
+                        *outstanding -= 1;
+                        replies += 1;
+                        record(interval_rtt, now.saturating_sub(due_ns));
+                        if measuring {
+                            record(&mut hist.rtt_corrected, now.saturating_sub(due_ns));
+                            record(&mut hist.rtt_uncorrected, now.saturating_sub(sent_ns));
+                        }
+                        true
+                    }
+                    _ => {
+                        outcome = Some("unexpected reply from server".into());
+                        false
+                    }
+                },
+                Frame::Error { code, .. } => {
+                    let name = proto::ErrorCode::from_u16(code).map(|c| c.name()).unwrap_or("unknown");
+                    outcome = Some(format!("server ERROR {code} {name}"));
+                    false
+                }
+                Frame::Bye => {
+                    outcome = Some("server BYE".into());
+                    false
+                }
+                other => {
+                    outcome = Some(format!("unexpected {} from server", other.kind().name()));
+                    false
+                }
+            }
+        });
+        if c.partial_len > 0 {
+            touch.upto(c.partial_len as usize);
+        }
+        if let Err(bad) = result {
+            outcome = Some(format!("bad frame from server: {:?}", bad.0));
+        }
+        if replies > 0 {
+            self.stats.received.add(replies);
+        }
+        if logged_in {
+            self.logged_in(slot, now);
+        }
+        if let Some(kind) = outcome {
+            self.lose(rings, slot, kind);
+        }
+    }
+
+    pub(super) fn logged_in(&mut self, slot: u32, now: u64) {
+        let c = self.slab.header_mut(slot);
+        let t = c.s.t_ns;
+        c.s.flags |= flag::COUNTED_UP;
+        record(&mut self.hist.login, now - t);
+        self.stats.established_total.inc();
+        self.stats.established.add(1);
+        self.wheel.cancel(slot);
+        if self.cfg.workload != Workload::Idle && self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
+            // A random phase within one interval, so connections do not send in step; on the
+            // tick grid, so a message is not counted late for waiting for the next tick.
+            let jitter = self.rand_below(self.interval_ns);
+            let first = self.on_grid(now + jitter);
+            self.slab.header_mut(slot).s.due_ns = first;
+            self.wheel.schedule(slot, self.tick_of(first));
+        }
+    }
+
+    // ---- sending ----------------------------------------------------------------------
+
+    /// A connection's state and its out area: inline in the header for ping and idle, in the
+    /// slot for echo (frames up to max_frame).
+    pub(super) fn out_area(&mut self, slot: u32) -> (&mut ConnState, &mut [u8]) {
+        let max_frame = self.cfg.max_frame;
+        let echo = self.cfg.workload == Workload::Echo;
+        let view = self.slab.session(slot);
+        let Conn { s, out } = view.header;
+        if echo {
+            let mut touch = view.touch;
+            touch.upto(3 * max_frame);
+            (s, &mut view.slot[max_frame..3 * max_frame])
+        } else {
+            (s, &mut out[..])
+        }
+    }
+
+    /// Stages every message that is due (as many as the out area holds) and sends.
+    pub(super) fn send_due(&mut self, rings: &mut RingSet, slot: u32, now: u64) {
+        if self.slab.header(slot).s.has(flag::SENDING) {
+            // The previous send has not completed: this one goes when it does.
+            self.stats.late.inc();
+            return;
+        }
+        let (echo, len, interval) = (self.cfg.workload == Workload::Echo, self.frame_len, self.interval_ns);
+        let mut staged = 0u64;
+        let (c, out) = self.out_area(slot);
+        while c.due_ns <= now && c.out_len as usize + len <= out.len() {
+            let at = c.out_len as usize;
+            conn::write_message(&mut out[at..], echo, len, now, c.due_ns);
+            c.out_len += len as u16;
+            c.due_ns += interval;
+            c.outstanding += 1;
+            staged += 1;
+        }
+        let next_due = c.due_ns;
+        self.stats.sent.add(staged);
+        self.flush(rings, slot);
+        if self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
+            self.wheel.schedule(slot, self.tick_of(next_due));
+        }
+    }
+
+    /// Starts a send of everything staged, if none is in flight.
+    pub(super) fn flush(&mut self, rings: &mut RingSet, slot: u32) {
+        let (ring, file) = self.place(slot);
+        let token = self.token(Op::Send as u8, slot);
+        let (c, out) = self.out_area(slot);
+        if c.has(flag::SENDING) || c.out_len == 0 {
+            return;
+        }
+        c.flags |= flag::SENDING;
+        c.send_len = c.out_len;
+        c.inflight += 1;
+        let entry = opcode::Send::new(Fixed(file), out.as_ptr(), c.send_len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token);
+        Self::push(rings, ring, entry);
+    }
+
+    pub(super) fn on_send(&mut self, rings: &mut RingSet, slot: u32, res: i32) {
+        let (c, out) = self.out_area(slot);
+        c.inflight -= 1;
+        let live = matches!(c.state, state::HELLO_SENT | state::LOGGED_IN);
+        if res < 0 {
+            c.flags &= !flag::SENDING;
+            if live {
+                self.lose(rings, slot, format!("send {:?}", Errno::from_raw(-res)));
+            }
+        } else {
+            conn::sent(c, out, res as usize);
+            self.stats.bytes_sent.add(res as u64);
+            if live {
+                let now = self.now_ns();
+                if self.slab.header(slot).s.out_len > 0 {
+                    self.flush(rings, slot);
+                } else if self.slab.header(slot).s.state == state::LOGGED_IN
+                    && self.slab.header(slot).s.due_ns <= now
+                    && self.control.phase.load(Ordering::Relaxed) < phase::HOLD
+                {
+                    self.send_due(rings, slot, now);
+                }
+            }
+        }
+        self.maybe_done(slot);
+    }
+}
