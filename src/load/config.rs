@@ -98,6 +98,9 @@ impl LoadConfig {
         if self.ports.sources.mixed_families() || self.ports.sources.is_ipv6() != self.target.is_ipv6() {
             return bad("--sources must all be of the target's address family".into());
         }
+        if !(MIN_ECHO..=16384).contains(&self.max_frame) {
+            return bad(format!("--max-frame must be in {MIN_ECHO}..=16384"));
+        }
         if self.workload == Workload::Echo && !(MIN_ECHO..=self.max_frame).contains(&self.size) {
             return bad(format!("--size must be in {MIN_ECHO}..={} for echo", self.max_frame));
         }

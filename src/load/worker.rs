@@ -401,7 +401,7 @@ impl LoadWorker {
         let c = *self.slab.header(slot);
         match c.s.state {
             state::HELLO_SENT => {
-                let limit = c.s.t_ns + self.cfg.connect_timeout.max(Duration::from_secs(1)).as_nanos() as u64;
+                let limit = c.s.t_ns + self.cfg.connect_timeout.as_nanos() as u64;
                 if now >= limit {
                     self.lose(rings, slot, "login timeout".into());
                 } else {

@@ -1,8 +1,6 @@
 //! Opening connections: one linked chain of SQEs per connection (socket into a fixed slot,
 //! options, bind, connect, linked timeout), and what its completions say.
 
-use std::time::Duration;
-
 use bytemuck::Zeroable;
 use io_uring::types::{DestinationSlot, Fixed};
 use io_uring::{opcode, squeue};
@@ -189,14 +187,17 @@ impl LoadWorker {
     pub(super) fn login(&mut self, rings: &mut RingSet, slot: u32, now: u64) {
         let g = self.global(slot);
         let hello = Frame::Hello { user_id: self.cfg.first_user + g, client_time_ns: now };
-        let timeout = self.cfg.connect_timeout.max(Duration::from_secs(1));
+        let timeout = self.cfg.connect_timeout;
         let (c, out) = self.out_area(slot);
         c.state = state::HELLO_SENT;
         c.t_ns = now;
         c.out_len = proto::encode(&hello, out) as u16;
         self.arm_recv(rings, slot);
         self.flush(rings, slot);
-        self.wheel.schedule(slot, self.tick_of(now + timeout.as_nanos() as u64));
+        if !timeout.is_zero() {
+            // WELCOME must come within the connect timeout too.
+            self.wheel.schedule(slot, self.tick_of(now + timeout.as_nanos() as u64));
+        }
     }
 
     pub(super) fn global(&self, slot: u32) -> u64 {
