@@ -50,6 +50,7 @@ fn pings_are_answered_and_measured() {
     assert!(rtt.count > 0 && rtt.count == r.latency.rtt_uncorrected.count);
     assert!(rtt.p50 <= rtt.p99 && rtt.p99 <= rtt.max && rtt.unit == "us");
     assert!(!rtt.spectrum.is_empty());
+    assert!(r.latency.schedule_lag.count > 0, "the generator's own tick lateness is measured");
     // Corrected latency counts from the scheduled send, which is never after the real one.
     assert!(rtt.max >= r.latency.rtt_uncorrected.max);
     assert_eq!(r.phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["connect", "messages", "close"]);

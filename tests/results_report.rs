@@ -155,6 +155,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
             login: latency(40, 20_000, 3),
             rtt_corrected: rtt(90, 4),
             rtt_uncorrected: rtt(70, 5),
+            schedule_lag: rtt(20, 6),
         },
         phases,
         timeline: timeline(established, 20, 60, messages),

@@ -125,6 +125,7 @@ pub fn summary(r: &LoadReport) -> String {
         ("login", &r.latency.login),
         ("rtt, corrected", &r.latency.rtt_corrected),
         ("rtt, uncorrected", &r.latency.rtt_uncorrected),
+        ("generator lag", &r.latency.schedule_lag),
     ] {
         out += &format!(
             "    {name:<18} {:>9} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}\n",

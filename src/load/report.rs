@@ -142,6 +142,11 @@ pub struct Latencies {
     pub rtt_corrected: LatencySummary,
     /// Message round trip from the moment it was handed to the kernel (uncorrected).
     pub rtt_uncorrected: LatencySummary,
+    /// How late the load's 1 ms ticks ran against their schedule during the message phase:
+    /// what the generator itself (its thread waking on a busy core) adds to corrected round
+    /// trips. Absent in results written before it existed.
+    #[serde(default)]
+    pub schedule_lag: LatencySummary,
 }
 
 /// One line of the timeline, once a second.

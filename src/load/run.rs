@@ -362,6 +362,7 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             login: LatencySummary::from_ns(&histograms.login),
             rtt_corrected: LatencySummary::from_ns(&histograms.rtt_corrected),
             rtt_uncorrected: LatencySummary::from_ns(&histograms.rtt_uncorrected),
+            schedule_lag: LatencySummary::from_ns(&histograms.schedule_lag),
         },
         phases,
         timeline,

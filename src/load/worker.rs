@@ -71,6 +71,7 @@ pub struct RunHistograms {
     pub login: Histogram<u64>,
     pub rtt_corrected: Histogram<u64>,
     pub rtt_uncorrected: Histogram<u64>,
+    pub schedule_lag: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -86,6 +87,7 @@ impl RunHistograms {
             login: histogram(),
             rtt_corrected: histogram(),
             rtt_uncorrected: histogram(),
+            schedule_lag: histogram(),
         }
     }
 
@@ -96,6 +98,7 @@ impl RunHistograms {
             (&mut self.login, &other.login),
             (&mut self.rtt_corrected, &other.rtt_corrected),
             (&mut self.rtt_uncorrected, &other.rtt_uncorrected),
+            (&mut self.schedule_lag, &other.schedule_lag),
         ] {
             let _ = a.add(b);
         }
@@ -165,6 +168,8 @@ pub struct LoadWorker {
     tick_origin: u64,
     /// CLOCK_MONOTONIC nanoseconds at the load's base instant.
     mono_base: u64,
+    /// The grid instant the pending tick is due at.
+    tick_at: u64,
 }
 
 /// Ticks of the worker's clock (and of its timing wheel).
@@ -222,6 +227,7 @@ impl LoadWorker {
             closing_since: None,
             tick_origin: 0,
             mono_base: 0,
+            tick_at: 0,
             cfg,
         })
     }
@@ -239,6 +245,7 @@ impl LoadWorker {
     /// handling time, so messages would wait half a tick on average.
     fn arm_tick(&mut self, rings: &mut RingSet) {
         let next = self.on_grid(self.now_ns() + 1);
+        self.tick_at = next;
         let at = Duration::from_nanos(self.mono_base + next);
         *self.tick = Timespec::new().sec(at.as_secs()).nsec(at.subsec_nanos());
         let entry = opcode::Timeout::new(&*self.tick).flags(TimeoutFlags::ABS).build().user_data(Token::of(Op::Tick, 0, 0, 0).0);
@@ -368,9 +375,13 @@ impl LoadWorker {
     // ---- time -------------------------------------------------------------------------
 
     fn on_tick(&mut self, rings: &mut RingSet) {
-        self.arm_tick(rings);
         let now = self.now_ns();
         let current = self.control.phase.load(Ordering::Relaxed);
+        if current == phase::MESSAGES {
+            // What the generator itself adds to a corrected round trip: how late its tick ran.
+            record(&mut self.hist.schedule_lag, now.saturating_sub(self.tick_at));
+        }
+        self.arm_tick(rings);
         if current == phase::CLOSE {
             if self.closing_since.is_none() {
                 self.begin_close(rings);

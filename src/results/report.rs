@@ -835,6 +835,7 @@ fn write_latency(md: &mut String, r: &BenchResult) {
         ("login", "TCP connected → WELCOME", &l.login),
         ("rtt_corrected", "round trip from the scheduled send", &l.rtt_corrected),
         ("rtt_uncorrected", "round trip from the actual send", &l.rtt_uncorrected),
+        ("schedule_lag", "how late the load's ticks ran (the generator's own share)", &l.schedule_lag),
     ]
     .into_iter()
     .map(|(name, what, s)| latency_row(name, what, s))
