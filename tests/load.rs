@@ -53,7 +53,7 @@ fn pings_are_answered_and_measured() {
     assert!(r.latency.schedule_lag.count > 0, "the generator's own tick lateness is measured");
     // Corrected latency counts from the scheduled send, which is never after the real one.
     assert!(rtt.max >= r.latency.rtt_uncorrected.max);
-    assert_eq!(r.phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["connect", "messages", "close"]);
+    assert_eq!(r.phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["connect", "messages", "drain", "close"]);
     assert!(!r.timeline.is_empty());
     // The server saw every connection log in and leave.
     server.wait_metric("c2m_sessions_active", 0.0, std::time::Duration::from_secs(10));

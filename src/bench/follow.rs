@@ -168,7 +168,7 @@ impl<'a> Follower<'a> {
                         }
                         // The message phase was shorter than the settle time: measure before the
                         // connections go.
-                        "hold" | "close" if self.out.reached_messages && self.out.settled.is_none() => {
+                        "hold" | "drain" | "close" if self.out.reached_messages && self.out.settled.is_none() => {
                             self.out.settled = self.measure(server_pid, pid);
                         }
                         "close" => self.measure_early(server_pid, pid),

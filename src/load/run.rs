@@ -25,6 +25,9 @@ use crate::engine::probe::probe;
 use crate::engine::ring_set::table_limit;
 use crate::engine::{RingConfig, RingSet, run_worker, worker::spawn_pinned};
 
+/// How long the sends stop before the close (when there is no hold) for the last replies.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
 /// Where the results go and how the run shows itself.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -266,8 +269,14 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
                         next_phase = Some(phase::CLOSE);
                     }
                 }
-                phase::MESSAGES if elapsed >= cfg.duration => {
-                    next_phase = Some(if cfg.hold.is_zero() { phase::CLOSE } else { phase::HOLD });
+                phase::MESSAGES if elapsed >= cfg.duration => next_phase = Some(phase::HOLD),
+                // Without a hold, the sends stop for a moment before the close so the last
+                // replies arrive instead of being counted unanswered.
+                phase::HOLD if cfg.hold.is_zero() => {
+                    let answered = sum(&stats, |s| s.received.get()) >= sum(&stats, |s| s.sent.get());
+                    if answered || elapsed >= DRAIN_LIMIT {
+                        next_phase = Some(phase::CLOSE);
+                    }
                 }
                 phase::HOLD if elapsed >= cfg.hold => next_phase = Some(phase::CLOSE),
                 _ => {}
@@ -288,7 +297,10 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             if let Some(last) = phases.last_mut() {
                 last.end = now;
             }
-            let name = ["connect", "messages", "hold", "close"][next as usize];
+            let name = match next {
+                phase::HOLD if cfg.hold.is_zero() => "drain",
+                _ => ["connect", "messages", "hold", "close"][next as usize],
+            };
             phases.push(Phase { name: name.into(), start: now, end: now });
             progress.phase(name, now, established);
             control.phase.store(next, Ordering::Relaxed);
