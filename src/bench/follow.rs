@@ -265,17 +265,11 @@ impl<'a> Follower<'a> {
             self.measure_early(server.pid, load.process.pid);
         }
         let last = self.out.samples.last().cloned().unwrap_or_default();
+        let mem_free = mem.map(|m| m.mem_free).unwrap_or(last.mem_free);
         self.progress.update(&Status {
-            t,
             phase: self.phase.clone(),
-            established: self.established,
             target: self.target,
-            connect_rate: last.connect_rate,
-            msg_rate: last.msg_rate,
-            p50_us: last.p50_us,
-            p99_us: last.p99_us,
-            errors: last.errors,
-            mem_free: mem.map(|m| m.mem_free).unwrap_or(last.mem_free),
+            sample: Sample { t, established: self.established, mem_free, ..last },
         });
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::load::report::Sample;
 use crate::units::{human_bytes, thousands};
 
 /// A plain (non-terminal) progress line at most this often.
@@ -18,20 +19,13 @@ pub struct Progress {
     last_plain: Arc<Mutex<Option<Instant>>>,
 }
 
-/// What the live line shows.
+/// What the live line shows: the load's latest sample (its time, established count and MemFree
+/// as the bench sees them), the phase and the target.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Status {
-    /// Seconds since the bench started.
-    pub t: f64,
     pub phase: String,
-    pub established: u64,
     pub target: u64,
-    pub connect_rate: f64,
-    pub msg_rate: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub errors: u64,
-    pub mem_free: u64,
+    pub sample: Sample,
 }
 
 impl Progress {
@@ -92,13 +86,14 @@ fn latency(us: f64) -> String {
 }
 
 /// `[  12s] connect  85,000/100,000  31,200 conn/s  0 msg/s  p50 -  p99 -  errors 0  MemFree 18.2 GiB`
-pub fn status_line(s: &Status) -> String {
+pub fn status_line(status: &Status) -> String {
+    let s = &status.sample;
     format!(
         "[{:>5.0}s] {:<8} {}/{}  {} conn/s  {} msg/s  p50 {}  p99 {}  errors {}  MemFree {}",
         s.t,
-        s.phase,
+        status.phase,
         thousands(s.established),
-        thousands(s.target),
+        thousands(status.target),
         thousands(s.connect_rate.round() as u64),
         thousands(s.msg_rate.round() as u64),
         latency(s.p50_us),
@@ -115,16 +110,18 @@ mod tests {
     #[test]
     fn line() {
         let s = Status {
-            t: 12.2,
             phase: "connect".into(),
-            established: 85_000,
             target: 100_000,
-            connect_rate: 31_200.4,
-            msg_rate: 0.0,
-            p50_us: 0.0,
-            p99_us: 1500.0,
-            errors: 3,
-            mem_free: 18 << 30,
+            sample: Sample {
+                t: 12.2,
+                established: 85_000,
+                connect_rate: 31_200.4,
+                msg_rate: 0.0,
+                p50_us: 0.0,
+                p99_us: 1500.0,
+                errors: 3,
+                mem_free: 18 << 30,
+            },
         };
         assert_eq!(
             status_line(&s),
