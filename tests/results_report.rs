@@ -145,6 +145,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
                 bytes_received: 3_699_900 * 64,
                 rate_requested: n as f64 / 10.0,
                 rate_achieved: n as f64 / 10.0 * 0.998,
+                recv_buffer_shortfalls: 0,
             }
         } else {
             MessageCounts::default()

@@ -102,13 +102,14 @@ pub fn summary(r: &LoadReport) -> String {
     );
     out += &format!("  connect: {:.1} s, {:.0} connections/s\n", c.connect_seconds, c.connect_rate_achieved);
     out += &format!(
-        "  messages: {} sent, {} answered, {} unanswered at the end, {} late; {:.0}/s asked, {:.0}/s answered\n",
+        "  messages: {} sent, {} answered, {} unanswered at the end, {} late; {:.0}/s asked, {:.0}/s answered; receive buffers ran out {} times\n",
         thousands(m.sent),
         thousands(m.received),
         thousands(m.unanswered),
         thousands(m.late),
         m.rate_requested,
-        m.rate_achieved
+        m.rate_achieved,
+        thousands(m.recv_buffer_shortfalls)
     );
     if r.errors.is_empty() {
         out += "  errors: none\n";

@@ -82,6 +82,10 @@ pub struct MessageCounts {
     /// Messages per second during the message phase, asked and achieved.
     pub rate_requested: f64,
     pub rate_achieved: f64,
+    /// Times a connection's multishot receive ended because its ring's provided buffers ran
+    /// out (it is re-armed once they are back; replies wait meanwhile). Absent in older results.
+    #[serde(default)]
+    pub recv_buffer_shortfalls: u64,
 }
 
 /// One latency distribution. Values are in `unit` (always microseconds).

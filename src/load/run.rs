@@ -362,6 +362,7 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             bytes_sent: sum(&stats, |s| s.bytes_sent.get()),
             bytes_received: sum(&stats, |s| s.bytes_received.get()),
             rate_requested: cfg.message_rate(),
+            recv_buffer_shortfalls: sum(&stats, |s| s.recv_no_buffers.get()),
             rate_achieved: if messages_seconds > 0.0 {
                 received_at.1.saturating_sub(received_at.0) as f64 / messages_seconds
             } else {

@@ -39,7 +39,6 @@ pub mod phase {
 /// Counters of one worker, read by the main thread.
 #[derive(Default)]
 pub struct LoadStats {
-    pub connects_started: Counter,
     pub connected: Counter,
     pub established_total: Counter,
     /// Logged in right now.
@@ -113,7 +112,6 @@ impl Default for RunHistograms {
 
 /// One second of one worker's measurements, for the live line and the interval log.
 pub struct Interval {
-    pub worker: usize,
     pub rtt_corrected: Histogram<u64>,
     pub connect: Histogram<u64>,
 }
@@ -400,7 +398,6 @@ impl LoadWorker {
         if second > self.last_second {
             self.last_second = second;
             let interval = Interval {
-                worker: self.id,
                 rtt_corrected: std::mem::replace(&mut self.interval_rtt, histogram()),
                 connect: std::mem::replace(&mut self.interval_connect, histogram()),
             };

@@ -817,6 +817,7 @@ fn write_messages(md: &mut String, r: &BenchResult) {
             ("received", thousands(m.received)),
             ("unanswered at the end", thousands(m.unanswered)),
             ("sent late (previous send still in flight)", thousands(m.late)),
+            ("receives stopped for want of buffers", thousands(m.recv_buffer_shortfalls)),
             ("bytes sent", human_bytes(m.bytes_sent as f64)),
             ("bytes received", human_bytes(m.bytes_received as f64)),
             ("rate requested", format_rate(m.rate_requested)),

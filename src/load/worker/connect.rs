@@ -64,7 +64,6 @@ impl LoadWorker {
         let k = self.next;
         self.next += 1;
         self.connecting += 1;
-        self.stats.connects_started.inc();
         let g = k * self.cfg.workers as u64 + self.id as u64;
         let source = self.cfg.ports.source_of(g).expect("validated: the port plan covers every connection");
         let bind = socket2::SockAddr::from(source);
@@ -129,7 +128,6 @@ impl LoadWorker {
         self.slab.free(slot);
         self.next -= 1;
         self.connecting -= 1;
-        self.stats.connects_started.sub(1);
         false
     }
 
