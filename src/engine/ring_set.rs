@@ -37,6 +37,13 @@ pub fn table_limit() -> u32 {
     soft.min(1 << 20) as u32
 }
 
+/// Rings a worker needs so that `items` sockets, plus a reserve of `margin` free slots per
+/// ring, fit fixed-file tables of `files` slots.
+pub fn rings_needed(items: usize, files: u32, margin: u32) -> usize {
+    let usable = (files - margin) as usize;
+    (items + margin as usize).div_ceil(usable).max(1)
+}
+
 /// Sizes of one ring.
 #[derive(Clone, Copy, Debug)]
 pub struct RingConfig {
@@ -117,7 +124,8 @@ impl Ring {
     /// the SQ has no room for it even after a submit; the caller tries again later.
     ///
     /// # Safety
-    /// As for [`Ring::push`], for every entry.
+    /// SAFETY contract for callers: as for [`Ring::push`], for every entry: whatever it points at
+    /// stays valid until its completion arrives.
     pub unsafe fn push_chain(&mut self, entries: &[squeue::Entry]) -> bool {
         let room = |u: &mut IoUring| {
             let sq = u.submission();

@@ -22,7 +22,7 @@ use super::progress::Progress;
 use super::report::*;
 use super::worker::{Control, Interval, LoadStats, LoadWorker, RunHistograms, WorkerOutcome, phase};
 use crate::engine::probe::probe;
-use crate::engine::ring_set::table_limit;
+use crate::engine::ring_set::{rings_needed, table_limit};
 use crate::engine::{RingConfig, RingSet, run_worker, worker::spawn_pinned};
 
 /// How long the sends stop before the close (when there is no hold) for the last replies.
@@ -37,11 +37,6 @@ pub struct RunOptions {
     pub progress: bool,
     /// `Event` JSON lines on stdout, for a parent process.
     pub events: bool,
-}
-
-/// The rings one worker needs so that its connections fit tables of `files` slots.
-pub fn rings_needed(per_worker: u64, files: u32) -> usize {
-    per_worker.div_ceil(files as u64).max(1) as usize
 }
 
 fn mem_free() -> u64 {
@@ -74,7 +69,8 @@ fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Worker
     if files < 64 {
         return Err(LoadError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
     }
-    let rings = rings_needed(cfg.connections_of(0), files);
+    // The load keeps no reserve: it picks every slot itself.
+    let rings = rings_needed(cfg.connections_of(0) as usize, files, 0);
     if rings > crate::engine::token::MAX_RINGS {
         return Err(LoadError::Config(format!("{rings} rings per worker needed; use more workers or raise RLIMIT_NOFILE")));
     }

@@ -22,7 +22,8 @@ use crate::engine::{EngineError, RingConfig, RingSet, Waker, run_worker};
 use crate::proto;
 use crate::slab::SlabError;
 use crate::stats::WorkerStats;
-use worker::{ServerWorker, accept_margin, rings_needed};
+use worker::{ServerWorker, accept_margin};
+use crate::engine::ring_set::rings_needed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

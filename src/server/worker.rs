@@ -79,12 +79,6 @@ fn env<'a>(id: usize, cfg: &'a ServeConfig, stats: &'a WorkerStats, generation: 
     }
 }
 
-/// Rings a worker needs so that `sessions` plus the accept margin fit tables of `files` slots.
-pub fn rings_needed(sessions: usize, files: u32, margin: u32) -> usize {
-    let usable = (files - margin) as usize;
-    (sessions + margin as usize).div_ceil(usable).max(1)
-}
-
 /// Free table slots a ring keeps in reserve (see `ServerWorker::accept_margin`).
 pub fn accept_margin(cfg: &ServeConfig, files: u32) -> u32 {
     cfg.backlog.saturating_add(64).min(files / 4)
