@@ -390,6 +390,7 @@ mod tests {
             workload: "ping".into(),
             message_interval_ms: 0.0,
             message_rate: 0.0,
+            in_flight: 0,
             size: 0,
             workers: 0,
             rings_per_worker: 0,

@@ -71,6 +71,24 @@ fn echo_frames_of_the_given_size_come_back() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 }
 
+#[test]
+fn closed_loop_keeps_the_given_messages_in_flight_and_all_are_answered() {
+    let server = ServerProcess::start(&["--max-sessions", "1000"]);
+    let (out, r) = load(server.addr, &["-c", "200", "--workload", "echo", "--size", "64", "--in-flight", "2", "--duration", "1s", "--source-ports", "31000-31999"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(r.connections.established, 200);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.params.in_flight, 2);
+    // Each reply sends the next: far more than the 400 a single round would give.
+    assert!(r.messages.received >= 4000, "{} received", r.messages.received);
+    // The drain lets every outstanding message come back.
+    assert_eq!(r.messages.unanswered, 0);
+    assert_eq!(r.messages.late, 0, "closed loop has no schedule to be late for");
+    let out = Command::new(BIN).args(["load", "--workload", "ping", "--in-flight", "5"]).output().unwrap();
+    assert!(!out.status.success(), "5 PINGs do not fit the 80-byte inline out area");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--in-flight"));
+}
+
 /// Reads /proc/net/tcp: the (local, remote) pairs of established IPv4 connections.
 fn established_tcp() -> Vec<(SocketAddr, SocketAddr)> {
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap();

@@ -75,6 +75,11 @@ pub struct LoadArgs {
     /// Messages per second over all connections (open loop); overrides --ping-interval.
     #[arg(long, value_parser = rate)]
     pub rate: Option<f64>,
+    /// Closed loop: each connection keeps N messages outstanding and sends the next as soon as a
+    /// reply arrives (no schedule: measures throughput, not latency under a given rate). 0: the
+    /// open-loop schedule of --ping-interval / --rate.
+    #[arg(long, default_value_t = 0, conflicts_with = "rate")]
+    pub in_flight: u32,
     /// ECHO frame size in bytes, header included.
     #[arg(long, value_parser = bytes, default_value = "64")]
     pub size: u64,
@@ -156,6 +161,7 @@ impl LoadArgs {
             hold: self.hold,
             workload: self.workload,
             message_interval,
+            in_flight: self.in_flight,
             size: self.size as usize,
             first_user: self.first_user,
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),

@@ -58,6 +58,8 @@ pub struct LoadConfig {
     pub workload: Workload,
     /// Per connection, between two messages.
     pub message_interval: Duration,
+    /// Closed loop: messages each connection keeps outstanding (0: open loop on the schedule).
+    pub in_flight: u32,
     /// Frame size of an ECHO, header included.
     pub size: usize,
     pub first_user: u64,
@@ -107,6 +109,15 @@ impl LoadConfig {
         if self.workload != Workload::Idle && self.message_interval.is_zero() {
             return bad("--ping-interval (or the interval --rate gives) must be above 0".into());
         }
+        if self.in_flight > 0 {
+            let room = self.out_capacity() / self.frame_len();
+            if self.workload == Workload::Idle {
+                return bad("--in-flight needs --workload ping or echo".into());
+            }
+            if self.in_flight as usize > room {
+                return bad(format!("--in-flight {} does not fit a connection's out area: at most {room} messages of {} bytes", self.in_flight, self.frame_len()));
+            }
+        }
         if !self.recv_buffers.is_power_of_two() {
             return bad("--recv-buffers must be a power of two".into());
         }
@@ -129,10 +140,20 @@ impl LoadConfig {
         Duration::from_secs_f64(g as f64 / self.connect_rate)
     }
 
-    /// Messages per second over all connections, as scheduled.
+    /// Bytes of messages a connection can have staged at once (see `LoadWorker::out_area`).
+    pub fn out_capacity(&self) -> usize {
+        match self.workload {
+            Workload::Echo => 2 * self.max_frame,
+            _ => super::conn::INLINE_OUT,
+        }
+    }
+
+    /// Messages per second over all connections, as scheduled (0 for closed loop: the rate is
+    /// whatever the server sustains).
     pub fn message_rate(&self) -> f64 {
         match self.workload {
             Workload::Idle => 0.0,
+            _ if self.in_flight > 0 => 0.0,
             _ => self.connections as f64 / self.message_interval.as_secs_f64(),
         }
     }

@@ -39,6 +39,9 @@ pub struct LoadParams {
     pub message_interval_ms: f64,
     /// Messages per second over all connections, as scheduled (0 for idle).
     pub message_rate: f64,
+    /// Closed loop: messages each connection kept outstanding (0: open loop on the schedule).
+    #[serde(default)]
+    pub in_flight: u32,
     /// Frame size of an ECHO, header included (PING frames are 20 bytes).
     pub size: u64,
     pub workers: u64,

@@ -124,6 +124,8 @@ impl LoadWorker {
         }
         if let Some(kind) = outcome {
             self.lose(rings, slot, kind);
+        } else if self.cfg.in_flight > 0 && (logged_in || replies > 0) {
+            self.top_up(rings, slot, now);
         }
     }
 
@@ -135,7 +137,7 @@ impl LoadWorker {
         self.stats.established_total.inc();
         self.stats.established.add(1);
         self.wheel.cancel(slot);
-        if self.cfg.workload != Workload::Idle && self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
+        if self.cfg.workload != Workload::Idle && self.cfg.in_flight == 0 && self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
             // A random phase within one interval, so connections do not send in step; on the
             // tick grid, so a message is not counted late for waiting for the next tick.
             let jitter = self.rand_below(self.interval_ns);
@@ -189,6 +191,30 @@ impl LoadWorker {
         }
     }
 
+    /// Closed loop: stages messages until `in_flight` are outstanding (or the out area is full)
+    /// and sends. Each is due now, so its corrected and uncorrected round trips are the same.
+    pub(super) fn top_up(&mut self, rings: &mut RingSet, slot: u32, now: u64) {
+        if self.control.phase.load(Ordering::Relaxed) >= phase::HOLD {
+            return;
+        }
+        let (echo, len, want) = (self.cfg.workload == Workload::Echo, self.frame_len, self.cfg.in_flight);
+        let mut staged = 0u64;
+        let (c, out) = self.out_area(slot);
+        if c.state != state::LOGGED_IN {
+            return;
+        }
+        // Appending behind a send in flight is safe: the kernel reads only [0, send_len).
+        while c.outstanding < want && c.out_len as usize + len <= out.len() {
+            let at = c.out_len as usize;
+            conn::write_message(&mut out[at..], echo, len, now, now);
+            c.out_len += len as u16;
+            c.outstanding += 1;
+            staged += 1;
+        }
+        self.stats.sent.add(staged);
+        self.flush(rings, slot);
+    }
+
     /// Starts a send of everything staged, if none is in flight.
     pub(super) fn flush(&mut self, rings: &mut RingSet, slot: u32) {
         let (ring, file) = self.place(slot);
@@ -223,6 +249,8 @@ impl LoadWorker {
                 let now = self.now_ns();
                 if self.slab.header(slot).s.out_len > 0 {
                     self.flush(rings, slot);
+                } else if self.cfg.in_flight > 0 {
+                    self.top_up(rings, slot, now);
                 } else if self.slab.header(slot).s.state == state::LOGGED_IN
                     && self.slab.header(slot).s.due_ns <= now
                     && self.control.phase.load(Ordering::Relaxed) < phase::HOLD
