@@ -391,6 +391,7 @@ mod tests {
             message_interval_ms: 0.0,
             message_rate: 0.0,
             in_flight: 0,
+            recv: String::new(),
             size: 0,
             workers: 0,
             rings_per_worker: 0,

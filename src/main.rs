@@ -67,6 +67,10 @@ struct ServeArgs {
     /// Size of one receive buffer.
     #[arg(long, default_value_t = 2048)]
     recv_buffer_size: u32,
+    /// How a session waits for input: `poll` (a multishot poll, then a receive: least kernel
+    /// memory per idle session) or `multishot` (a multishot receive: fewest completions).
+    #[arg(long, value_enum, default_value_t = c2m::server::RecvArm::Poll)]
+    recv_arm: c2m::server::RecvArm,
     /// Serve Prometheus text at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -105,6 +109,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backlog: args.backlog,
         files_per_ring: args.files_per_ring,
         recv_buffers: args.recv_buffers,
+        recv_arm: args.recv_arm,
         recv_buffer_size: args.recv_buffer_size,
         ..defaults
     };
