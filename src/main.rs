@@ -27,6 +27,9 @@ enum Command {
     /// One process stays under RLIMIT_NOFILE; tests and benches run several.
     #[command(hide = true)]
     Hold(HoldArgs),
+    /// What caps connections here (check), sysctl profiles (apply, restore), and sizing other
+    /// hardware from a measured result (size).
+    Tune(c2m::tune::TuneArgs),
 }
 
 #[derive(Args)]
@@ -175,6 +178,13 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => c2m::bench::run(args),
         Command::Load(args) => load(args),
+        Command::Tune(args) => match c2m::tune::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::Hold(a) => {
             let cfg = c2m::client::HoldConfig {
                 server: a.server,
