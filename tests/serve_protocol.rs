@@ -429,7 +429,6 @@ fn a_burst_bigger_than_the_out_area_is_answered_in_full_while_the_client_reads()
 }
 
 fn burst_is_answered_in_full(server: &ServerProcess, arm: &str) {
-    let server = server;
     let got = echo_storm_reading_after(server, 2, 100, Some(Duration::from_millis(300)));
     let text = server.scrape();
     assert_eq!(got, vec![100, 100], "{arm}: {text}");
@@ -665,7 +664,7 @@ fn buffers_running_dry_lose_no_bytes(server: &ServerProcess, arm: &str) {
     assert_eq!(sum_where(&text, "c2m_frames_out_total", "kind=\"echo_reply\""), 24.0 * 8.0, "{text}");
     assert_eq!(sum(&text, "c2m_protocol_errors_total"), 0.0, "{text}");
     assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
-    assert_no_leaks(&server);
+    assert_no_leaks(server);
 }
 
 #[test]
