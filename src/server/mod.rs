@@ -144,6 +144,23 @@ fn listener(addr: SocketAddr, backlog: u32) -> Result<Socket, ServerError> {
     Ok(socket)
 }
 
+/// Connections waiting in a listener's accept queue (TCP_INFO's `tcpi_unacked` on a listener).
+pub fn accept_queue_len(listener: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: tcp_info is plain integers, so all zeroes is a valid value; `info` is live and
+    // writable and `len` says its size: the kernel writes at most `len` bytes into it.
+    let (rc, info) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let rc = libc::getsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
+        (rc, info)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
 /// How the server laid itself out; printed at start-up.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Layout {
@@ -301,6 +318,17 @@ impl Server {
 mod tests {
     use super::*;
     use crate::client::BlockingClient;
+
+    #[test]
+    fn accept_queue_len_counts_connections_not_yet_accepted() {
+        use std::os::fd::AsFd;
+        let socket = listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(accept_queue_len(socket.as_fd()).unwrap(), 0);
+        let clients: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        assert_eq!(accept_queue_len(socket.as_fd()).unwrap(), 3);
+        drop(clients);
+    }
     use crate::proto::Frame;
     use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! One server worker: its listener, rings, slab and timers, and the glue from completions to
 //! the session state machine.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,6 +63,8 @@ pub struct ServerWorker {
     full_frame: Box<[u8]>,
     stop: Arc<AtomicBool>,
     drain_until: Option<Instant>,
+    /// Connections accepted since the last tick (see `watch_accept_queue`).
+    accepted_since_tick: u32,
 }
 
 /// What frame handling needs, built from the worker's fields (not `&self`) so the slab can be
@@ -121,6 +123,7 @@ impl ServerWorker {
             full_frame: full.into_boxed_slice(),
             stop,
             drain_until: None,
+            accepted_since_tick: 0,
             cfg,
         })
     }
@@ -222,6 +225,7 @@ impl ServerWorker {
             return;
         }
         let file = res as u32;
+        self.accepted_since_tick += 1;
         self.count_file(rings, ring, true);
         if rings.rings[ring].files_capacity - rings.rings[ring].files_in_use < self.accept_margin {
             self.cancel_accept(rings, ring);
@@ -255,6 +259,26 @@ impl ServerWorker {
         s.last_frame_tick = self.now_tick;
         self.wheel.schedule(slot, self.now_tick as u64 + self.hello_ticks as u64);
         self.arm_recv(rings, slot);
+    }
+
+    /// Re-arms an accept if connections wait in the listener's queue and none was accepted for a
+    /// whole tick. The rings' accepts wait on the listener exclusively: a wake-up is taken by the
+    /// first one only, and if that one was cancelled (its ring full) with the wake-up in hand
+    /// while the queue was full, no new connection comes to wake the next one (their SYNs are
+    /// dropped). A freshly armed accept drains the queue at once.
+    fn watch_accept_queue(&mut self, rings: &mut RingSet) {
+        let accepted = std::mem::take(&mut self.accepted_since_tick);
+        if accepted > 0 || self.drain_until.is_some() {
+            return;
+        }
+        if !super::accept_queue_len(self.listener.as_fd()).is_ok_and(|n| n > 0) {
+            return;
+        }
+        if let Some(ring) = (0..rings.len()).find(|&r| self.accept[r].armed) {
+            self.stats.accept_rearms.inc();
+            self.cancel_accept(rings, ring);
+            self.arm_accept(rings, ring);
+        }
     }
 
     fn reject_close(&mut self, rings: &mut RingSet, ring: usize, file: u32) {
@@ -670,6 +694,7 @@ impl ServerWorker {
             // Accepts that failed wait for a tick before they are tried again.
             self.maybe_arm_accept(rings, ring);
         }
+        self.watch_accept_queue(rings);
         self.stats.sq_backlog.set(rings.rings.iter().map(|r| r.backlog_len() as u64).sum());
         for slot in std::mem::take(&mut self.recancel) {
             let s = self.slab.header(slot);

@@ -94,6 +94,8 @@ pub struct WorkerStats {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub accept_errors: Counter,
+    /// Accepts re-armed because connections waited in the listener's queue for a whole tick.
+    pub accept_rearms: Counter,
     /// Multishot receives that ended for lack of a provided buffer and were re-armed.
     pub recv_no_buffers: Counter,
     /// Times a session's replies filled its out area and its input was paused.
@@ -197,6 +199,7 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     per_worker(&mut out, "c2m_bytes_in_total", "counter", "Payload bytes received.", &|s| s.bytes_in.get());
     per_worker(&mut out, "c2m_bytes_out_total", "counter", "Bytes sent.", &|s| s.bytes_out.get());
     per_worker(&mut out, "c2m_accept_errors_total", "counter", "Accept completions that failed.", &|s| s.accept_errors.get());
+    per_worker(&mut out, "c2m_accept_rearms_total", "counter", "Accepts re-armed because connections waited a whole tick unaccepted.", &|s| s.accept_rearms.get());
     per_worker(&mut out, "c2m_recv_no_buffers_total", "counter", "Receives re-armed after the buffer ring ran dry.", &|s| {
         s.recv_no_buffers.get()
     });
