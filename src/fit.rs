@@ -17,6 +17,15 @@ use crate::units::{human_bytes, thousands};
 /// Head room on a measured cost: MemFree moves with page-cache activity and with what earlier
 /// runs left in the slab caches, by hundreds of bytes per connection.
 pub const MARGIN: f64 = 1.15;
+/// Head room on a cost measured at [`LARGE_RUN`] connections or more: there the noise is spread
+/// over so many connections that two runs agreed within 1% (results/c1m).
+pub const MARGIN_LARGE: f64 = 1.05;
+pub const LARGE_RUN: u64 = 500_000;
+
+/// The head room for a cost measured over `connections`.
+pub fn margin_for(connections: u64) -> f64 {
+    if connections >= LARGE_RUN { MARGIN_LARGE } else { MARGIN }
+}
 /// Results with fewer connections are not used: there, MemFree noise (tens of MB) is kilobytes
 /// per connection.
 pub const MIN_MEASURED_CONNECTIONS: u64 = 50_000;
@@ -64,7 +73,7 @@ impl CostModel {
 
     /// The complete c2m-bench-result under `results_dir` (any scenario) with the most
     /// connections (at least [`MIN_MEASURED_CONNECTIONS`]), the newest of equals: its
-    /// `memory.per_connection.total` plus [`MARGIN`]. Files that are not bench results are
+    /// `memory.per_connection.total` plus [`margin_for`] its size. Files that are not bench results are
     /// skipped.
     pub fn measured(results_dir: &Path) -> Option<CostModel> {
         let mut best: Option<(u64, String, PathBuf, BenchResult)> = None;
@@ -89,14 +98,15 @@ impl CostModel {
             return None;
         }
         let kernel = per.kernel_total.clamp(0.0, total);
+        let margin = margin_for(n);
         Some(CostModel {
-            per_connection_bytes: total * MARGIN,
-            kernel_bytes: kernel * MARGIN,
+            per_connection_bytes: total * margin,
+            kernel_bytes: kernel * margin,
             source: format!(
                 "measured in {} ({} connections), + {:.0}%",
                 path.display(),
                 thousands(n),
-                (MARGIN - 1.0) * 100.0
+                (margin - 1.0) * 100.0
             ),
         })
     }
@@ -391,6 +401,7 @@ mod tests {
             message_interval_ms: 0.0,
             message_rate: 0.0,
             in_flight: 0,
+            recv: String::new(),
             size: 0,
             workers: 0,
             rings_per_worker: 0,
@@ -460,6 +471,11 @@ mod tests {
         // A MemFree figure below what the kernel cannot reclaim is raised to that floor.
         write("c200k", "low.json", &bench_result(200_000, 1_000.0, RunStatus::Complete, "2026-11-27T23:00:00Z"));
         assert!((CostModel::measured(dir.path()).unwrap().per_connection_bytes - 6_000.0 * MARGIN).abs() < 1e-6);
+        // Measured over a million connections, the cost gets the smaller head room.
+        write("c1m", "ok.json", &bench_result(1_000_000, 8_500.0, RunStatus::Complete, "2026-11-27T23:30:00Z"));
+        let m = CostModel::measured(dir.path()).unwrap();
+        assert!((m.per_connection_bytes - 8_500.0 * MARGIN_LARGE).abs() < 1e-6, "{m:?}");
+        assert!(m.source.contains("+ 5%"), "{}", m.source);
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod server;
 pub mod stats;
 pub mod load;
 pub mod results;
+pub mod tune;
 pub mod units;

@@ -27,6 +27,9 @@ enum Command {
     /// One process stays under RLIMIT_NOFILE; tests and benches run several.
     #[command(hide = true)]
     Hold(HoldArgs),
+    /// What caps connections here (check), sysctl profiles (apply, restore), and sizing other
+    /// hardware from a measured result (size).
+    Tune(c2m::tune::TuneArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +70,10 @@ struct ServeArgs {
     /// Size of one receive buffer.
     #[arg(long, default_value_t = 2048)]
     recv_buffer_size: u32,
+    /// How a session waits for input: `poll` (a multishot poll, then a receive: least kernel
+    /// memory per idle session) or `multishot` (a multishot receive: fewest completions).
+    #[arg(long, value_enum, default_value_t = c2m::server::RecvArm::Poll)]
+    recv_arm: c2m::server::RecvArm,
     /// Serve Prometheus text at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -105,6 +112,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backlog: args.backlog,
         files_per_ring: args.files_per_ring,
         recv_buffers: args.recv_buffers,
+        recv_arm: args.recv_arm,
         recv_buffer_size: args.recv_buffer_size,
         ..defaults
     };
@@ -170,6 +178,13 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => c2m::bench::run(args),
         Command::Load(args) => load(args),
+        Command::Tune(args) => match c2m::tune::run(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::Hold(a) => {
             let cfg = c2m::client::HoldConfig {
                 server: a.server,

@@ -79,7 +79,9 @@ fn smoke_end_to_end() {
     assert_eq!(result.load.connections.requested, 10_000);
     assert_eq!(result.load.connections.established, 10_000);
     assert_eq!(result.memory.connections, 10_000);
-    assert!(result.memory.per_connection.total > 0.0);
+    // MemFree moves with everything else on a shared box; the slab the 20,000 sockets take
+    // (about 140 MB) does not go unseen.
+    assert!(result.memory.per_connection.kernel_slab > 0.0, "{:?}", result.memory);
     assert!(result.server.rss_bytes > 0 && result.load_process.rss_bytes > 0);
     assert!(!result.memory_timeline.is_empty());
     assert!(result.server_metrics.get("c2m_sessions_accepted_total").copied().unwrap_or(0.0) >= 10_000.0, "{:?}", result.server_metrics);

@@ -115,6 +115,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
             message_interval_ms: if messages { 10_000.0 } else { 0.0 },
             message_rate: if messages { n as f64 / 10.0 } else { 0.0 },
             in_flight: 0,
+            recv: String::new(),
             size: 64,
             workers: 2,
             rings_per_worker: 4,

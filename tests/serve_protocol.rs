@@ -419,12 +419,20 @@ fn a_client_that_never_reads_is_paused_then_timed_out_and_leaks_nothing() {
 #[test]
 fn a_burst_bigger_than_the_out_area_is_answered_in_full_while_the_client_reads() {
     // 100 ECHOs of 4000 bytes (400 KB) in one go, about 11 times the out area: the server pauses
-    // and resumes the session as its replies drain, and every reply arrives, in order.
-    let server = start();
-    let got = echo_storm(&server, 2, 100);
+    // and resumes the session as its replies drain, and every reply arrives, in order. The
+    // clients have small windows and read only after 300 ms, and a receive takes up to 64 KB, so
+    // the out area fills whatever the receive arming.
+    for arm in ["poll", "multishot"] {
+        let server = ServerProcess::start(&["--workers", "2", "--hello-timeout", "5000", "--heartbeat-ms", "5000", "--max-sessions", "1000", "--recv-buffer-size", "65536", "--recv-buffers", "64", "--recv-arm", arm]);
+        burst_is_answered_in_full(&server, arm);
+    }
+}
+
+fn burst_is_answered_in_full(server: &ServerProcess, arm: &str) {
+    let got = echo_storm_reading_after(server, 2, 100, Some(Duration::from_millis(300)));
     let text = server.scrape();
-    assert_eq!(got, vec![100, 100], "{text}");
-    assert!(sum(&text, "c2m_backpressure_pauses_total") >= 1.0, "the burst never filled the out area\n{text}");
+    assert_eq!(got, vec![100, 100], "{arm}: {text}");
+    assert!(sum(&text, "c2m_backpressure_pauses_total") >= 1.0, "{arm}: the burst never filled the out area\n{text}");
     assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
     assert_eq!(sum(&text, "c2m_held_buffers"), 0.0, "{text}");
 }
@@ -573,9 +581,23 @@ fn echo_body(u: usize, k: usize) -> Vec<u8> {
 /// straddle segments) from one thread while another reads the replies. Returns how many replies
 /// each client got, in order and intact, before the stream ended.
 fn echo_storm(server: &ServerProcess, clients: usize, echoes: usize) -> Vec<usize> {
+    echo_storm_reading_after(server, clients, echoes, None)
+}
+
+/// `echo_storm`; with `slow`, clients have a small receive window and start reading only after
+/// that long, so the server's replies back up into its out area.
+fn echo_storm_reading_after(server: &ServerProcess, clients: usize, echoes: usize, slow: Option<Duration>) -> Vec<usize> {
+    let delay = slow.unwrap_or_default();
     let streams: Vec<std::net::TcpStream> = (1..=clients as u64)
         .map(|u| {
-            let c = login(server, u);
+            let c = match slow {
+                Some(_) => {
+                    let mut c = small_window_client(server);
+                    c.login(u).expect("login");
+                    c
+                }
+                None => login(server, u),
+            };
             c.stream().try_clone().unwrap()
         })
         .collect();
@@ -597,6 +619,7 @@ fn echo_storm(server: &ServerProcess, clients: usize, echoes: usize) -> Vec<usiz
                     }
                 });
                 s.spawn(move || {
+                    std::thread::sleep(delay);
                     let mut reader = BlockingClient::from_stream(stream);
                     for k in 0..echoes {
                         match reader.read_frame(Duration::from_secs(10)) {
@@ -622,16 +645,26 @@ fn echo_storm(server: &ServerProcess, clients: usize, echoes: usize) -> Vec<usiz
 fn receive_buffers_running_dry_lose_no_bytes() {
     // 24 clients writing 8 ECHOs of 4000 bytes each at once run the 8 buffers dry, so multishot
     // receives end with ENOBUFS and are re-armed; every byte must still arrive, in order. (8
-    // replies fit a slot's out area even if none had been sent.)
-    let server = start_with_few_buffers();
-    let got = echo_storm(&server, 24, 8);
+    // replies fit a slot's out area even if none had been sent.) With poll arming, each
+    // receive takes one buffer and gives it back soon, so the ring has one buffer to run dry.
+    for (arm, buffers) in [("poll", "1"), ("multishot", "8")] {
+        let server = ServerProcess::start(&[
+            "--workers", "1", "--recv-buffers", buffers, "--hello-timeout", "5000", "--heartbeat-ms", "5000",
+            "--max-sessions", "1000", "--recv-arm", arm,
+        ]);
+        buffers_running_dry_lose_no_bytes(&server, arm);
+    }
+}
+
+fn buffers_running_dry_lose_no_bytes(server: &ServerProcess, arm: &str) {
+    let got = echo_storm(server, 24, 8);
     let text = server.scrape();
-    assert!(got.iter().all(|&n| n == 8), "replies per client: {got:?}\n{text}");
-    assert!(sum(&text, "c2m_recv_no_buffers_total") > 0.0, "the buffer ring never ran dry\n{text}");
+    assert!(got.iter().all(|&n| n == 8), "{arm}: replies per client: {got:?}\n{text}");
+    assert!(sum(&text, "c2m_recv_no_buffers_total") > 0.0, "{arm}: the buffer ring never ran dry\n{text}");
     assert_eq!(sum_where(&text, "c2m_frames_out_total", "kind=\"echo_reply\""), 24.0 * 8.0, "{text}");
     assert_eq!(sum(&text, "c2m_protocol_errors_total"), 0.0, "{text}");
     assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
-    assert_no_leaks(&server);
+    assert_no_leaks(server);
 }
 
 #[test]

@@ -59,6 +59,7 @@ pub fn stand_in_report(plan: &LoadPlan, followed: &Followed, started_unix_ms: u6
             message_interval_ms: plan.ping_interval.0.as_secs_f64() * 1e3,
             message_rate: 0.0,
             in_flight: 0,
+            recv: String::new(),
             size: plan.size.unwrap_or(0),
             workers: 0,
             rings_per_worker: 0,

@@ -72,6 +72,11 @@ impl BufRing {
         self.count
     }
 
+    /// Size of one buffer.
+    pub fn buf_len(&self) -> u32 {
+        self.buf_size
+    }
+
     /// Bytes of memory this ring owns (entries + buffers), resident or not.
     pub fn mapped_bytes(&self) -> usize {
         self.entries.len() + self.buffers.len()

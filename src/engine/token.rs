@@ -35,6 +35,8 @@ pub enum Op {
     RejectShutdown = 11,
     /// A session's half-close (write side shut after its last words; input still drained).
     HalfClose = 12,
+    /// A session's multishot poll for input (the receive arming that costs least memory).
+    Readable = 13,
 }
 
 impl Op {
@@ -54,6 +56,7 @@ impl Op {
             10 => Op::Shutdown,
             11 => Op::RejectShutdown,
             12 => Op::HalfClose,
+            13 => Op::Readable,
             _ => return None,
         })
     }

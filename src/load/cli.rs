@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::config::{LoadConfig, Workload};
+use super::config::{LoadConfig, RecvMode, Workload};
 use super::sources::{PortPlan, Sources, parse_port_range};
 use crate::units::{parse_bytes, parse_count, parse_duration};
 
@@ -80,6 +80,11 @@ pub struct LoadArgs {
     /// open-loop schedule of --ping-interval / --rate.
     #[arg(long, default_value_t = 0, conflicts_with = "rate")]
     pub in_flight: u32,
+    /// How connections wait for replies: auto (on-demand for open-loop ping, multishot
+    /// otherwise), multishot (a receive armed all the time) or on-demand (armed only while a
+    /// reply is owed: least kernel memory per idle connection).
+    #[arg(long, value_enum, default_value_t = RecvMode::Auto)]
+    pub recv: RecvMode,
     /// ECHO frame size in bytes, header included.
     #[arg(long, value_parser = bytes, default_value = "64")]
     pub size: u64,
@@ -162,6 +167,7 @@ impl LoadArgs {
             workload: self.workload,
             message_interval,
             in_flight: self.in_flight,
+            recv: self.recv,
             size: self.size as usize,
             first_user: self.first_user,
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),

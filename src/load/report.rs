@@ -42,6 +42,9 @@ pub struct LoadParams {
     /// Closed loop: messages each connection kept outstanding (0: open loop on the schedule).
     #[serde(default)]
     pub in_flight: u32,
+    /// How connections waited for replies: `multishot` or `on-demand`.
+    #[serde(default)]
+    pub recv: String,
     /// Frame size of an ECHO, header included (PING frames are 20 bytes).
     pub size: u64,
     pub workers: u64,

@@ -40,6 +40,20 @@ pub enum ServerError {
 }
 
 /// Everything `c2m serve` can be told.
+/// How a session waits for input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecvArm {
+    /// A multishot poll per session; a one-shot receive (with a provided buffer) when it fires.
+    /// An idle session then holds one `io_kiocb` (256 B) in the kernel, against ~860 B for an
+    /// armed multishot receive (its `io_kiocb`, a 512 B async msghdr and its poll entry). It
+    /// costs one more completion per burst of input.
+    #[default]
+    Poll,
+    /// A multishot receive per session: fewest completions, most kernel memory per idle session.
+    Multishot,
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
@@ -58,6 +72,7 @@ pub struct ServeConfig {
     pub files_per_ring: Option<u32>,
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
+    pub recv_arm: RecvArm,
     pub sq_entries: u32,
     pub cq_entries: u32,
 }
@@ -77,6 +92,7 @@ impl Default for ServeConfig {
             files_per_ring: None,
             recv_buffers: 512,
             recv_buffer_size: 2048,
+            recv_arm: RecvArm::Poll,
             sq_entries: 1024,
             cq_entries: 8192,
         }

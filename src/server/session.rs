@@ -24,7 +24,7 @@ pub mod state {
 
 /// Bits of the `flags` byte.
 pub mod flag {
-    /// A multishot receive is armed.
+    /// A multishot receive (or, with poll arming, a multishot poll) is armed.
     pub const RECV_ARMED: u8 = 1;
     /// Input is ignored; the session closes once its output has been sent.
     pub const CLOSE_AFTER_SEND: u8 = 2;
@@ -36,6 +36,13 @@ pub mod flag {
     /// Its replies filled the out area: its receive is cancelled and the input it could not
     /// handle waits in held buffers until sends make room (backpressure).
     pub const PAUSED: u8 = 16;
+    /// Poll arming: a one-shot receive is in flight.
+    pub const READING: u8 = 32;
+    /// Poll arming: there may be more input than the last receive took (it filled its buffer,
+    /// found no buffer, or the poll fired while it was in flight): receive again.
+    pub const READ_AGAIN: u8 = 64;
+    /// The peer's input ended (a receive returned 0): nothing more will be read.
+    pub const INPUT_ENDED: u8 = 128;
 }
 
 /// The hot per-session state, 128 bytes, in the slab's dense header array.
@@ -64,7 +71,10 @@ pub struct Session {
     pub inline_len: u8,
     pub inline_sent: u8,
     pub close_reason: u8,
-    pub _pad: [u8; 6],
+    /// Poll arming: a poll saw the peer's FIN or an error, so input is read until a receive
+    /// returns 0 or fails (one poll completion may stand for several wake-ups).
+    pub peer_hup: u8,
+    pub _pad: [u8; 5],
     pub inline_out: [u8; INLINE_OUT],
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use io_uring::types::{CancelBuilder, Fd, Fixed, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode};
 
-use super::ServeConfig;
+use super::{RecvArm, ServeConfig};
 use super::held::{Held, HeldInput};
 use super::session::{self, Env, Session, Verdict, flag, state};
 use crate::engine::timer::TimerWheel;
@@ -267,13 +267,76 @@ impl ServerWorker {
         Token::of(op, s.ring, self.slab.generation(slot), slot)
     }
 
+    /// The op of a session's armed input wait: what a cancel targets.
+    fn armed_op(&self) -> Op {
+        match self.cfg.recv_arm {
+            RecvArm::Poll => Op::Readable,
+            RecvArm::Multishot => Op::Recv,
+        }
+    }
+
+    /// Arms the session's wait for input: a multishot poll or a multishot receive.
     fn arm_recv(&mut self, rings: &mut RingSet, slot: u32) {
-        let token = self.token(Op::Recv, slot);
+        let token = self.token(self.armed_op(), slot);
         let s = self.slab.header_mut(slot);
         s.flags |= flag::RECV_ARMED;
         s.inflight += 1;
         let ring = s.ring as usize;
-        let entry = opcode::RecvMulti::new(Fixed(s.file), rings.rings[ring].bufs.bgid()).build().user_data(token.0);
+        let entry = match self.cfg.recv_arm {
+            RecvArm::Poll => opcode::PollAdd::new(Fixed(s.file), (libc::POLLIN | libc::POLLRDHUP) as u32).multi(true).build(),
+            RecvArm::Multishot => opcode::RecvMulti::new(Fixed(s.file), rings.rings[ring].bufs.bgid()).build(),
+        };
+        Self::push(rings, ring, entry.user_data(token.0));
+    }
+
+    /// Poll arming: the session's multishot poll fired (or ended).
+    fn on_readable(&mut self, rings: &mut RingSet, token: Token, cqe: &cqueue::Entry) {
+        let Some(slot) = self.live_slot(token) else { return };
+        let res = cqe.result();
+        let more = cqueue::more(cqe.flags());
+        let s = self.slab.header_mut(slot);
+        if !more {
+            s.flags &= !flag::RECV_ARMED;
+            s.inflight -= 1;
+        }
+        if res > 0 {
+            if res & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32 != 0 {
+                self.slab.header_mut(slot).peer_hup = 1;
+            }
+            self.read(rings, slot);
+        }
+        let s = self.slab.header(slot);
+        if !more && !s.has(flag::TEARDOWN | flag::INPUT_ENDED) {
+            // The poll ended (the cancel of a pause since lifted, or an error on the socket):
+            // arm it again unless paused; a receive that follows says what happened.
+            self.rearm.push(slot);
+        }
+        self.maybe_free(slot);
+    }
+
+    /// Poll arming: a one-shot, non-blocking receive into a provided buffer. At most one is in
+    /// flight; a poll that fires meanwhile asks for another once it completes.
+    fn read(&mut self, rings: &mut RingSet, slot: u32) {
+        let token = self.token(Op::Recv, slot);
+        let s = self.slab.header_mut(slot);
+        if s.has(flag::TEARDOWN | flag::PAUSED | flag::INPUT_ENDED) {
+            return;
+        }
+        if s.has(flag::READING) {
+            s.flags |= flag::READ_AGAIN;
+            return;
+        }
+        s.flags = (s.flags | flag::READING) & !flag::READ_AGAIN;
+        s.inflight += 1;
+        let ring = s.ring as usize;
+        // Length 0: the provided buffer's own size. MSG_DONTWAIT: with nothing to read it
+        // completes with EAGAIN instead of arming a poll of its own (the multishot one waits).
+        let entry = opcode::Recv::new(Fixed(s.file), std::ptr::null_mut(), 0)
+            .buf_group(rings.rings[ring].bufs.bgid())
+            .flags(libc::MSG_DONTWAIT)
+            .build()
+            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+            .user_data(token.0);
         Self::push(rings, ring, entry);
     }
 
@@ -296,10 +359,21 @@ impl ServerWorker {
             }
             return;
         };
+        let poll = self.cfg.recv_arm == RecvArm::Poll;
         if !more {
             let s = self.slab.header_mut(slot);
-            s.flags &= !flag::RECV_ARMED;
+            // With poll arming this was the one-shot receive; the poll stays armed.
+            s.flags &= if poll { !flag::READING } else { !flag::RECV_ARMED };
             s.inflight -= 1;
+        }
+        if res == 0 {
+            self.slab.header_mut(slot).flags |= flag::INPUT_ENDED;
+        }
+        let full = res > 0 && res as u32 >= rings.rings[ring].bufs.buf_len();
+        if poll && (res == -libc::ENOBUFS || full || (res > 0 && self.slab.header(slot).peer_hup != 0)) {
+            // More may be waiting than one buffer held, or the FIN behind the data: the poll
+            // does not fire again for what was already there.
+            self.slab.header_mut(slot).flags |= flag::READ_AGAIN;
         }
         let mut keep_buffer = false;
         let verdict = match res {
@@ -319,7 +393,7 @@ impl ServerWorker {
                 self.stats.recv_no_buffers.inc();
                 Verdict::Open
             }
-            _ if res == -libc::ECANCELED => Verdict::Open,
+            _ if res == -libc::ECANCELED || res == -libc::EAGAIN => Verdict::Open,
             _ if res == -libc::ECONNRESET || res == -libc::EPIPE => Verdict::CloseNow(CloseReason::PeerClosed),
             _ => Verdict::CloseNow(CloseReason::IoError),
         };
@@ -329,7 +403,11 @@ impl ServerWorker {
             rings.rings[ring].bufs.recycle(bid);
         }
         let s = self.slab.header(slot);
-        if !more && res != 0 && !s.has(flag::TEARDOWN) {
+        if poll {
+            if s.has(flag::READ_AGAIN) && !s.has(flag::TEARDOWN) {
+                self.rearm.push(slot);
+            }
+        } else if !more && res != 0 && !s.has(flag::TEARDOWN) {
             // The multishot ended (no buffer left, CQ pressure, or the cancel of a pause that
             // has since been lifted): receive again once the buffers are back, unless paused.
             self.rearm.push(slot);
@@ -371,7 +449,7 @@ impl ServerWorker {
 
     /// Cancels a session's armed multishot receive (its final completion still arrives).
     fn cancel_recv(&mut self, rings: &mut RingSet, slot: u32) {
-        let (recv, cancel) = (self.token(Op::Recv, slot), self.token(Op::Cancel, slot));
+        let (recv, cancel) = (self.token(self.armed_op(), slot), self.token(Op::Cancel, slot));
         let s = self.slab.header_mut(slot);
         s.inflight += 1;
         let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(recv.0)).build().user_data(cancel.0);
@@ -409,8 +487,10 @@ impl ServerWorker {
         }
         let s = self.slab.header_mut(slot);
         s.flags &= !flag::PAUSED;
-        if !s.has(flag::RECV_ARMED | flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
-            self.arm_recv(rings, slot);
+        if !s.has(flag::TEARDOWN | flag::CLOSE_AFTER_SEND | flag::INPUT_ENDED) {
+            // Re-armed (and, with poll arming, read again if input is waiting) after the batch;
+            // a receive whose cancel is still under way is re-armed when it ends.
+            self.rearm.push(slot);
         }
     }
 
@@ -459,7 +539,7 @@ impl ServerWorker {
             let entry = opcode::Send::new(Fixed(s.file), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token.0);
             Self::push(rings, s.ring as usize, entry);
         } else if s.has(flag::CLOSE_AFTER_SEND) && s.send_len == 0 {
-            if !s.has(flag::RECV_ARMED) {
+            if !s.has(flag::RECV_ARMED) || s.has(flag::INPUT_ENDED) {
                 // The peer is gone or its input ended: nothing to wait for.
                 let reason = CloseReason::ALL[s.close_reason as usize];
                 self.teardown(rings, slot, reason);
@@ -662,6 +742,7 @@ impl Service for ServerWorker {
         match token.op() {
             Some(Op::Accept) => self.on_accept(rings, ring, token, cqe),
             Some(Op::Recv) => self.on_recv(rings, ring, token, cqe),
+            Some(Op::Readable) => self.on_readable(rings, token, cqe),
             Some(Op::Send) => self.on_send(rings, token, cqe.result()),
             Some(op @ (Op::Cancel | Op::Shutdown | Op::Close | Op::HalfClose)) => {
                 self.on_teardown_step(rings, ring, token, op, cqe.result())
@@ -678,8 +759,14 @@ impl Service for ServerWorker {
         }
         for slot in std::mem::take(&mut self.rearm) {
             let s = self.slab.header(slot);
-            if s.state != state::FREE && !s.has(flag::TEARDOWN | flag::RECV_ARMED | flag::PAUSED) {
+            if s.state == state::FREE || s.has(flag::TEARDOWN | flag::PAUSED | flag::INPUT_ENDED) {
+                continue;
+            }
+            if !s.has(flag::RECV_ARMED) {
                 self.arm_recv(rings, slot);
+            }
+            if self.slab.header(slot).has(flag::READ_AGAIN) {
+                self.read(rings, slot);
             }
         }
         if self.drain_until.is_none() && self.stop.load(Ordering::Relaxed) {

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use io_uring::types::Fixed;
-use io_uring::{cqueue, opcode};
+use io_uring::{cqueue, opcode, squeue};
 use nix::errno::Errno;
 
 use super::{LoadWorker, phase, record};
@@ -20,8 +20,15 @@ impl LoadWorker {
         let c = self.slab.header_mut(slot);
         c.s.flags |= flag::RECV_ARMED;
         c.s.inflight += 1;
-        let entry = opcode::RecvMulti::new(Fixed(file), rings.rings[ring].bufs.bgid()).build().user_data(token);
-        Self::push(rings, ring, entry);
+        let bgid = rings.rings[ring].bufs.bgid();
+        let entry = if self.cfg.recv_on_demand() {
+            // One buffer's worth (length 0: the buffer's size); it waits in the kernel only
+            // while a reply is owed.
+            opcode::Recv::new(Fixed(file), std::ptr::null_mut(), 0).buf_group(bgid).build().flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(Fixed(file), bgid).build()
+        };
+        Self::push(rings, ring, entry.user_data(token));
     }
 
     pub(super) fn on_recv(&mut self, rings: &mut RingSet, ring: usize, slot: u32, cqe: &cqueue::Entry) {
@@ -52,7 +59,10 @@ impl LoadWorker {
             _ => {}
         }
         let c = self.slab.header(slot);
-        if !more && res != 0 && matches!(c.s.state, state::HELLO_SENT | state::LOGGED_IN) {
+        // On demand, a receive is armed again only while a reply is still owed (or the last
+        // one found no buffer); a send that expects one arms it (see `flush`).
+        let owed = !self.cfg.recv_on_demand() || c.s.state == state::HELLO_SENT || c.s.outstanding > 0 || res == -libc::ENOBUFS;
+        if !more && res != 0 && owed && matches!(c.s.state, state::HELLO_SENT | state::LOGGED_IN) {
             self.rearm.push(slot);
         }
         self.maybe_done(slot);
@@ -226,11 +236,16 @@ impl LoadWorker {
         c.flags |= flag::SENDING;
         c.send_len = c.out_len;
         c.inflight += 1;
+        let needs_recv = !c.has(flag::RECV_ARMED);
         let entry = opcode::Send::new(Fixed(file), out.as_ptr(), c.send_len as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(token);
         Self::push(rings, ring, entry);
+        if needs_recv {
+            // On demand: the reply to this send needs a receive (armed after the batch).
+            self.rearm.push(slot);
+        }
     }
 
     pub(super) fn on_send(&mut self, rings: &mut RingSet, slot: u32, res: i32) {
