@@ -163,7 +163,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         servers: servers.iter().map(server_info).collect(),
         rounds,
     };
-    let path = write_result(&args.results_dir, &result)?;
+    let path = write_result(&args.results_dir, &result, started_unix)?;
     println!("\n{}", table::markdown(&result));
     println!("c2m bench --peers: {} in {:.0} s; result {}", status_word(&result), result.elapsed_seconds, path.display());
     if !args.no_report {
@@ -220,6 +220,14 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
                 let reason = m.load.abort_reason.clone().filter(|r| !r.starts_with("MemFree fell"));
                 if reason.is_some() {
                     load_note("capacity", "aborted", &reason, &mut turn);
+                }
+                let budget = m.baseline_mem_free.saturating_sub(m.keep_free);
+                if budget < setup.budget {
+                    turn.errors.push(format!(
+                        "capacity: the budget was cut to {} to keep {} free",
+                        human_bytes(budget as f64),
+                        human_bytes(setup.keep_free_floor as f64)
+                    ));
                 }
                 if !m.budget_reached {
                     turn.errors.push(format!(
@@ -285,11 +293,10 @@ fn status_word(r: &PeersResult) -> &'static str {
     }
 }
 
-fn write_result(results_dir: &Path, result: &PeersResult) -> anyhow::Result<PathBuf> {
+fn write_result(results_dir: &Path, result: &PeersResult, started_unix: i64) -> anyhow::Result<PathBuf> {
     let dir = results_dir.join(PEERS_RESULTS_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let stamp = clock::file_stamp(clock::unix_now() - result.elapsed_seconds as i64);
-    let path = with_ext(&result_base(&dir, &stamp, &result.machine.host), "json");
+    let path = with_ext(&result_base(&dir, &clock::file_stamp(started_unix), &result.machine.host), "json");
     let text = serde_json::to_string_pretty(result).context("serializing the peers result")?;
     std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

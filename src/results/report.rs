@@ -508,7 +508,7 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
              (open loop), {:.0} s, then SIGTERM with the connections held (shutdown). Capacity: idle \
              connections until MemFree dropped by {} (both loopback ends and the load included), the count \
              interpolated at the budget. Peers with a descriptor per connection run as processes of at most \
-             {} connections on one SO_REUSEPORT port. {}.",
+             {} connections on one SO_REUSEPORT port. CPU: {}.",
             s.rounds,
             thousands(s.connections),
             s.echo_size,
@@ -535,7 +535,9 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
         .flat_map(|round| &round.turns)
         .filter_map(|t| Some((t.server.as_str(), t.capacity.as_ref()?.server.shards)))
         .filter(|(_, n)| *n > 1)
-        .map(|(name, n)| format!("{name}: {n}"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|(name, n)| format!("{name}: {n} processes"))
         .collect();
     let problems: usize = r.rounds.iter().flat_map(|round| &round.turns).map(|t| t.errors.len()).sum();
     facts(

@@ -318,10 +318,12 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
         load: last.load,
     };
     let per = per_connection(&baseline, rss_start, 0, &held);
-    let connect_rate = match points.iter().rev().find(|p| p.connecting && p.t > 0.0) {
-        _ if load.report.connections.connect_rate_achieved > 0.0 => load.report.connections.connect_rate_achieved,
-        Some(p) => p.established as f64 / p.t,
-        None => 0.0,
+    // The load reports a rate only when its connect phase finished; a run the budget stopped
+    // while connecting is timed by its last sample.
+    let connect_rate = if load.report.connections.connect_rate_achieved > 0.0 {
+        load.report.connections.connect_rate_achieved
+    } else {
+        points.iter().rev().find(|p| p.connecting && p.t > 0.0).map_or(0.0, |p| p.established as f64 / p.t)
     };
     Ok(CapacityMeasurement {
         server: server_run(&srv, &stopped, 0, rss_start),
