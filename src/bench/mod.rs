@@ -10,6 +10,7 @@ pub mod measure;
 pub mod progress;
 mod follow;
 mod output;
+pub mod peers;
 mod run;
 pub mod scenario;
 pub mod server;
@@ -53,4 +54,6 @@ pub struct BenchArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
+    #[command(flatten)]
+    pub peers: peers::PeersArgs,
 }

@@ -32,6 +32,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.list {
         return list();
     }
+    if args.peers.peers.is_some() {
+        return super::peers::run(&args);
+    }
     if args.report_only {
         let report = crate::results::report::render_report(&args.results_dir)
             .with_context(|| format!("rendering the report in {}", args.results_dir.display()))?;

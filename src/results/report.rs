@@ -30,6 +30,8 @@ pub enum ReportError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} says it is a {SCHEMA_NAME} but does not parse as one: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path} says it is a {} but does not parse as one: {source}", crate::bench::peers::result::PEERS_SCHEMA_NAME)]
+    PeersParse { path: PathBuf, source: serde_json::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -51,6 +53,7 @@ pub fn render_report(results_dir: &Path) -> Result<PathBuf, ReportError> {
         let charts = render_charts(&charts_dir, name, &runs.latest.result)?;
         write_scenario(&mut md, runs, &charts);
     }
+    write_peers(&mut md, results_dir)?;
     let report_path = results_dir.join(REPORT_FILE);
     fs::write(&report_path, md)
         .map_err(|source| ReportError::Write { path: report_path.clone(), source })?;
@@ -468,6 +471,94 @@ fn anchor(heading: &str) -> String {
 /// A relative link target; spaces would end it.
 fn link_target(rel_path: &str) -> String {
     rel_path.replace(' ', "%20")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peers comparison (`c2m bench --peers`, results_dir/peers/*.json)
+
+/// The latest peers comparison's section (file names are UTC stamps, so the last sorts
+/// latest); nothing when there is none.
+fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
+    use crate::bench::peers::{PEERS_RESULTS_DIR, result::PEERS_SCHEMA_NAME, result::PeersResult, table};
+    let dir = results_dir.join(PEERS_RESULTS_DIR);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let mut latest = None;
+    for file in sorted_entries(&dir)? {
+        if file.extension().is_some_and(|e| e == "json") && file.is_file() {
+            let text = fs::read_to_string(&file).map_err(|source| ReportError::Read { path: file.clone(), source })?;
+            if text.contains(&format!("\"{PEERS_SCHEMA_NAME}\"")) {
+                latest = Some((file, text));
+            }
+        }
+    }
+    let Some((file, text)) = latest else { return Ok(()) };
+    let r: PeersResult = serde_json::from_str(&text).map_err(|source| ReportError::PeersParse { path: file.clone(), source })?;
+    let rel = format!("{PEERS_RESULTS_DIR}/{}", file_name(&file));
+    let s = &r.settings;
+    push_line(md, "## Side by side: c2m and its peers");
+    push_line(md, "");
+    push_line(
+        md,
+        &format!(
+            "`c2m bench --peers`: every server in turn with the same `c2m load`, {} round(s), the order \
+             rotated by one each round. Echo: {} connections, {} B frames, {} in flight each (closed loop), \
+             {:.0} s; server CPU from /proc/PID/stat over the window. Latency: {} connections, PING at {}/s \
+             (open loop), {:.0} s, then SIGTERM with the connections held (shutdown). Capacity: idle \
+             connections until MemFree dropped by {} (both loopback ends and the load included), the count \
+             interpolated at the budget. Peers with a descriptor per connection run as processes of at most \
+             {} connections on one SO_REUSEPORT port. CPU: {}.",
+            s.rounds,
+            thousands(s.connections),
+            s.echo_size,
+            s.echo_in_flight,
+            s.window_seconds,
+            thousands(s.connections),
+            thousands(s.latency_rate),
+            s.window_seconds,
+            human_bytes(s.budget_bytes as f64),
+            thousands(s.connections_per_shard),
+            s.cpu_placement.trim_end_matches('.'),
+        ),
+    );
+    push_line(md, "");
+    let skipped: Vec<String> = r
+        .servers
+        .iter()
+        .filter(|v| !v.available)
+        .map(|v| format!("{} ({})", v.name, v.skipped_reason.as_deref().unwrap_or("no reason given")))
+        .collect();
+    let shards: Vec<String> = r
+        .rounds
+        .iter()
+        .flat_map(|round| &round.turns)
+        .filter_map(|t| Some((t.server.as_str(), t.capacity.as_ref()?.server.shards)))
+        .filter(|(_, n)| *n > 1)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|(name, n)| format!("{name}: {n} processes"))
+        .collect();
+    let problems: usize = r.rounds.iter().flat_map(|round| &round.turns).map(|t| t.errors.len()).sum();
+    facts(
+        md,
+        &[
+            ("result", format!("[{rel}]({})", link_target(&rel))),
+            ("status", match r.status {
+                RunStatus::Complete => "complete".to_string(),
+                RunStatus::Aborted => format!("**ABORTED**: {}", r.abort_reason.as_deref().unwrap_or("")),
+            }),
+            ("started (UTC)", format!("{}, {:.0} s", r.started_utc, r.elapsed_seconds)),
+            ("machine", format!("{} ({} cores, {}), kernel {}", r.machine.host, r.machine.cores, human_bytes(r.machine.memory_bytes as f64), r.machine.kernel)),
+            ("versions", r.servers.iter().filter(|v| v.available).map(|v| format!("{} {}", v.name, v.version)).collect::<Vec<_>>().join("; ")),
+            ("skipped", if skipped.is_empty() { "none".into() } else { skipped.join("; ") }),
+            ("capacity shards", if shards.is_empty() { "none".into() } else { shards.join(", ") }),
+            ("problems noted", format!("{problems} (see `errors` in the result)")),
+        ],
+    );
+    md.push_str(&table::markdown(&r));
+    push_line(md, "");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
