@@ -29,12 +29,15 @@ pub fn run_worker<S: Service>(rings: &mut RingSet, service: &mut S) -> io::Resul
             let ring = &mut rings.rings[index];
             // Reap what is there before entering again: the service's view of the ring (e.g.
             // free table slots) must not fall further behind the kernel's.
-            if !ring.has_completions() && ring.needs_enter() {
+            if !ring.has_completions() && (ring.needs_enter() || ring.busy) {
                 ring.submit()?;
             }
             cqes.clear();
             ring.reap(&mut cqes);
-            if !cqes.is_empty() {
+            // A ring that gave completions is entered again next round: the kernel may hold
+            // more task work for it without flagging it (see `Ring::submit`).
+            ring.busy = !cqes.is_empty();
+            if ring.busy {
                 progressed = true;
             }
             for cqe in &cqes {
