@@ -170,6 +170,10 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
         // The report is written; the exit status still tells a script the run fell short.
         std::process::exit(3);
     }
+    if let Some(short) = report.shortfall() {
+        eprintln!("c2m load: fell short: {short}");
+        std::process::exit(3);
+    }
     Ok(())
 }
 

@@ -156,7 +156,10 @@ fn refused_connects_are_counted_by_kind_and_the_run_is_marked_aborted() {
 fn a_full_server_is_reported_as_such() {
     let server = ServerProcess::start(&["--max-sessions", "100", "--workers", "1"]);
     let (out, r) = load(server.addr, &["-c", "150", "--duration", "1s", "--source-ports", "42000-42999"]);
-    assert!(out.status.success());
+    // The run goes through its phases, but fell short of what it asked for: exit 3.
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fell short: 50 connections failed"));
+    assert_eq!(r.status, RunStatus::Complete);
     assert_eq!(r.connections.established, 100);
     assert_eq!(r.connections.failed, 50);
     assert_eq!(r.errors.get("server ERROR 5 server_full"), Some(&50), "{:?}", r.errors);

@@ -237,6 +237,9 @@ impl Bench<'_> {
         if let Some(reason) = &result.abort_reason {
             bail!("the run was aborted: {reason} (result written to {})", json_path.display());
         }
+        if let Some(short) = result.load.shortfall() {
+            bail!("the run fell short: {short} (result written to {})", json_path.display());
+        }
         Ok(())
     }
 

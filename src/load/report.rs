@@ -205,6 +205,16 @@ pub struct LoadReport {
     pub timeline: Vec<Sample>,
 }
 
+impl LoadReport {
+    /// How a run that went through all its phases still fell short of what it asked for:
+    /// connections that failed or were lost, messages left unanswered. `None` if it did not.
+    pub fn shortfall(&self) -> Option<String> {
+        let (c, m) = (&self.connections, &self.messages);
+        (c.failed + c.lost + m.unanswered > 0)
+            .then(|| format!("{} connections failed, {} lost, {} messages unanswered", c.failed, c.lost, m.unanswered))
+    }
+}
+
 /// What `c2m load --events` prints on stdout, one JSON object a line, for a parent process
 /// (`c2m bench`) to follow the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
