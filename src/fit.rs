@@ -76,19 +76,8 @@ impl CostModel {
     /// `memory.per_connection.total` plus [`margin_for`] its size. Files that are not bench results are
     /// skipped.
     pub fn measured(results_dir: &Path) -> Option<CostModel> {
-        let mut best: Option<(u64, String, PathBuf, BenchResult)> = None;
-        for path in json_files(results_dir, 2) {
-            let Some(result) = read_result(&path) else { continue };
-            let n = result.memory.connections;
-            if result.status != RunStatus::Complete || n < MIN_MEASURED_CONNECTIONS {
-                continue;
-            }
-            let key = (n, result.started_utc.clone());
-            if best.as_ref().is_none_or(|(bn, bt, _, _)| key > (*bn, bt.clone())) {
-                best = Some((key.0, key.1, path, result));
-            }
-        }
-        let (n, _, path, result) = best?;
+        let (path, result) = largest_result(results_dir, MIN_MEASURED_CONNECTIONS)?;
+        let n = result.memory.connections;
         let per = &result.memory.per_connection;
         // MemFree can move either way; what the kernel cannot reclaim plus both processes'
         // growth is a floor under the real cost.
@@ -117,6 +106,24 @@ impl CostModel {
     }
 }
 
+/// The complete c2m-bench-result under `dir` (two levels down) with the most connections held
+/// (at least `min`), the newest of equals. Files that are not bench results are skipped.
+pub fn largest_result(dir: &Path, min: u64) -> Option<(PathBuf, BenchResult)> {
+    let mut best: Option<(PathBuf, BenchResult)> = None;
+    for path in json_files(dir, 2) {
+        let Ok(result) = read_result(&path) else { continue };
+        let n = result.memory.connections;
+        if result.status != RunStatus::Complete || n < min.max(1) {
+            continue;
+        }
+        let key = (n, result.started_utc.clone());
+        if best.as_ref().is_none_or(|(_, b)| key > (b.memory.connections, b.started_utc.clone())) {
+            best = Some((path, result));
+        }
+    }
+    best
+}
+
 /// The .json files under `dir`, `depth` levels down at most.
 fn json_files(dir: &Path, depth: u32) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
@@ -132,13 +139,14 @@ fn json_files(dir: &Path, depth: u32) -> Vec<PathBuf> {
     out
 }
 
-fn read_result(path: &Path) -> Option<BenchResult> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if value.get("schema")?.as_str()? != SCHEMA_NAME {
-        return None;
+/// Reads a c2m-bench-result file; the error says why it is not one.
+pub fn read_result(path: &Path) -> Result<BenchResult, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    if value.get("schema").and_then(|s| s.as_str()) != Some(SCHEMA_NAME) {
+        return Err(format!("not a {SCHEMA_NAME}"));
     }
-    serde_json::from_value(value).ok()
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// A count that fits.

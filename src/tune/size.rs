@@ -7,8 +7,7 @@ use serde::Serialize;
 
 use super::TuneError;
 use crate::fit::round_down_3_digits;
-use crate::load::report::RunStatus;
-use crate::results::{BenchResult, SCHEMA_NAME};
+use crate::results::BenchResult;
 use crate::units::{human_bytes, thousands};
 
 /// MemFree c2m's guards keep free (`--keep-free` default).
@@ -52,43 +51,12 @@ pub struct Prediction {
 
 /// Finds the complete result with the most connections under `dir` (newest of equals).
 pub fn largest_result(dir: &Path) -> Option<(PathBuf, BenchResult)> {
-    let mut best: Option<(PathBuf, BenchResult)> = None;
-    for path in json_files(dir, 2) {
-        let Ok(result) = read_result(&path) else { continue };
-        if result.status != RunStatus::Complete || result.memory.connections == 0 {
-            continue;
-        }
-        let key = (result.memory.connections, result.started_utc.clone());
-        if best.as_ref().is_none_or(|(_, b)| key > (b.memory.connections, b.started_utc.clone())) {
-            best = Some((path, result));
-        }
-    }
-    best
-}
-
-fn json_files(dir: &Path, depth: u32) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut out = Vec::new();
-    for path in entries.flatten().map(|e| e.path()) {
-        if path.is_dir() && depth > 0 {
-            out.extend(json_files(&path, depth - 1));
-        } else if path.extension().is_some_and(|e| e == "json") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
+    crate::fit::largest_result(dir, 1)
 }
 
 /// Reads a c2m-bench-result file.
 pub fn read_result(path: &Path) -> Result<BenchResult, TuneError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TuneError::io(path, e))?;
-    let bad = |why: String| TuneError::Result(format!("{}: {why}", path.display()));
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if value.get("schema").and_then(|s| s.as_str()) != Some(SCHEMA_NAME) {
-        return Err(bad(format!("not a {SCHEMA_NAME}")));
-    }
-    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+    crate::fit::read_result(path).map_err(|why| TuneError::Result(format!("{}: {why}", path.display())))
 }
 
 /// Scales `r`'s measured costs to `target`.
@@ -166,7 +134,7 @@ pub fn predict(label: &str, r: &BenchResult, target: &Target) -> Result<Predicti
                 " (--reserve)"
             }
         ),
-        "no margin on the measured cost (c2m's own start-up check adds 15%)".into(),
+        format!("no margin on the measured cost (c2m's own start-up check adds {:.0}% to a cost measured over this many connections)", (crate::fit::margin_for(n) - 1.0) * 100.0),
         "same kernel struct sizes (tcp_sock, file, inode, dentry, io_uring request): another kernel version or config moves the kernel part".into(),
         "no other limit stops it first: the sysctls raised as in tuning/ (run `c2m tune check` on the box itself)".into(),
         format!(
