@@ -49,7 +49,8 @@ fn peers_are_built() {
     );
 }
 
-/// A running peer on a loopback port of its choosing, SIGKILLed if a test fails with it up.
+/// A running peer on a loopback port of its choosing, stopped when dropped (SIGTERM, then
+/// SIGKILL: bin/erlang is a wrapper, and only SIGTERM reaches its node at once).
 struct Peer {
     name: &'static str,
     child: Child,
@@ -102,10 +103,20 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
         }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
