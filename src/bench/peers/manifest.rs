@@ -3,7 +3,7 @@
 //!
 //! The manifest lists one table per peer, `[[peer]]` (or `[[peers]]`, or `[peers.NAME]`), with
 //! `name`, `bin`, `description`, `fd_per_connection` and `version_file`; `bin` and
-//! `version_file` are relative to the manifest's folder.
+//! `version_file` are relative to the checkout the manifest is in (`bench/peers/bin/tokio`).
 
 use std::path::{Path, PathBuf};
 
@@ -148,11 +148,13 @@ pub fn resolve(names: &[String], manifest: Option<&(PathBuf, Vec<PeerEntry>)>, c
             let Some(entry) = entries.iter().find(|e| &e.name == name) else {
                 return unavailable(name, format!("{name:?} is not in {}", dir.join(MANIFEST_FILE).display()));
             };
-            let bin = dir.join(&entry.bin);
+            // The manifest is <checkout>/bench/peers/peers.toml; its paths start at <checkout>.
+            let root = dir.parent().and_then(Path::parent).unwrap_or(&dir);
+            let bin = root.join(&entry.bin);
             let version = entry
                 .version_file
                 .as_ref()
-                .and_then(|f| std::fs::read_to_string(dir.join(f)).ok())
+                .and_then(|f| std::fs::read_to_string(root.join(f)).ok())
                 .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
                 .unwrap_or_else(|| "unknown".into());
             let missing = (!is_executable(&bin)).then(|| format!("{} is not built (no executable there)", bin.display()));
