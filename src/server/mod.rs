@@ -1,6 +1,10 @@
 //! `c2m serve`: protocol v1 sessions on the io_uring engine, one pinned worker per core.
 
+pub mod directory;
 mod held;
+pub mod mailbox;
+pub mod offline;
+pub mod route;
 pub mod session;
 pub mod worker;
 
@@ -75,6 +79,13 @@ pub struct ServeConfig {
     pub recv_arm: RecvArm,
     pub sq_entries: u32,
     pub cq_entries: u32,
+    /// Users SEND may name: ids `1..=users` (one directory entry of 8 bytes each, resident only
+    /// once written). Outside it a SEND gets NACK 7.
+    pub users: u64,
+    /// Static groups (ids `proto::GROUP_BIT | g`, g < groups) of `group_size` members each.
+    pub groups: u64,
+    pub group_size: u32,
+    pub offline: offline::OfflineLimits,
 }
 
 impl Default for ServeConfig {
@@ -95,6 +106,10 @@ impl Default for ServeConfig {
             recv_arm: RecvArm::Poll,
             sq_entries: 1024,
             cq_entries: 8192,
+            users: 4_000_000,
+            groups: 0,
+            group_size: 0,
+            offline: offline::OfflineLimits::default(),
         }
     }
 }
@@ -123,6 +138,15 @@ impl ServeConfig {
         }
         if self.heartbeat_ms == 0 || self.hello_timeout_ms == 0 {
             return bad("timeouts must be positive".into());
+        }
+        if self.users >= proto::GROUP_BIT || self.users > 1 << 32 {
+            return bad("--users must be below 2^32".into());
+        }
+        if self.workers > 255 {
+            return bad("--workers must be at most 255 (the directory packs the worker in a byte)".into());
+        }
+        if self.groups > 0 && (self.group_size == 0 || self.group_size > proto::MAX_GROUP_SIZE || self.group_size as u64 > self.users) {
+            return bad(format!("--group-size must be in 1..={} and at most --users", proto::MAX_GROUP_SIZE));
         }
         Ok(())
     }
@@ -203,19 +227,20 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = Arc::new(cfg);
-        let (ready_tx, ready_rx) = crossbeam::channel::unbounded::<(usize, Result<Waker, String>)>();
+        let chat = Arc::new(route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline));
+        let (ready_tx, ready_rx) = crossbeam::channel::unbounded::<(usize, Result<(Waker, i32), String>)>();
         let mut handles = Vec::new();
         let mut stats = Vec::new();
         for (id, socket) in listeners.into_iter().enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
-            let (cfg, stop, ready) = (cfg.clone(), stop.clone(), ready_tx.clone());
+            let (cfg, stop, ready, chat) = (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone());
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let body = move || -> Result<(), ServerError> {
                 let fd: OwnedFd = socket.into();
                 let setup = (|| {
                     let mut set = RingSet::new(rings, &ring_cfg)?;
-                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, per_worker, margin, stop)?;
+                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, per_worker, margin, stop, chat)?;
                     w.start(&mut set);
                     Ok::<_, ServerError>((set, w))
                 })();
@@ -226,7 +251,7 @@ impl Server {
                         return Err(e);
                     }
                 };
-                let _ = ready.send((id, Ok(set.waker())));
+                let _ = ready.send((id, Ok((set.waker(), set.rings[0].ring_fd()))));
                 let result = run_worker(&mut set, &mut w);
                 // The rings go first: operations still in flight at a drain deadline point into
                 // the worker's slab, which must outlive them.
@@ -240,9 +265,13 @@ impl Server {
         }
         drop(ready_tx);
         let mut wakers = vec![None; handles.len()];
+        let mut ring_fds = vec![-1; handles.len()];
         for _ in 0..handles.len() {
             match ready_rx.recv() {
-                Ok((id, Ok(waker))) => wakers[id] = Some(waker),
+                Ok((id, Ok((waker, fd)))) => {
+                    wakers[id] = Some(waker);
+                    ring_fds[id] = fd;
+                }
                 Ok((id, Err(e))) => {
                     stop.store(true, Ordering::Relaxed);
                     for w in wakers.iter().flatten() {
@@ -253,6 +282,8 @@ impl Server {
                 Err(_) => return Err(ServerError::Worker(usize::MAX, "a worker exited during start-up".into())),
             }
         }
+        // From here on workers wake each other with MSG_RING (before, mail waited for a tick).
+        let _ = chat.ring_fds.set(ring_fds);
         let layout = Layout {
             workers: handles.len(),
             sessions_per_worker: per_worker,
