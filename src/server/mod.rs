@@ -380,6 +380,65 @@ mod tests {
         assert_eq!(stats[0].slots_in_use.get(), 0);
     }
 
+    /// Chat across two workers in-process (so sanitizers see the MSG_RING pushes and the
+    /// mailbox): users land on both workers, every message is delivered once and receipted.
+    #[test]
+    fn in_process_chat_routes_across_workers() {
+        let cfg = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            max_sessions: 64,
+            files_per_ring: Some(64),
+            users: 100,
+            ..ServeConfig::default()
+        };
+        let server = Server::start(cfg).expect("server starts");
+        let mut clients: Vec<(u64, BlockingClient)> = Vec::new();
+        for user in 1..=16u64 {
+            let mut c = BlockingClient::connect(server.local_addr()).unwrap();
+            let session = c.login(user).unwrap();
+            clients.push((session >> 48, c));
+        }
+        assert!(clients.iter().any(|c| c.0 == 0) && clients.iter().any(|c| c.0 == 1), "sessions on both workers");
+        for (i, (_, c)) in clients.iter_mut().enumerate() {
+            let to = 1 + (i as u64 + 1) % 16;
+            c.send(&Frame::Send { to_user: to, msg_id: i as u64, t_ns: 1, body: b"x" }).unwrap();
+        }
+        let (mut acks, mut notices, mut delivers) = (0, 0, 0);
+        for (_, c) in clients.iter_mut() {
+            while acks + notices + delivers < 48 {
+                match c.read_frame(Duration::from_millis(200)) {
+                    Ok(Some(f)) => match f.frame() {
+                        Frame::Ack { .. } => acks += 1,
+                        Frame::ReceiptNotice { .. } => notices += 1,
+                        Frame::Deliver { from_user, msg_id, .. } => {
+                            delivers += 1;
+                            c.send(&Frame::Receipt { from_user, msg_id }).unwrap();
+                        }
+                        other => panic!("{other:?}"),
+                    },
+                    _ => break,
+                }
+            }
+        }
+        for (_, c) in clients.iter_mut() {
+            while let Ok(Some(f)) = c.read_frame(Duration::from_millis(200)) {
+                match f.frame() {
+                    Frame::ReceiptNotice { .. } => notices += 1,
+                    Frame::Ack { .. } => acks += 1,
+                    Frame::Deliver { .. } => delivers += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!((acks, delivers, notices), (16, 16, 16));
+        let stats = server.stats();
+        assert!(stats.iter().map(|s| s.chat.forwarded.get()).sum::<u64>() > 0);
+        server.stop();
+        drop(clients);
+        server.join().unwrap();
+    }
+
     /// Small fixed-file tables force one worker to spread its sessions over several rings: each
     /// ring stops accepting near its table's end and the others take over; the slab, not a
     /// table, is what finally refuses (ERROR 5).
