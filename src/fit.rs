@@ -437,6 +437,7 @@ mod tests {
                 latency: Default::default(),
                 phases: vec![],
                 timeline: vec![],
+                chat: None,
             },
             hlog: String::new(),
         }

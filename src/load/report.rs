@@ -138,6 +138,12 @@ impl LatencySummary {
     }
 }
 
+impl LatencySummary {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// The latencies a run measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latencies {
@@ -159,11 +165,11 @@ pub struct Latencies {
     pub schedule_lag: LatencySummary,
     /// Chat: SEND scheduled to ACK (one tick), to DELIVER at the recipient, to RECEIPT notice
     /// at the sender (two ticks). Empty for other workloads.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "LatencySummary::is_empty")]
     pub chat_ack: LatencySummary,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "LatencySummary::is_empty")]
     pub chat_deliver: LatencySummary,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "LatencySummary::is_empty")]
     pub chat_receipt: LatencySummary,
 }
 

@@ -530,6 +530,7 @@ mod tests {
             recv_buffer_size: 256,
             max_frame: 4096,
             keep_free: 0,
+            chat: Default::default(),
         }
     }
 
