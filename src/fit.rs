@@ -455,6 +455,7 @@ mod tests {
                 latency: Default::default(),
                 phases: vec![],
                 timeline: vec![],
+                chat: None,
             },
             hlog: String::new(),
         }

@@ -77,6 +77,29 @@ struct ServeArgs {
     /// Serve Prometheus text at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Chat: user ids 1..=N can receive messages (8 bytes of directory per id, resident once
+    /// used); a SEND to any other id gets NACK 7.
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = "4000000")]
+    users: u64,
+    /// Chat: static groups, ids 2^63 + g (g < N); member i of group g is user 1 + (g*K + i) % users.
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = "0")]
+    groups: u64,
+    /// Chat: members per group (K), at most 1024.
+    #[arg(long, default_value_t = 0)]
+    group_size: u32,
+    /// Chat: how long a message waits for an offline user (default 30 days).
+    #[arg(long, value_parser = c2m::units::parse_duration, default_value = "720h")]
+    offline_ttl: std::time::Duration,
+    /// Chat: messages and bytes kept per offline user; over either, the sender gets NACK 8.
+    #[arg(long, default_value_t = 1000)]
+    offline_user_messages: u32,
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "1MiB")]
+    offline_user_bytes: u64,
+    /// Chat: messages and bytes kept for all offline users together.
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = "10m")]
+    offline_total_messages: u64,
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "1GiB")]
+    offline_total_bytes: u64,
 }
 
 #[derive(Args)]
@@ -114,6 +137,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         recv_buffers: args.recv_buffers,
         recv_arm: args.recv_arm,
         recv_buffer_size: args.recv_buffer_size,
+        users: args.users,
+        groups: args.groups,
+        group_size: args.group_size,
+        offline: c2m::server::offline::OfflineLimits {
+            per_user_messages: args.offline_user_messages,
+            per_user_bytes: args.offline_user_bytes,
+            total_messages: args.offline_total_messages,
+            total_bytes: args.offline_total_bytes,
+            ttl: args.offline_ttl,
+        },
         ..defaults
     };
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask); this thread waits for them.

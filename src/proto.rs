@@ -26,6 +26,35 @@ pub const MAX_FRAME_LIMIT: usize = u16::MAX as usize;
 /// changes the frame length and cannot overflow `max_frame`.
 pub const MSG_FIXED_LEN: usize = 24;
 
+/// A SEND's `to_user` with this bit set names a group, not a user: group `to_user & !GROUP_BIT`.
+/// User ids therefore live below 2^63.
+pub const GROUP_BIT: u64 = 1 << 63;
+/// Largest group the server fans out to.
+pub const MAX_GROUP_SIZE: u32 = 1024;
+
+/// The static group layout both `c2m serve` and `c2m load` derive from `--users`, `--groups` and
+/// `--group-size`: member `i` of group `g` is user `1 + (g * size + i) % users`. Consecutive
+/// groups tile the user range, so every user is in about `groups * size / users` groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupLayout {
+    pub users: u64,
+    pub groups: u64,
+    pub size: u32,
+}
+
+impl GroupLayout {
+    /// Whether `id` (a SEND's `to_user`) names one of the groups.
+    pub fn group_of(&self, id: u64) -> Option<u64> {
+        (id & GROUP_BIT != 0 && (id & !GROUP_BIT) < self.groups).then_some(id & !GROUP_BIT)
+    }
+
+    /// The members of group `g` (distinct when `size <= users`).
+    pub fn members(&self, g: u64) -> impl Iterator<Item = u64> + use<> {
+        let (users, size) = (self.users.max(1), self.size as u64);
+        (0..size.min(users)).map(move |i| 1 + (g.wrapping_mul(size).wrapping_add(i)) % users)
+    }
+}
+
 /// Frame kind: byte 2 of the header. The high bit marks server -> client
 /// frames (except ERROR = 0xFF, which is also server -> client).
 #[repr(u8)]
@@ -667,6 +696,16 @@ impl std::iter::FusedIterator for FrameIter<'_> {}
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn groups_tile_the_user_range() {
+        let layout = GroupLayout { users: 10, groups: 4, size: 4 };
+        assert_eq!(layout.members(0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(layout.members(2).collect::<Vec<_>>(), vec![9, 10, 1, 2]);
+        assert_eq!(layout.group_of(GROUP_BIT | 3), Some(3));
+        assert_eq!(layout.group_of(GROUP_BIT | 4), None);
+        assert_eq!(layout.group_of(3), None);
+    }
 
     const BODY: &[u8] = b"hello, world";
 

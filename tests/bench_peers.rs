@@ -104,9 +104,9 @@ fn sharded_stand_in_peer_and_a_skipped_one() {
     std::fs::write(peers.join("bin/stand-in.version"), "stand-in 1\n").unwrap();
     std::fs::write(
         peers.join("peers.toml"),
-        "[[peer]]\nname = \"stand-in\"\nbin = \"bin/stand-in\"\ndescription = \"c2m serve, sharded\"\n\
-         fd_per_connection = true\nversion_file = \"bin/stand-in.version\"\n\n\
-         [[peer]]\nname = \"unbuilt\"\nbin = \"bin/unbuilt\"\n",
+        "[[peer]]\nname = \"stand-in\"\nbin = \"bench/peers/bin/stand-in\"\ndescription = \"c2m serve, sharded\"\n\
+         fd_per_connection = true\nversion_file = \"bench/peers/bin/stand-in.version\"\n\n\
+         [[peer]]\nname = \"unbuilt\"\nbin = \"bench/peers/bin/unbuilt\"\n",
     )
     .unwrap();
     // 4,096 connections a process: 5,000 echo connections take 2 processes, the capacity run

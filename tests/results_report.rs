@@ -159,9 +159,11 @@ fn result(s: &Shape<'_>) -> BenchResult {
             rtt_corrected: rtt(90, 4),
             rtt_uncorrected: rtt(70, 5),
             schedule_lag: rtt(20, 6),
+            ..Default::default()
         },
         phases,
         timeline: timeline(established, 20, 60, messages),
+        chat: None,
     };
     BenchResult {
         schema: SCHEMA_NAME.into(),

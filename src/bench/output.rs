@@ -80,6 +80,7 @@ pub fn stand_in_report(plan: &LoadPlan, followed: &Followed, started_unix_ms: u6
         latency: Default::default(),
         phases: followed.phases.clone(),
         timeline: followed.samples.clone(),
+        chat: None,
     }
 }
 

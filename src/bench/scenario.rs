@@ -379,7 +379,7 @@ mod tests {
         assert!(parse(&base("connections = 5\nmax_connections = 10")).is_err());
         assert!(parse(&base("connections = \"auto\"\nmax_connections = \"200k\"")).is_ok());
         assert!(parse(&base("connections = \"lots\"")).is_err());
-        assert!(parse(&base("connections = 5\nworkload = \"chat\"")).is_err());
+        assert!(parse(&base("connections = 5\nworkload = \"chat\"")).is_ok());
         assert!(parse(&base("connections = 5\nduration = \"3 weeks\"")).is_err());
         assert!(Scenario::parse("name = \"Bad Name\"\ndescription = \"\"\n[load]\nconnections = 5\nduration = \"5s\"\n", Path::new("t")).is_err());
     }

@@ -196,6 +196,11 @@ impl Ring {
         out.extend(self.uring.completion().take(room));
     }
 
+    /// The ring's own descriptor: the target of another thread's `IORING_OP_MSG_RING`.
+    pub fn ring_fd(&self) -> std::os::fd::RawFd {
+        self.uring.as_raw_fd()
+    }
+
     pub fn submitter(&self) -> io_uring::Submitter<'_> {
         self.uring.submitter()
     }

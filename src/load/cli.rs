@@ -94,6 +94,23 @@ pub struct LoadArgs {
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Chat: SENDs per second per connection (open loop); overrides --ping-interval.
+    #[arg(long, value_parser = rate)]
+    pub msg_rate: Option<f64>,
+    /// Chat: share of SENDs addressed to a group (needs --groups).
+    #[arg(long, default_value_t = 0.0)]
+    pub group_fraction: f64,
+    /// Chat: the server's --users, --groups and --group-size [users default: the last user of
+    /// this load].
+    #[arg(long, value_parser = count)]
+    pub users: Option<u64>,
+    #[arg(long, value_parser = count, default_value = "0")]
+    pub groups: u64,
+    #[arg(long, default_value_t = 0)]
+    pub group_size: u32,
+    /// Chat: body bytes of a SEND.
+    #[arg(long, value_parser = bytes, default_value = "16")]
+    pub body: u64,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -148,10 +165,14 @@ impl LoadArgs {
             Some(ramp) if !ramp.is_zero() => self.connections as f64 / ramp.as_secs_f64(),
             _ => self.connect_rate,
         };
-        let message_interval = match self.rate {
+        let message_interval = match (self.msg_rate, self.rate) {
+            (Some(r), _) if r > 0.0 => Duration::from_secs_f64(1.0 / r),
+            (Some(_), _) => return Err("--msg-rate must be above 0".into()),
+            (None, rate) => match rate {
             Some(r) if r > 0.0 => Duration::from_secs_f64(self.connections as f64 / r),
             Some(_) => return Err("--rate must be above 0".into()),
             None => self.ping_interval,
+            },
         };
         Ok(LoadConfig {
             target: self.server,
@@ -176,6 +197,13 @@ impl LoadArgs {
             recv_buffer_size: self.recv_buffer_size,
             max_frame: self.max_frame,
             keep_free: self.keep_free,
+            chat: super::config::ChatParams {
+                users: self.users.unwrap_or(self.first_user + self.connections - 1),
+                groups: self.groups,
+                group_size: self.group_size,
+                group_fraction: self.group_fraction,
+                body: self.body as usize,
+            },
         })
     }
 }

@@ -18,6 +18,9 @@ pub enum Workload {
     Ping,
     /// ECHO frames of `size` bytes on a schedule, measure ECHO_REPLY round trips.
     Echo,
+    /// SENDs to random peers and groups on a schedule; DELIVERs answered with RECEIPTs; ACK,
+    /// DELIVER and RECEIPT latencies and exact delivery accounting.
+    Chat,
 }
 
 impl Workload {
@@ -26,6 +29,7 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Ping => "ping",
             Workload::Echo => "echo",
+            Workload::Chat => "chat",
         }
     }
 
@@ -34,8 +38,8 @@ impl Workload {
             "idle" => Ok(Workload::Idle),
             "ping" => Ok(Workload::Ping),
             "echo" => Ok(Workload::Echo),
-            "chat" => Err("--workload chat is not built yet; use idle, ping or echo".into()),
-            _ => Err(format!("{s:?}: use idle, ping or echo")),
+            "chat" => Ok(Workload::Chat),
+            _ => Err(format!("{s:?}: use idle, ping, echo or chat")),
         }
     }
 }
@@ -85,6 +89,27 @@ pub struct LoadConfig {
     pub max_frame: usize,
     /// MemFree below this stops the run (aborted, result still written).
     pub keep_free: u64,
+    pub chat: ChatParams,
+}
+
+/// What the chat workload needs beyond the schedule.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ChatParams {
+    /// The server's `--users`, `--groups` and `--group-size` (the group layout is derived from
+    /// them on both sides).
+    pub users: u64,
+    pub groups: u64,
+    pub group_size: u32,
+    /// Share of SENDs that go to a group.
+    pub group_fraction: f64,
+    /// Body bytes of a SEND.
+    pub body: usize,
+}
+
+impl Default for ChatParams {
+    fn default() -> Self {
+        ChatParams { users: 0, groups: 0, group_size: 0, group_fraction: 0.0, body: 16 }
+    }
 }
 
 /// Smallest ECHO frame: a header and the two timestamps.
@@ -117,6 +142,20 @@ impl LoadConfig {
         }
         if !(MIN_ECHO..=16384).contains(&self.max_frame) {
             return bad(format!("--max-frame must be in {MIN_ECHO}..=16384"));
+        }
+        if self.workload == Workload::Chat {
+            if self.in_flight > 0 || self.recv == RecvMode::OnDemand {
+                return bad("--workload chat is open loop with a receive always armed (no --in-flight, no --recv on-demand)".into());
+            }
+            if !(0.0..=1.0).contains(&self.chat.group_fraction) || (self.chat.group_fraction > 0.0 && self.chat.groups == 0) {
+                return bad("--group-fraction must be in 0..=1, and above 0 only with --groups".into());
+            }
+            if self.connections < 2 && self.chat.group_fraction < 1.0 {
+                return bad("--workload chat needs at least 2 connections (peers)".into());
+            }
+            if proto::HEADER_LEN + proto::MSG_FIXED_LEN + self.chat.body > self.max_frame {
+                return bad("--body does not fit --max-frame".into());
+            }
         }
         if self.workload == Workload::Echo && !(MIN_ECHO..=self.max_frame).contains(&self.size) {
             return bad(format!("--size must be in {MIN_ECHO}..={} for echo", self.max_frame));
@@ -170,7 +209,7 @@ impl LoadConfig {
     /// Bytes of messages a connection can have staged at once (see `LoadWorker::out_area`).
     pub fn out_capacity(&self) -> usize {
         match self.workload {
-            Workload::Echo => 2 * self.max_frame,
+            Workload::Echo | Workload::Chat => 2 * self.max_frame,
             _ => super::conn::INLINE_OUT,
         }
     }
@@ -189,6 +228,7 @@ impl LoadConfig {
     pub fn frame_len(&self) -> usize {
         match self.workload {
             Workload::Echo => self.size,
+            Workload::Chat => proto::HEADER_LEN + proto::MSG_FIXED_LEN + self.chat.body,
             _ => proto::HEADER_LEN + 16,
         }
     }

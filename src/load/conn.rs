@@ -78,7 +78,8 @@ pub struct ConnState {
     /// Messages sent but not answered.
     pub outstanding: u32,
     pub _pad2: u32,
-    pub _reserved: [u8; 8],
+    /// Chat: the last msg_id this connection sent (its SENDs are numbered 1, 2, ...).
+    pub msg_seq: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<Conn>() == 128);

@@ -5,6 +5,7 @@
 //! moves the run through its phases, prints the live line, writes the interval log and builds
 //! the report.
 
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod conn;

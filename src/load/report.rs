@@ -138,6 +138,12 @@ impl LatencySummary {
     }
 }
 
+impl LatencySummary {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// The latencies a run measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latencies {
@@ -157,6 +163,41 @@ pub struct Latencies {
     /// trips. Absent in results written before it existed.
     #[serde(default)]
     pub schedule_lag: LatencySummary,
+    /// Chat: SEND scheduled to ACK (one tick), to DELIVER at the recipient, to RECEIPT notice
+    /// at the sender (two ticks). Empty for other workloads.
+    #[serde(default, skip_serializing_if = "LatencySummary::is_empty")]
+    pub chat_ack: LatencySummary,
+    #[serde(default, skip_serializing_if = "LatencySummary::is_empty")]
+    pub chat_deliver: LatencySummary,
+    #[serde(default, skip_serializing_if = "LatencySummary::is_empty")]
+    pub chat_receipt: LatencySummary,
+}
+
+/// Chat accounting at the end of a run: every SEND is acked or nacked, every expected delivery
+/// arrived once (`lost` and `duplicates` are 0 in a clean run).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCounts {
+    pub sent: u64,
+    pub acked: u64,
+    pub nacked_unknown_recipient: u64,
+    pub nacked_offline_full: u64,
+    pub nacked_other: u64,
+    /// SENDs with neither ACK nor NACK at the end.
+    pub unanswered: u64,
+    /// Deliveries the ACKed SENDs called for (a group SEND counts its members in this load).
+    pub expected: u64,
+    pub delivered: u64,
+    pub receipted: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    /// Deliveries whose RECEIPT notice never came back.
+    pub unreceipted: u64,
+    /// DELIVERs from outside this load.
+    pub unknown: u64,
+    /// Scheduled SENDs skipped: the connection's ledger window was still open.
+    pub window_full: u64,
+    /// Deliveries per second during the message phase.
+    pub delivered_rate: f64,
 }
 
 /// One line of the timeline, once a second.
@@ -203,6 +244,9 @@ pub struct LoadReport {
     pub latency: Latencies,
     pub phases: Vec<Phase>,
     pub timeline: Vec<Sample>,
+    /// Present for `--workload chat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatCounts>,
 }
 
 impl LoadReport {

@@ -27,6 +27,8 @@ use crate::engine::{RingConfig, RingSet, run_worker, worker::spawn_pinned};
 
 /// How long the sends stop before the close (when there is no hold) for the last replies.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+/// Chat waits longer: deliveries and receipts follow the ACKs.
+const CHAT_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where the results go and how the run shows itself.
 #[derive(Clone, Debug, Default)]
@@ -174,7 +176,11 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
     signals.thread_block().map_err(|e| LoadError::io("blocking SIGINT/SIGTERM", e.into()))?;
 
     let started_wall = SystemTime::now();
-    let control = Arc::new(Control { phase: AtomicU8::new(phase::CONNECT), base: Instant::now() });
+    let ledger = (cfg.workload == super::Workload::Chat).then(|| {
+        let layout = crate::proto::GroupLayout { users: cfg.chat.users, groups: cfg.chat.groups, size: cfg.chat.group_size };
+        Arc::new(super::chat::Ledger::new(cfg.first_user, cfg.connections, layout))
+    });
+    let control = Arc::new(Control { ledger: ledger.clone(), phase: AtomicU8::new(phase::CONNECT), base: Instant::now() });
     let cfg = Arc::new(cfg);
     let workers = start_workers(&cfg, &control)?;
     let mut hlog_out = match &opts.hlog {
@@ -270,7 +276,13 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
                 // replies arrive instead of being counted unanswered.
                 phase::HOLD if cfg.hold.is_zero() => {
                     let answered = sum(&stats, |s| s.received.get()) >= sum(&stats, |s| s.sent.get());
-                    if answered || elapsed >= DRAIN_LIMIT {
+                    // Chat also waits for every delivery and its receipt.
+                    let settled = cfg.workload != super::Workload::Chat || {
+                        let delivered = sum(&stats, |s| s.chat.delivered.get());
+                        delivered >= sum(&stats, |s| s.chat.expected.get()) && sum(&stats, |s| s.chat.receipted.get()) >= delivered
+                    };
+                    let limit = if cfg.workload == super::Workload::Chat { CHAT_DRAIN_LIMIT } else { DRAIN_LIMIT };
+                    if (answered && settled) || elapsed >= limit {
                         next_phase = Some(phase::CLOSE);
                     }
                 }
@@ -331,6 +343,29 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
     }
     let messages_seconds = phases.iter().find(|p| p.name == "messages").map(|p| p.end - p.start).unwrap_or(0.0);
     let established_total = sum(&stats, |s| s.established_total.get());
+    let chat = ledger.as_ref().map(|l| {
+        let (lost, unreceipted) = l.settle();
+        let c = |f: fn(&super::worker::ChatCounts) -> &crate::stats::Counter| sum(&stats, |s| f(&s.chat).get());
+        let sent = sum(&stats, |s| s.sent.get());
+        let (acked, n7, n8, nx) = (c(|x| &x.acked), c(|x| &x.nacked_unknown), c(|x| &x.nacked_full), c(|x| &x.nacked_other));
+        ChatCounts {
+            sent,
+            acked,
+            nacked_unknown_recipient: n7,
+            nacked_offline_full: n8,
+            nacked_other: nx,
+            unanswered: sent.saturating_sub(acked + n7 + n8 + nx),
+            expected: c(|x| &x.expected),
+            delivered: c(|x| &x.delivered),
+            receipted: c(|x| &x.receipted),
+            duplicates: c(|x| &x.duplicates),
+            lost,
+            unreceipted,
+            unknown: c(|x| &x.unknown),
+            window_full: c(|x| &x.window_full),
+            delivered_rate: if messages_seconds > 0.0 { histograms.deliver.len() as f64 / messages_seconds } else { 0.0 },
+        }
+    });
     let report = LoadReport {
         params,
         status: if abort.is_some() { RunStatus::Aborted } else { RunStatus::Complete },
@@ -372,9 +407,13 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             rtt_corrected: LatencySummary::from_ns(&histograms.rtt_corrected),
             rtt_uncorrected: LatencySummary::from_ns(&histograms.rtt_uncorrected),
             schedule_lag: LatencySummary::from_ns(&histograms.schedule_lag),
+            chat_ack: LatencySummary::from_ns(&histograms.ack),
+            chat_deliver: LatencySummary::from_ns(&histograms.deliver),
+            chat_receipt: LatencySummary::from_ns(&histograms.receipt),
         },
         phases,
         timeline,
+        chat,
     };
     drop(hlog);
     if let Some(mut out) = hlog_out {
@@ -491,6 +530,7 @@ mod tests {
             recv_buffer_size: 256,
             max_frame: 4096,
             keep_free: 0,
+            chat: Default::default(),
         }
     }
 

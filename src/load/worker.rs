@@ -54,10 +54,32 @@ pub struct LoadStats {
     pub recv_no_buffers: Counter,
     /// Connections started whose close has completed (or that failed and were closed).
     pub finished: Counter,
+    pub chat: ChatCounts,
+}
+
+/// Chat accounting of one worker (see `load::chat`).
+#[derive(Default)]
+pub struct ChatCounts {
+    /// Deliveries the SENDs of this worker's connections should bring (less the NACKed ones).
+    pub expected: Counter,
+    pub acked: Counter,
+    /// NACKs by code: 7 unknown recipient, 8 offline queue full, anything else.
+    pub nacked_unknown: Counter,
+    pub nacked_full: Counter,
+    pub nacked_other: Counter,
+    pub delivered: Counter,
+    pub duplicates: Counter,
+    /// DELIVERs from outside this load, or of messages it never recorded.
+    pub unknown: Counter,
+    pub receipted: Counter,
+    /// Scheduled SENDs not sent because the connection's ledger window was still open.
+    pub window_full: Counter,
 }
 
 /// State the main thread shares with every worker.
 pub struct Control {
+    /// The chat workload's shared ledger.
+    pub ledger: Option<Arc<crate::load::chat::Ledger>>,
     pub phase: AtomicU8,
     /// `Instant` all timestamps count from.
     pub base: Instant,
@@ -71,6 +93,11 @@ pub struct RunHistograms {
     pub rtt_corrected: Histogram<u64>,
     pub rtt_uncorrected: Histogram<u64>,
     pub schedule_lag: Histogram<u64>,
+    /// Chat: SEND scheduled to its ACK (one tick), to its DELIVER at the recipient, and to the
+    /// RECEIPT notice back at the sender (two ticks).
+    pub ack: Histogram<u64>,
+    pub deliver: Histogram<u64>,
+    pub receipt: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -87,6 +114,9 @@ impl RunHistograms {
             rtt_corrected: histogram(),
             rtt_uncorrected: histogram(),
             schedule_lag: histogram(),
+            ack: histogram(),
+            deliver: histogram(),
+            receipt: histogram(),
         }
     }
 
@@ -98,6 +128,9 @@ impl RunHistograms {
             (&mut self.rtt_corrected, &other.rtt_corrected),
             (&mut self.rtt_uncorrected, &other.rtt_uncorrected),
             (&mut self.schedule_lag, &other.schedule_lag),
+            (&mut self.ack, &other.ack),
+            (&mut self.deliver, &other.deliver),
+            (&mut self.receipt, &other.receipt),
         ] {
             let _ = a.add(b);
         }
@@ -151,6 +184,8 @@ pub struct LoadWorker {
     wheel: TimerWheel,
     fired: Vec<u32>,
     rearm: Vec<u32>,
+    /// Chat: RECEIPTs that found the out area full, sent as it drains.
+    receipts_waiting: std::collections::VecDeque<(u32, u64, u64)>,
     hist: RunHistograms,
     interval_rtt: Histogram<u64>,
     interval_connect: Histogram<u64>,
@@ -191,7 +226,7 @@ impl LoadWorker {
         let capacity = total.max(1) as usize;
         // A slot keeps a partial reply (max_frame) and, for echo, the out area (2 x max_frame).
         let slot_bytes = match cfg.workload {
-            Workload::Echo => 3 * cfg.max_frame,
+            Workload::Echo | Workload::Chat => 3 * cfg.max_frame,
             _ => cfg.max_frame,
         };
         let slab = SessionSlab::<Conn>::new(capacity, slot_bytes)?;
@@ -205,6 +240,7 @@ impl LoadWorker {
             wheel: TimerWheel::new(capacity, WHEEL_BUCKETS),
             fired: Vec::new(),
             rearm: Vec::new(),
+            receipts_waiting: std::collections::VecDeque::new(),
             hist: RunHistograms::new(),
             interval_rtt: histogram(),
             interval_connect: histogram(),
@@ -448,6 +484,7 @@ impl Service for LoadWorker {
         for ring in &mut rings.rings {
             ring.bufs.commit();
         }
+        self.send_waiting_receipts(rings);
         for slot in std::mem::take(&mut self.rearm) {
             let c = self.slab.header(slot);
             if matches!(c.s.state, state::HELLO_SENT | state::LOGGED_IN) && !c.s.has(flag::RECV_ARMED) {

@@ -1,6 +1,10 @@
 //! `c2m serve`: protocol v1 sessions on the io_uring engine, one pinned worker per core.
 
+pub mod directory;
 mod held;
+pub mod mailbox;
+pub mod offline;
+pub mod route;
 pub mod session;
 pub mod worker;
 
@@ -75,6 +79,13 @@ pub struct ServeConfig {
     pub recv_arm: RecvArm,
     pub sq_entries: u32,
     pub cq_entries: u32,
+    /// Users SEND may name: ids `1..=users` (one directory entry of 8 bytes each, resident only
+    /// once written). Outside it a SEND gets NACK 7.
+    pub users: u64,
+    /// Static groups (ids `proto::GROUP_BIT | g`, g < groups) of `group_size` members each.
+    pub groups: u64,
+    pub group_size: u32,
+    pub offline: offline::OfflineLimits,
 }
 
 impl Default for ServeConfig {
@@ -95,6 +106,10 @@ impl Default for ServeConfig {
             recv_arm: RecvArm::Poll,
             sq_entries: 1024,
             cq_entries: 8192,
+            users: 4_000_000,
+            groups: 0,
+            group_size: 0,
+            offline: offline::OfflineLimits::default(),
         }
     }
 }
@@ -123,6 +138,15 @@ impl ServeConfig {
         }
         if self.heartbeat_ms == 0 || self.hello_timeout_ms == 0 {
             return bad("timeouts must be positive".into());
+        }
+        if self.users >= proto::GROUP_BIT || self.users > 1 << 32 {
+            return bad("--users must be below 2^32".into());
+        }
+        if self.workers > 255 {
+            return bad("--workers must be at most 255 (the directory packs the worker in a byte)".into());
+        }
+        if self.groups > 0 && (self.group_size == 0 || self.group_size > proto::MAX_GROUP_SIZE || self.group_size as u64 > self.users) {
+            return bad(format!("--group-size must be in 1..={} and at most --users", proto::MAX_GROUP_SIZE));
         }
         Ok(())
     }
@@ -220,19 +244,20 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = Arc::new(cfg);
-        let (ready_tx, ready_rx) = crossbeam::channel::unbounded::<(usize, Result<Waker, String>)>();
+        let chat = Arc::new(route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline));
+        let (ready_tx, ready_rx) = crossbeam::channel::unbounded::<(usize, Result<(Waker, i32), String>)>();
         let mut handles = Vec::new();
         let mut stats = Vec::new();
         for (id, socket) in listeners.into_iter().enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
-            let (cfg, stop, ready) = (cfg.clone(), stop.clone(), ready_tx.clone());
+            let (cfg, stop, ready, chat) = (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone());
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let body = move || -> Result<(), ServerError> {
                 let fd: OwnedFd = socket.into();
                 let setup = (|| {
                     let mut set = RingSet::new(rings, &ring_cfg)?;
-                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, per_worker, margin, stop)?;
+                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, per_worker, margin, stop, chat)?;
                     w.start(&mut set);
                     Ok::<_, ServerError>((set, w))
                 })();
@@ -243,7 +268,7 @@ impl Server {
                         return Err(e);
                     }
                 };
-                let _ = ready.send((id, Ok(set.waker())));
+                let _ = ready.send((id, Ok((set.waker(), set.rings[0].ring_fd()))));
                 let result = run_worker(&mut set, &mut w);
                 // The rings go first: operations still in flight at a drain deadline point into
                 // the worker's slab, which must outlive them.
@@ -257,9 +282,13 @@ impl Server {
         }
         drop(ready_tx);
         let mut wakers = vec![None; handles.len()];
+        let mut ring_fds = vec![-1; handles.len()];
         for _ in 0..handles.len() {
             match ready_rx.recv() {
-                Ok((id, Ok(waker))) => wakers[id] = Some(waker),
+                Ok((id, Ok((waker, fd)))) => {
+                    wakers[id] = Some(waker);
+                    ring_fds[id] = fd;
+                }
                 Ok((id, Err(e))) => {
                     stop.store(true, Ordering::Relaxed);
                     for w in wakers.iter().flatten() {
@@ -270,6 +299,8 @@ impl Server {
                 Err(_) => return Err(ServerError::Worker(usize::MAX, "a worker exited during start-up".into())),
             }
         }
+        // From here on workers wake each other with MSG_RING (before, mail waited for a tick).
+        let _ = chat.ring_fds.set(ring_fds);
         let layout = Layout {
             workers: handles.len(),
             sessions_per_worker: per_worker,
@@ -375,6 +406,65 @@ mod tests {
         server.join().unwrap();
         assert_eq!(stats[0].active(), 0);
         assert_eq!(stats[0].slots_in_use.get(), 0);
+    }
+
+    /// Chat across two workers in-process (so sanitizers see the MSG_RING pushes and the
+    /// mailbox): users land on both workers, every message is delivered once and receipted.
+    #[test]
+    fn in_process_chat_routes_across_workers() {
+        let cfg = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            max_sessions: 64,
+            files_per_ring: Some(64),
+            users: 100,
+            ..ServeConfig::default()
+        };
+        let server = Server::start(cfg).expect("server starts");
+        let mut clients: Vec<(u64, BlockingClient)> = Vec::new();
+        for user in 1..=16u64 {
+            let mut c = BlockingClient::connect(server.local_addr()).unwrap();
+            let session = c.login(user).unwrap();
+            clients.push((session >> 48, c));
+        }
+        assert!(clients.iter().any(|c| c.0 == 0) && clients.iter().any(|c| c.0 == 1), "sessions on both workers");
+        for (i, (_, c)) in clients.iter_mut().enumerate() {
+            let to = 1 + (i as u64 + 1) % 16;
+            c.send(&Frame::Send { to_user: to, msg_id: i as u64, t_ns: 1, body: b"x" }).unwrap();
+        }
+        let (mut acks, mut notices, mut delivers) = (0, 0, 0);
+        for (_, c) in clients.iter_mut() {
+            while acks + notices + delivers < 48 {
+                match c.read_frame(Duration::from_millis(200)) {
+                    Ok(Some(f)) => match f.frame() {
+                        Frame::Ack { .. } => acks += 1,
+                        Frame::ReceiptNotice { .. } => notices += 1,
+                        Frame::Deliver { from_user, msg_id, .. } => {
+                            delivers += 1;
+                            c.send(&Frame::Receipt { from_user, msg_id }).unwrap();
+                        }
+                        other => panic!("{other:?}"),
+                    },
+                    _ => break,
+                }
+            }
+        }
+        for (_, c) in clients.iter_mut() {
+            while let Ok(Some(f)) = c.read_frame(Duration::from_millis(200)) {
+                match f.frame() {
+                    Frame::ReceiptNotice { .. } => notices += 1,
+                    Frame::Ack { .. } => acks += 1,
+                    Frame::Deliver { .. } => delivers += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!((acks, delivers, notices), (16, 16, 16));
+        let stats = server.stats();
+        assert!(stats.iter().map(|s| s.chat.forwarded.get()).sum::<u64>() > 0);
+        server.stop();
+        drop(clients);
+        server.join().unwrap();
     }
 
     /// Small fixed-file tables force one worker to spread its sessions over several rings: each

@@ -8,6 +8,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
+
 use crate::proto::{self, ErrorCode, Frame, Kind, ProtoError};
 use crate::slab::{SlotView, Touch};
 use crate::stats::{CloseReason, WorkerStats};
@@ -45,6 +48,14 @@ pub mod flag {
     pub const INPUT_ENDED: u8 = 128;
 }
 
+/// Bits of the `chat` byte.
+pub mod chat {
+    /// The session is this user's entry in the directory (withdrawn when it leaves).
+    pub const LISTED: u8 = 1;
+    /// Offline messages wait for room in the out area.
+    pub const OFFLINE_PENDING: u8 = 2;
+}
+
 /// The hot per-session state, 128 bytes, in the slab's dense header array.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -74,7 +85,9 @@ pub struct Session {
     /// Poll arming: a poll saw the peer's FIN or an error, so input is read until a receive
     /// returns 0 or fails (one poll completion may stand for several wake-ups).
     pub peer_hup: u8,
-    pub _pad: [u8; 5],
+    /// Chat bits (see [`chat`]).
+    pub chat: u8,
+    pub _pad: [u8; 4],
     pub inline_out: [u8; INLINE_OUT],
 }
 
@@ -117,6 +130,29 @@ pub struct Env<'a> {
     pub now_tick: u32,
     /// Wall-clock nanoseconds, read only when a WELCOME needs them (not per completion).
     pub wall_ns: fn() -> u64,
+    /// Chat frames handled here, for the worker to route once the input is consumed.
+    pub requests: &'a Requests,
+}
+
+/// Largest reply a routed request may need (NACK).
+const ROUTE_REPLY: usize = proto::HEADER_LEN + 10;
+
+/// What a session asked of the router, in order. The worker routes them after `on_bytes`:
+/// routing touches other sessions, which cannot be borrowed while this one is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Login { user: u64 },
+    /// A SEND: `frame` is its DELIVER, encoded in [`Requests::frames`].
+    Send { to_user: u64, msg_id: u64, frame: Range<usize> },
+    Receipt { from_user: u64, msg_id: u64 },
+}
+
+#[derive(Default)]
+pub struct Requests {
+    pub list: RefCell<Vec<Request>>,
+    pub frames: RefCell<Vec<u8>>,
+    /// Out-area bytes promised to the ACKs/NACKs of the requests listed.
+    pub reserved: Cell<usize>,
 }
 
 /// Where replies go: the header's inline outbox, then the slot's out area. Borrowed apart from
@@ -137,6 +173,39 @@ pub fn split<'a>(view: SlotView<'a, Session>, max_frame: usize) -> (&'a mut [u8]
 }
 
 impl Outbox<'_> {
+    /// Bytes the out area can still take (a lower bound: the inline outbox is not counted).
+    pub fn room(&self) -> usize {
+        let s = &*self.s;
+        let used = if s.send_len == 0 { s.slot_out_len - s.slot_out_sent } else { s.slot_out_len };
+        self.area.len().saturating_sub(used as usize)
+    }
+
+    /// Queues an already encoded frame (a routed DELIVER or RECEIPT notice): its one copy into
+    /// this session's outgoing data.
+    pub fn push_encoded(&mut self, bytes: &[u8]) -> bool {
+        let s = &mut *self.s;
+        let n = bytes.len();
+        if s.slot_out_len == 0 && s.inline_len as usize + n <= INLINE_OUT {
+            let at = s.inline_len as usize;
+            s.inline_out[at..at + n].copy_from_slice(bytes);
+            s.inline_len += n as u8;
+            return true;
+        }
+        if s.slot_out_len as usize + n > self.area.len() && s.send_len == 0 && s.slot_out_sent > 0 {
+            self.area.copy_within(s.slot_out_sent as usize..s.slot_out_len as usize, 0);
+            s.slot_out_len -= s.slot_out_sent;
+            s.slot_out_sent = 0;
+        }
+        let at = s.slot_out_len as usize;
+        if at + n > self.area.len() {
+            return false;
+        }
+        self.area[at..at + n].copy_from_slice(bytes);
+        s.slot_out_len += n as u32;
+        self.touch.upto(self.base + at + n);
+        true
+    }
+
     /// Queues `frame`: inline if it fits and nothing waits in the slot (so order is kept), else
     /// in the out area. `false`: no room left (a slow consumer).
     pub fn push(&mut self, frame: &Frame<'_>) -> bool {
@@ -269,6 +338,7 @@ fn answer(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
             if verdict == Verdict::Open {
                 out.s.state = state::LOGGED_IN;
                 out.s.user_id = user_id;
+                env.requests.list.borrow_mut().push(Request::Login { user: user_id });
             }
             verdict
         }
@@ -281,18 +351,28 @@ fn answer(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
         _ if !logged_in => fatal(out, env, ErrorCode::NotLoggedIn, CloseReason::ProtocolError),
         Frame::Ping { seq, t_ns } => reply(out, env, Frame::Pong { seq, t_ns }),
         Frame::Echo { data } => reply(out, env, Frame::EchoReply { data }),
-        // Routing between sessions is not built yet: every recipient is unknown, and the sender
-        // is told so rather than left waiting for an ACK.
-        Frame::Send { msg_id, .. } => {
-            let verdict = reply(out, env, Frame::nack(msg_id, ErrorCode::UnknownRecipient));
-            if verdict == Verdict::Open {
-                env.stats.protocol_errors[ErrorCode::UnknownRecipient.index()].inc();
+        // Routed by the worker once this input is consumed; the ACK (or NACK) it will queue
+        // is promised room now, so a full out area blocks the SEND before anything is routed.
+        Frame::Send { to_user, msg_id, t_ns, body } => {
+            let promised = env.requests.reserved.get() + ROUTE_REPLY;
+            if out.room() < promised {
+                return Verdict::Blocked(0);
             }
-            verdict
+            env.requests.reserved.set(promised);
+            let deliver = Frame::Deliver { from_user: out.s.user_id, msg_id, t_ns, body };
+            let mut frames = env.requests.frames.borrow_mut();
+            let at = frames.len();
+            frames.resize(at + deliver.encoded_len(), 0);
+            proto::encode(&deliver, &mut frames[at..]);
+            env.requests.list.borrow_mut().push(Request::Send { to_user, msg_id, frame: at..frames.len() });
+            Verdict::Open
+        }
+        Frame::Receipt { from_user, msg_id } => {
+            env.requests.list.borrow_mut().push(Request::Receipt { from_user, msg_id });
+            Verdict::Open
         }
         // The client is leaving: send what is queued, then close. Nothing is said back.
         Frame::Bye => Verdict::CloseAfterSend(CloseReason::Bye),
-        // RECEIPT: nothing to route yet; counted above.
         _ => Verdict::Open,
     }
 }

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use super::session::{self, Env, INLINE_OUT, Session, Verdict, flag, next_send, on_bytes, sent, state};
+use super::session::{self, Env, INLINE_OUT, Request, Requests, Session, Verdict, flag, next_send, on_bytes, sent, state};
 use crate::proto::{self, ErrorCode, Frame, FrameIter, HEADER_LEN, Kind, encode_vec};
 use crate::slab::SessionSlab;
 use crate::stats::{CloseReason, WorkerStats};
@@ -24,7 +24,9 @@ const BIG_REPLY: usize = HEADER_LEN + BIG;
 // ---- harness ----
 
 fn test_env(stats: &WorkerStats, now_tick: u32) -> Env<'_> {
-    Env { stats, max_frame: MAX_FRAME, heartbeat_ms: HEARTBEAT_MS, session_id: SESSION_ID, now_tick, wall_ns: || WALL_NS }
+    // The worker drains the requests after every call; a test keeps them (leaked, tiny).
+    let requests: &'static Requests = Box::leak(Box::default());
+    Env { stats, max_frame: MAX_FRAME, heartbeat_ms: HEARTBEAT_MS, session_id: SESSION_ID, now_tick, wall_ns: || WALL_NS, requests }
 }
 
 /// One session in a slab, plus the worker's counters and clock.
@@ -301,27 +303,34 @@ fn largest_echo_allowed_by_max_frame_is_answered() {
 }
 
 #[test]
-fn send_gets_nack_unknown_recipient() {
+fn send_becomes_a_routing_request_with_its_deliver_encoded() {
     let mut h = Harness::logged_in();
-    assert_eq!(h.feed(&send(4242)), Verdict::Open);
+    let requests: &'static Requests = Box::leak(Box::default());
+    {
+        let env = Env { requests, ..test_env(&h.stats, 5) };
+        assert_eq!(on_bytes(h.slab.session(h.i), &env, &send(4242)), Verdict::Open);
+    }
+    assert!(h.drain().is_empty(), "the ACK is the worker's, after routing");
+    let list = requests.list.borrow();
+    let Request::Send { to_user, msg_id, frame } = &list[0] else { panic!("{list:?}") };
+    assert_eq!((*to_user, *msg_id), (99, 4242));
+    let frames = requests.frames.borrow();
     assert_eq!(
-        parse_all(&h.drain()),
-        [Frame::Nack { msg_id: 4242, code: ErrorCode::UnknownRecipient as u16 }]
+        parse_all(&frames[frame.clone()]),
+        [Frame::Deliver { from_user: USER, msg_id: 4242, t_ns: 5, body: b"hi there" }]
     );
-    assert_eq!(ErrorCode::UnknownRecipient as u16, 7);
-    assert_eq!(h.errors(ErrorCode::UnknownRecipient), 1);
-    assert_eq!(h.frames_out(Kind::Nack), 1);
-    assert_eq!(h.frames_out(Kind::Error), 0, "a NACK is not fatal");
-    // The session stays usable.
-    assert_eq!(h.feed(&ping(1)), Verdict::Open);
-    assert_eq!(pong_seqs(&h.drain()), [1]);
+    assert_eq!(requests.reserved.get(), HEADER_LEN + 10, "room promised for the ACK or NACK");
+    assert_eq!(h.frames_in(Kind::Send), 1);
+    let _ = ErrorCode::UnknownRecipient;
 }
 
 #[test]
 fn receipt_is_accepted_silently() {
     let mut h = Harness::logged_in();
     let receipt = encode_vec(&Frame::Receipt { from_user: 3, msg_id: 4 });
-    assert_eq!(h.feed(&receipt), Verdict::Open);
+    let env = test_env(&h.stats, 5);
+    assert_eq!(on_bytes(h.slab.session(h.i), &env, &receipt), Verdict::Open);
+    assert_eq!(*env.requests.list.borrow(), [Request::Receipt { from_user: 3, msg_id: 4 }]);
     assert!(h.drain().is_empty());
     assert_eq!(h.frames_in(Kind::Receipt), 1);
 }
@@ -357,7 +366,7 @@ fn several_frames_in_one_call_are_answered_in_order() {
     let input = cat(&[&hello(USER), &ping(1), &echo(b"abc"), &send(9), &ping(2)]);
     assert_eq!(h.feed(&input), Verdict::Open);
     let out = h.drain();
-    assert_eq!(kinds(&out), [Kind::Welcome, Kind::Pong, Kind::EchoReply, Kind::Nack, Kind::Pong]);
+    assert_eq!(kinds(&out), [Kind::Welcome, Kind::Pong, Kind::EchoReply, Kind::Pong]);
 }
 
 #[test]
@@ -527,7 +536,7 @@ fn unsplit_output(stream: &[u8]) -> Vec<u8> {
     let out = h.drain();
     assert_eq!(
         kinds(&out),
-        [Kind::Welcome, Kind::Pong, Kind::EchoReply, Kind::EchoReply, Kind::Nack, Kind::Pong]
+        [Kind::Welcome, Kind::Pong, Kind::EchoReply, Kind::EchoReply, Kind::Pong]
     );
     out
 }

@@ -11,7 +11,9 @@ use io_uring::{cqueue, opcode};
 
 use super::{RecvArm, ServeConfig};
 use super::held::{Held, HeldInput};
-use super::session::{self, Env, Session, Verdict, flag, state};
+use super::mailbox::Routed;
+use super::route::{ChatShared, OP_MAIL};
+use super::session::{self, Env, Requests, Session, Verdict, chat, flag, state};
 use crate::engine::timer::TimerWheel;
 use crate::engine::{Op, RingSet, Service, Token};
 use crate::proto::{self, ErrorCode, Frame};
@@ -34,11 +36,19 @@ struct AcceptState {
 }
 
 pub struct ServerWorker {
-    id: usize,
-    cfg: Arc<ServeConfig>,
-    stats: Arc<WorkerStats>,
+    pub(super) id: usize,
+    pub(super) cfg: Arc<ServeConfig>,
+    pub(super) stats: Arc<WorkerStats>,
     listener: OwnedFd,
-    slab: SessionSlab<Session>,
+    pub(super) slab: SessionSlab<Session>,
+    pub(super) chat: Arc<ChatShared>,
+    /// What sessions' input asked the router for (see `route.rs`); reused, never reallocated
+    /// in steady state.
+    pub(super) requests: Requests,
+    pub(super) mail_buf: Vec<Routed>,
+    pub(super) fanout: Vec<Vec<(u64, super::directory::Place)>>,
+    pub(super) offline_buf: Vec<Box<[u8]>>,
+    pub(super) sweep_shard: usize,
     wheel: TimerWheel,
     fired: Vec<u32>,
     accept: Vec<AcceptState>,
@@ -69,7 +79,15 @@ pub struct ServerWorker {
 
 /// What frame handling needs, built from the worker's fields (not `&self`) so the slab can be
 /// borrowed mutably beside it.
-fn env<'a>(id: usize, cfg: &'a ServeConfig, stats: &'a WorkerStats, generation: u32, slot: u32, now_tick: u32) -> Env<'a> {
+fn env<'a>(
+    id: usize,
+    cfg: &'a ServeConfig,
+    stats: &'a WorkerStats,
+    requests: &'a Requests,
+    generation: u32,
+    slot: u32,
+    now_tick: u32,
+) -> Env<'a> {
     let generation = generation as u64 & 0xffff;
     Env {
         stats,
@@ -78,6 +96,7 @@ fn env<'a>(id: usize, cfg: &'a ServeConfig, stats: &'a WorkerStats, generation: 
         session_id: (id as u64) << 48 | generation << 32 | slot as u64,
         now_tick,
         wall_ns: || SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+        requests,
     }
 }
 
@@ -87,6 +106,8 @@ pub fn accept_margin(cfg: &ServeConfig, files: u32) -> u32 {
 }
 
 impl ServerWorker {
+    // Each argument is a different part of the worker's world, built by `Server::start`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         cfg: Arc<ServeConfig>,
@@ -95,6 +116,7 @@ impl ServerWorker {
         sessions: usize,
         accept_margin: u32,
         stop: Arc<AtomicBool>,
+        chat: Arc<ChatShared>,
     ) -> Result<ServerWorker, super::ServerError> {
         let slab = SessionSlab::<Session>::new(sessions, cfg.session_bytes)?;
         let [h, m] = slab.header_ranges();
@@ -124,6 +146,12 @@ impl ServerWorker {
             stop,
             drain_until: None,
             accepted_since_tick: 0,
+            chat,
+            requests: Requests::default(),
+            mail_buf: Vec::new(),
+            fanout: Vec::new(),
+            offline_buf: Vec::new(),
+            sweep_shard: 0,
             cfg,
         })
     }
@@ -140,7 +168,7 @@ impl ServerWorker {
         self.stats.recv_buffer_bytes.set(rings.rings.iter().map(|r| r.bufs.mapped_bytes() as u64).sum());
     }
 
-    fn push(rings: &mut RingSet, ring: usize, entry: io_uring::squeue::Entry) {
+    pub(super) fn push(rings: &mut RingSet, ring: usize, entry: io_uring::squeue::Entry) {
         // SAFETY: every entry built in this file points only at memory that outlives the
         // operation: session headers and slots (the slab's mappings live as long as the worker,
         // and a slot is freed only once nothing is in flight on it), `full_frame` and `tick`
@@ -257,6 +285,7 @@ impl ServerWorker {
         s.file = file;
         s.opened_tick = self.now_tick;
         s.last_frame_tick = self.now_tick;
+        s.chat = 0;
         self.wheel.schedule(slot, self.now_tick as u64 + self.hello_ticks as u64);
         self.arm_recv(rings, slot);
     }
@@ -449,9 +478,11 @@ impl ServerWorker {
                 false => (Verdict::CloseNow(CloseReason::SlowConsumer), false),
             };
         }
-        let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+        let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
         let data = rings.rings[input.ring as usize].bufs.data(input.bid, input.len as usize);
-        match session::on_bytes(self.slab.session(slot), &env, data) {
+        let verdict = session::on_bytes(self.slab.session(slot), &env, data);
+        self.route_requests(rings, slot);
+        match verdict {
             Verdict::Blocked(done) => {
                 let rest = Held { offset: done as u32, ..input };
                 if !self.hold(rings, slot, rest) {
@@ -495,9 +526,11 @@ impl ServerWorker {
     /// receives again once all of it is handled.
     fn resume(&mut self, rings: &mut RingSet, slot: u32) {
         while let Some(front) = self.held.front(slot) {
-            let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+            let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
             let data = &rings.rings[front.ring as usize].bufs.data(front.bid, front.len as usize)[front.offset as usize..];
-            match session::on_bytes(self.slab.session(slot), &env, data) {
+            let verdict = session::on_bytes(self.slab.session(slot), &env, data);
+            self.route_requests(rings, slot);
+            match verdict {
                 Verdict::Blocked(done) => return self.held.advance(slot, done),
                 Verdict::Open => {
                     self.held.release_front(slot, rings);
@@ -526,7 +559,11 @@ impl ServerWorker {
     }
 
     /// Acts on a verdict: keep going (send replies), close after sending, or close now.
-    fn apply(&mut self, rings: &mut RingSet, slot: u32, verdict: Verdict) {
+    pub(super) fn apply(&mut self, rings: &mut RingSet, slot: u32, verdict: Verdict) {
+        if matches!(verdict, Verdict::CloseAfterSend(_) | Verdict::CloseNow(_)) {
+            // Messages that arrive from now on go to a newer session or the offline store.
+            self.unlist(slot);
+        }
         match verdict {
             Verdict::Open => {}
             Verdict::CloseAfterSend(reason) => {
@@ -549,7 +586,7 @@ impl ServerWorker {
     }
 
     /// Starts the next send if none is in flight; closes a finished CLOSE_AFTER_SEND session.
-    fn flush(&mut self, rings: &mut RingSet, slot: u32) {
+    pub(super) fn flush(&mut self, rings: &mut RingSet, slot: u32) {
         let s = self.slab.header(slot);
         if s.has(flag::TEARDOWN) {
             return;
@@ -600,6 +637,9 @@ impl ServerWorker {
             if self.slab.header(slot).has(flag::PAUSED) {
                 self.resume(rings, slot);
             }
+            if self.slab.header(slot).chat & chat::OFFLINE_PENDING != 0 {
+                self.drain_offline(rings, slot);
+            }
             self.flush(rings, slot);
         }
         self.maybe_free(slot);
@@ -609,11 +649,13 @@ impl ServerWorker {
     /// sent) unless a half-close did already, then close the direct descriptor. The slot is freed
     /// when all of that completed. A session that was closing after its last words is counted
     /// under the reason it was closing for.
-    fn teardown(&mut self, rings: &mut RingSet, slot: u32, reason: CloseReason) {
+    pub(super) fn teardown(&mut self, rings: &mut RingSet, slot: u32, reason: CloseReason) {
         let s = self.slab.header(slot);
         if s.has(flag::TEARDOWN) {
             return;
         }
+        self.unlist(slot);
+        let s = self.slab.header(slot);
         let reason = if s.has(flag::CLOSE_AFTER_SEND) { CloseReason::ALL[s.close_reason as usize] } else { reason };
         let ring = s.ring as usize;
         let file = s.file;
@@ -702,6 +744,7 @@ impl ServerWorker {
                 self.cancel_recv(rings, slot);
             }
         }
+        self.chat_tick(rings);
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.wheel.advance(self.now_tick as u64, &mut fired);
@@ -728,7 +771,7 @@ impl ServerWorker {
             s.opened_tick + self.hello_ticks
         };
         if self.now_tick >= deadline {
-            let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+            let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
             let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
             let verdict = session::timed_out(&mut out, &env);
             self.apply(rings, slot, verdict);
@@ -752,7 +795,7 @@ impl ServerWorker {
             if s.state == state::FREE || s.has(flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
                 continue;
             }
-            let env = env(self.id, &self.cfg, &self.stats, self.slab.generation(slot), slot, self.now_tick);
+            let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
             let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
             let verdict = session::say_bye(&mut out, &env);
             self.apply(rings, slot, verdict);
@@ -764,6 +807,9 @@ impl Service for ServerWorker {
     fn on_completion(&mut self, rings: &mut RingSet, ring: u16, cqe: &cqueue::Entry) {
         let token = Token(cqe.user_data());
         let ring = ring as usize;
+        if token.op_raw() == OP_MAIL {
+            return self.take_mail(rings);
+        }
         match token.op() {
             Some(Op::Accept) => self.on_accept(rings, ring, token, cqe),
             Some(Op::Recv) => self.on_recv(rings, ring, token, cqe),

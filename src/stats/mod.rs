@@ -55,10 +55,12 @@ pub enum CloseReason {
     Shutdown,
     /// A send or receive failed.
     IoError,
+    /// The same user logged in on a newer session (ERROR 9 sent).
+    Replaced,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Bye,
         CloseReason::PeerClosed,
         CloseReason::ProtocolError,
@@ -66,6 +68,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
         CloseReason::IoError,
+        CloseReason::Replaced,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -76,6 +79,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::IoError => "io_error",
+            CloseReason::Replaced => "replaced",
         }
     }
 }
@@ -112,6 +116,35 @@ pub struct WorkerStats {
     /// Address ranges of the worker's provided receive buffers are many small mappings; their
     /// total mapped size is reported instead.
     pub recv_buffer_bytes: Counter,
+    pub chat: ChatStats,
+}
+
+/// Routing counters of one worker. Every message the server ACKed ends in exactly one of
+/// delivered (queued to a session), stored (offline) or dropped; NACKed ones are counted apart.
+#[derive(Default)]
+pub struct ChatStats {
+    /// DELIVERs queued into a session's outgoing data on this worker (direct, group, offline).
+    pub delivered: Counter,
+    /// Of those, taken from the offline store at login.
+    pub offline_delivered: Counter,
+    /// Frames handed to another worker's mailbox (a group counts once per worker).
+    pub forwarded: Counter,
+    /// IORING_OP_MSG_RING wake-ups sent, and mailbox items taken.
+    pub wakes_sent: Counter,
+    pub mail_taken: Counter,
+    /// DELIVERs kept for an offline user.
+    pub offline_stored: Counter,
+    /// SENDs refused with NACK 8 (an offline bound).
+    pub offline_refused: Counter,
+    /// SENDs to a group, and group members' copies dropped because their offline queue was full.
+    pub group_sends: Counter,
+    pub group_member_dropped: Counter,
+    /// RECEIPT notices for a sender who is offline (not stored: the receipt is informational).
+    pub notices_dropped: Counter,
+    /// Offline store totals, set by worker 0 only (the store is shared).
+    pub offline_held_messages: Counter,
+    pub offline_held_bytes: Counter,
+    pub offline_expired: Counter,
 }
 
 impl WorkerStats {
@@ -216,6 +249,23 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     per_worker(&mut out, "c2m_slab_slots_in_use", "gauge", "Session slots held, closing ones included.", &|s| s.slots_in_use.get());
     per_worker(&mut out, "c2m_rings", "gauge", "io_uring instances.", &|s| s.rings.get());
     per_worker(&mut out, "c2m_fixed_files_in_use", "gauge", "Direct descriptors in use.", &|s| s.fixed_files_in_use.get());
+    for (name, kind, help, get) in [
+        ("c2m_chat_delivered_total", "counter", "DELIVERs queued to a session.", (|s: &WorkerStats| s.chat.delivered.get()) as fn(&WorkerStats) -> u64),
+        ("c2m_chat_offline_delivered_total", "counter", "DELIVERs taken from the offline store at login.", |s| s.chat.offline_delivered.get()),
+        ("c2m_chat_forwarded_total", "counter", "Frames handed to another worker.", |s| s.chat.forwarded.get()),
+        ("c2m_chat_wakes_sent_total", "counter", "IORING_OP_MSG_RING wake-ups sent to other workers.", |s| s.chat.wakes_sent.get()),
+        ("c2m_chat_mail_taken_total", "counter", "Items taken from this worker's mailbox.", |s| s.chat.mail_taken.get()),
+        ("c2m_chat_offline_stored_total", "counter", "DELIVERs stored for an offline user.", |s| s.chat.offline_stored.get()),
+        ("c2m_chat_offline_refused_total", "counter", "SENDs refused with NACK 8.", |s| s.chat.offline_refused.get()),
+        ("c2m_chat_group_sends_total", "counter", "SENDs to a group.", |s| s.chat.group_sends.get()),
+        ("c2m_chat_group_member_dropped_total", "counter", "Group copies dropped: the member's offline queue was full.", |s| s.chat.group_member_dropped.get()),
+        ("c2m_chat_notices_dropped_total", "counter", "RECEIPT notices for a sender who was offline.", |s| s.chat.notices_dropped.get()),
+        ("c2m_chat_offline_messages", "gauge", "Messages in the offline store.", |s| s.chat.offline_held_messages.get()),
+        ("c2m_chat_offline_bytes", "gauge", "Bytes in the offline store.", |s| s.chat.offline_held_bytes.get()),
+        ("c2m_chat_offline_expired_total", "counter", "Stored messages dropped at their TTL.", |s| s.chat.offline_expired.get()),
+    ] {
+        per_worker(&mut out, name, kind, help, &get);
+    }
     per_worker(&mut out, "c2m_sq_backlog", "gauge", "SQEs waiting for room in a full submission queue.", &|s| s.sq_backlog.get());
     out
 }

@@ -149,7 +149,7 @@ pub fn resolve(names: &[String], manifest: Option<&(PathBuf, Vec<PeerEntry>)>, c
                 return unavailable(name, format!("{name:?} is not in {}", dir.join(MANIFEST_FILE).display()));
             };
             // The manifest is <checkout>/bench/peers/peers.toml; its paths start at <checkout>.
-            let root = dir.parent().and_then(Path::parent).unwrap_or(&dir);
+            let root = dir.parent().and_then(Path::parent).unwrap_or(dir);
             let bin = root.join(&entry.bin);
             let version = entry
                 .version_file

@@ -11,7 +11,8 @@ use super::{LoadWorker, phase, record};
 use crate::engine::{Op, RingSet};
 use crate::load::config::Workload;
 use crate::load::conn::{self, Conn, ConnState, flag, state};
-use crate::proto::{self, Frame};
+use crate::load::chat::Delivery;
+use crate::proto::{self, Frame, GROUP_BIT};
 
 impl LoadWorker {
     pub(super) fn arm_recv(&mut self, rings: &mut RingSet, slot: u32) {
@@ -80,6 +81,10 @@ impl LoadWorker {
         let (c, partial) = (&mut view.header.s, view.slot);
         let hist = &mut self.hist;
         let interval_rtt = &mut self.interval_rtt;
+        let ledger = self.control.ledger.clone();
+        let me = self.cfg.first_user + slot as u64 * self.cfg.workers as u64 + self.id as u64;
+        let stats = &self.stats;
+        let receipts = &mut self.receipts_waiting;
         let mut touch = view.touch;
         let (st, outstanding) = (&mut c.state, &mut c.outstanding);
         let result = conn::take_bytes(&mut c.partial_len, &mut partial[..max_frame], data, max_frame, |frame| {
@@ -105,6 +110,54 @@ impl LoadWorker {
                         false
                     }
                 },
+                Frame::Ack { msg_id } if *st == state::LOGGED_IN && *outstanding > 0 => {
+                    *outstanding -= 1;
+                    replies += 1;
+                    stats.chat.acked.inc();
+                    if let Some(t) = ledger.as_ref().and_then(|l| l.sent_ns(me, msg_id)) {
+                        record(interval_rtt, now.saturating_sub(t));
+                        if measuring {
+                            record(&mut hist.ack, now.saturating_sub(t));
+                        }
+                    }
+                    true
+                }
+                Frame::Nack { msg_id, code } if *st == state::LOGGED_IN && *outstanding > 0 => {
+                    *outstanding -= 1;
+                    replies += 1;
+                    match proto::ErrorCode::from_u16(code) {
+                        Some(proto::ErrorCode::UnknownRecipient) => stats.chat.nacked_unknown.inc(),
+                        Some(proto::ErrorCode::OfflineQueueFull) => stats.chat.nacked_full.inc(),
+                        _ => stats.chat.nacked_other.inc(),
+                    }
+                    if let Some(l) = &ledger {
+                        stats.chat.expected.sub(l.refused(me, msg_id));
+                    }
+                    true
+                }
+                Frame::Deliver { from_user, msg_id, t_ns, .. } if *st == state::LOGGED_IN => {
+                    match ledger.as_ref().map(|l| l.delivered(from_user, msg_id)) {
+                        Some(Delivery::First) => {
+                            stats.chat.delivered.inc();
+                            if measuring {
+                                record(&mut hist.deliver, now.saturating_sub(t_ns));
+                            }
+                        }
+                        Some(Delivery::Duplicate) => stats.chat.duplicates.inc(),
+                        _ => stats.chat.unknown.inc(),
+                    }
+                    receipts.push_back((slot, from_user, msg_id));
+                    true
+                }
+                Frame::ReceiptNotice { msg_id, .. } if *st == state::LOGGED_IN => {
+                    if let Some(t) = ledger.as_ref().and_then(|l| l.receipted(me, msg_id)) {
+                        stats.chat.receipted.inc();
+                        if measuring {
+                            record(&mut hist.receipt, now.saturating_sub(t));
+                        }
+                    }
+                    true
+                }
                 Frame::Error { code, .. } => {
                     let name = proto::ErrorCode::from_u16(code).map(|c| c.name()).unwrap_or("unknown");
                     outcome = Some(format!("server ERROR {code} {name}"));
@@ -163,7 +216,7 @@ impl LoadWorker {
     /// slot for echo (frames up to max_frame).
     pub(super) fn out_area(&mut self, slot: u32) -> (&mut ConnState, &mut [u8]) {
         let max_frame = self.cfg.max_frame;
-        let echo = self.cfg.workload == Workload::Echo;
+        let echo = matches!(self.cfg.workload, Workload::Echo | Workload::Chat);
         let view = self.slab.session(slot);
         let Conn { s, out } = view.header;
         if echo {
@@ -182,6 +235,9 @@ impl LoadWorker {
             self.stats.late.inc();
             return;
         }
+        if self.cfg.workload == Workload::Chat {
+            return self.send_due_chat(rings, slot, now);
+        }
         let (echo, len, interval) = (self.cfg.workload == Workload::Echo, self.frame_len, self.interval_ns);
         let mut staged = 0u64;
         let (c, out) = self.out_area(slot);
@@ -198,6 +254,81 @@ impl LoadWorker {
         self.flush(rings, slot);
         if self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
             self.wheel.schedule(slot, self.tick_of(next_due));
+        }
+    }
+
+    /// Chat: stages every SEND that is due, each to a random peer of this load or (a share
+    /// `--group-fraction`) a random group, after opening its entry in the ledger.
+    fn send_due_chat(&mut self, rings: &mut RingSet, slot: u32, now: u64) {
+        let Some(ledger) = self.control.ledger.clone() else { return };
+        let me = self.cfg.first_user + slot as u64 * self.cfg.workers as u64 + self.id as u64;
+        let (len, interval, chat) = (self.frame_len, self.interval_ns, self.cfg.chat);
+        let body = vec![0x63u8; chat.body];
+        let mut staged = 0u64;
+        loop {
+            let c = &self.slab.header(slot).s;
+            if c.due_ns > now || c.out_len as usize + len > self.cfg.out_capacity() {
+                break;
+            }
+            let group = chat.groups > 0 && (self.rand_below(1 << 20) as f64) < chat.group_fraction * (1 << 20) as f64;
+            let to = if group {
+                GROUP_BIT | self.rand_below(chat.groups)
+            } else {
+                let peer = self.cfg.first_user + self.rand_below(self.cfg.connections - 1);
+                if peer >= me { peer + 1 } else { peer }
+            };
+            let expected = ledger.recipients(me, to);
+            let (c, out) = self.out_area(slot);
+            let (due, msg_id) = (c.due_ns, c.msg_seq + 1);
+            c.due_ns += interval;
+            c.msg_seq = msg_id;
+            if !ledger.begin(me, msg_id, expected, due) {
+                self.stats.chat.window_full.inc();
+                continue;
+            }
+            let at = c.out_len as usize;
+            proto::encode(&Frame::Send { to_user: to, msg_id, t_ns: due, body: &body }, &mut out[at..at + len]);
+            c.out_len += len as u16;
+            c.outstanding += 1;
+            staged += 1;
+            self.stats.chat.expected.add(expected);
+        }
+        let next_due = self.slab.header(slot).s.due_ns;
+        self.stats.sent.add(staged);
+        self.flush(rings, slot);
+        if self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
+            self.wheel.schedule(slot, self.tick_of(next_due));
+        }
+    }
+
+    /// Chat: stages the RECEIPTs owed for DELIVERs, as far as the out areas have room (the
+    /// rest wait for their sends to complete).
+    pub(super) fn send_waiting_receipts(&mut self, rings: &mut RingSet) {
+        if self.receipts_waiting.is_empty() {
+            return;
+        }
+        let len = proto::HEADER_LEN + 16;
+        let room = self.cfg.out_capacity();
+        let mut waiting = std::mem::take(&mut self.receipts_waiting);
+        let mut touched = Vec::new();
+        waiting.retain(|&(slot, from_user, msg_id)| {
+            let (c, out) = self.out_area(slot);
+            if c.state != state::LOGGED_IN {
+                return false;
+            }
+            if c.out_len as usize + len > room {
+                return true;
+            }
+            let at = c.out_len as usize;
+            proto::encode(&Frame::Receipt { from_user, msg_id }, &mut out[at..at + len]);
+            c.out_len += len as u16;
+            touched.push(slot);
+            false
+        });
+        self.receipts_waiting = waiting;
+        touched.dedup();
+        for slot in touched {
+            self.flush(rings, slot);
         }
     }
 
