@@ -102,13 +102,31 @@ pub fn summary(r: &BenchResult, json: &Path, hlog: Option<&Path>, report: Option
         thousands(c.established_peak),
         thousands(c.connect_rate_achieved.round() as u64)
     );
-    out += &format!(
-        "  messages     {} sent, {} answered, round trip p50 {:.0} us, p99 {:.0} us (corrected)\n",
-        thousands(m.sent),
-        thousands(m.received),
-        rtt.p50,
-        rtt.p99
-    );
+    match &r.load.chat {
+        Some(chat) => {
+            let d = &r.load.latency.chat_deliver;
+            out += &format!(
+                "  chat         {} sent, {} delivered of {} expected, {} receipted, {} lost, {} duplicates; DELIVER p50 {:.0} us, p99 {:.0} us\n",
+                thousands(chat.sent),
+                thousands(chat.delivered),
+                thousands(chat.expected),
+                thousands(chat.receipted),
+                thousands(chat.lost),
+                thousands(chat.duplicates),
+                d.p50,
+                d.p99
+            );
+        }
+        None => {
+            out += &format!(
+                "  messages     {} sent, {} answered, round trip p50 {:.0} us, p99 {:.0} us (corrected)\n",
+                thousands(m.sent),
+                thousands(m.received),
+                rtt.p50,
+                rtt.p99
+            );
+        }
+    }
     out += &format!(
         "  memory       {} per connection at {}: kernel {}, server {}, load {}\n",
         human_bytes(p.total),

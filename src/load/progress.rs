@@ -119,15 +119,30 @@ pub fn summary(r: &LoadReport) -> String {
             out += &format!("    {kind}: {}\n", thousands(*n));
         }
     }
+    if let Some(chat) = &r.chat {
+        out += &format!(
+            "  chat: {} sent, {} acked, {} NACK 7, {} NACK 8, {} delivered of {} expected, {} receipted; {} duplicates, {} lost\n",
+            thousands(chat.sent),
+            thousands(chat.acked),
+            thousands(chat.nacked_unknown_recipient),
+            thousands(chat.nacked_offline_full),
+            thousands(chat.delivered),
+            thousands(chat.expected),
+            thousands(chat.receipted),
+            thousands(chat.duplicates),
+            thousands(chat.lost)
+        );
+    }
     out += "  latency (us)          count      p50      p90      p99    p99.9   p99.99      max\n";
-    for (name, l) in [
-        ("connect", &r.latency.connect),
-        ("connect, corrected", &r.latency.connect_corrected),
-        ("login", &r.latency.login),
-        ("rtt, corrected", &r.latency.rtt_corrected),
-        ("rtt, uncorrected", &r.latency.rtt_uncorrected),
-        ("generator lag", &r.latency.schedule_lag),
-    ] {
+    let l = &r.latency;
+    let mut rows = vec![("connect", &l.connect), ("connect, corrected", &l.connect_corrected), ("login", &l.login)];
+    if r.chat.is_some() {
+        rows.extend([("ACK (one tick)", &l.chat_ack), ("DELIVER", &l.chat_deliver), ("RECEIPT (two ticks)", &l.chat_receipt)]);
+    } else {
+        rows.extend([("rtt, corrected", &l.rtt_corrected), ("rtt, uncorrected", &l.rtt_uncorrected)]);
+    }
+    rows.push(("generator lag", &l.schedule_lag));
+    for (name, l) in rows {
         out += &format!(
             "    {name:<18} {:>9} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}\n",
             thousands(l.count),

@@ -254,8 +254,13 @@ impl LoadReport {
     /// connections that failed or were lost, messages left unanswered. `None` if it did not.
     pub fn shortfall(&self) -> Option<String> {
         let (c, m) = (&self.connections, &self.messages);
-        (c.failed + c.lost + m.unanswered > 0)
-            .then(|| format!("{} connections failed, {} lost, {} messages unanswered", c.failed, c.lost, m.unanswered))
+        let (chat_lost, chat_duplicates) = self.chat.as_ref().map_or((0, 0), |ch| (ch.lost, ch.duplicates));
+        (c.failed + c.lost + m.unanswered + chat_lost + chat_duplicates > 0).then(|| {
+            format!(
+                "{} connections failed, {} lost, {} messages unanswered, {chat_lost} chat messages lost, {chat_duplicates} delivered twice",
+                c.failed, c.lost, m.unanswered
+            )
+        })
     }
 }
 
