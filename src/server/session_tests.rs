@@ -23,9 +23,7 @@ const BIG_REPLY: usize = HEADER_LEN + BIG;
 
 // ---- harness ----
 
-fn test_env(stats: &WorkerStats, now_tick: u32) -> Env<'_> {
-    // The worker drains the requests after every call; a test keeps them (leaked, tiny).
-    let requests: &'static Requests = Box::leak(Box::default());
+fn test_env<'a>(stats: &'a WorkerStats, requests: &'a Requests, now_tick: u32) -> Env<'a> {
     Env { stats, max_frame: MAX_FRAME, heartbeat_ms: HEARTBEAT_MS, session_id: SESSION_ID, now_tick, wall_ns: || WALL_NS, requests }
 }
 
@@ -34,6 +32,9 @@ struct Harness {
     slab: SessionSlab<Session>,
     i: u32,
     stats: WorkerStats,
+    /// Routing requests the session made (the worker drains them after every call; a test
+    /// keeps them for the whole test).
+    requests: Requests,
     now_tick: u32,
 }
 
@@ -43,7 +44,7 @@ impl Harness {
         let mut slab: SessionSlab<Session> = SessionSlab::new(4, SLOT_BYTES).unwrap();
         let i = slab.alloc().unwrap();
         slab.header_mut(i).state = state::OPEN;
-        Harness { slab, i, stats: WorkerStats::default(), now_tick: 1 }
+        Harness { slab, i, stats: WorkerStats::default(), requests: Requests::default(), now_tick: 1 }
     }
 
     /// A session that said HELLO and whose WELCOME has been sent.
@@ -56,7 +57,7 @@ impl Harness {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Verdict {
-        let env = test_env(&self.stats, self.now_tick);
+        let env = test_env(&self.stats, &self.requests, self.now_tick);
         on_bytes(self.slab.session(self.i), &env, bytes)
     }
 
@@ -305,9 +306,9 @@ fn largest_echo_allowed_by_max_frame_is_answered() {
 #[test]
 fn send_becomes_a_routing_request_with_its_deliver_encoded() {
     let mut h = Harness::logged_in();
-    let requests: &'static Requests = Box::leak(Box::default());
+    let requests = Requests::default();
     {
-        let env = Env { requests, ..test_env(&h.stats, 5) };
+        let env = test_env(&h.stats, &requests, 5);
         assert_eq!(on_bytes(h.slab.session(h.i), &env, &send(4242)), Verdict::Open);
     }
     assert!(h.drain().is_empty(), "the ACK is the worker's, after routing");
@@ -328,7 +329,8 @@ fn send_becomes_a_routing_request_with_its_deliver_encoded() {
 fn receipt_is_accepted_silently() {
     let mut h = Harness::logged_in();
     let receipt = encode_vec(&Frame::Receipt { from_user: 3, msg_id: 4 });
-    let env = test_env(&h.stats, 5);
+    let requests = Requests::default();
+    let env = test_env(&h.stats, &requests, 5);
     assert_eq!(on_bytes(h.slab.session(h.i), &env, &receipt), Verdict::Open);
     assert_eq!(*env.requests.list.borrow(), [Request::Receipt { from_user: 3, msg_id: 4 }]);
     assert!(h.drain().is_empty());
@@ -372,7 +374,7 @@ fn several_frames_in_one_call_are_answered_in_order() {
 #[test]
 fn timed_out_queues_error_6() {
     let mut h = Harness::logged_in();
-    let env = test_env(&h.stats, 99);
+    let env = test_env(&h.stats, &h.requests, 99);
     let (_, mut out) = session::split(h.slab.session(h.i), MAX_FRAME);
     assert_eq!(session::timed_out(&mut out, &env), Verdict::CloseAfterSend(CloseReason::Timeout));
     let code = ErrorCode::Timeout;
@@ -383,7 +385,7 @@ fn timed_out_queues_error_6() {
 #[test]
 fn say_bye_queues_bye_and_closes_after_send() {
     let mut h = Harness::logged_in();
-    let env = test_env(&h.stats, 99);
+    let env = test_env(&h.stats, &h.requests, 99);
     let (_, mut out) = session::split(h.slab.session(h.i), MAX_FRAME);
     assert_eq!(session::say_bye(&mut out, &env), Verdict::CloseAfterSend(CloseReason::Shutdown));
     assert_eq!(parse_all(&h.drain()), [Frame::Bye]);
