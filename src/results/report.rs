@@ -915,6 +915,22 @@ fn write_messages(md: &mut String, r: &BenchResult) {
             ("rate achieved", rate_achieved(m.rate_achieved, m.rate_requested)),
         ],
     );
+    if let Some(c) = &r.load.chat {
+        push_line(md, "Chat, every message accounted for:");
+        push_line(md, "");
+        figures(
+            md,
+            &[
+                ("SENDs", thousands(c.sent)),
+                ("ACKed (one tick)", thousands(c.acked)),
+                ("NACK 7 (unknown recipient) / NACK 8 (offline store full)", format!("{} / {}", thousands(c.nacked_unknown_recipient), thousands(c.nacked_offline_full))),
+                ("deliveries expected / delivered", format!("{} / {}", thousands(c.expected), thousands(c.delivered))),
+                ("RECEIPTs back to the sender (two ticks)", thousands(c.receipted)),
+                ("lost / delivered twice", format!("{} / {}", thousands(c.lost), thousands(c.duplicates))),
+                ("deliveries per second", format_rate(c.delivered_rate)),
+            ],
+        );
+    }
 }
 
 fn write_latency(md: &mut String, r: &BenchResult) {
@@ -928,8 +944,12 @@ fn write_latency(md: &mut String, r: &BenchResult) {
         ("rtt_corrected", "round trip from the scheduled send", &l.rtt_corrected),
         ("rtt_uncorrected", "round trip from the actual send", &l.rtt_uncorrected),
         ("schedule_lag", "how late the load's ticks ran (the generator's own share)", &l.schedule_lag),
+        ("chat_ack", "SEND → its ACK (one tick)", &l.chat_ack),
+        ("chat_deliver", "SEND → DELIVER at the recipient", &l.chat_deliver),
+        ("chat_receipt", "SEND → the RECEIPT back (two ticks)", &l.chat_receipt),
     ]
     .into_iter()
+    .filter(|(name, _, s)| !name.starts_with("chat") || s.count > 0)
     .map(|(name, what, s)| latency_row(name, what, s))
     .collect();
     table(
