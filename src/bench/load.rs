@@ -80,15 +80,17 @@ impl LoadPlan {
             self.json.display().to_string(),
             "--hlog".into(),
             self.hlog.display().to_string(),
-            "--no-progress".into(),
-            "--events".into(),
-            "--keep-free".into(),
-            self.keep_free.to_string(),
-            // `c2m bench` has checked the fit already, with its own --results-dir.
-            "--force".into(),
         ]);
+        // `c2m bench` has checked the fit already, with its own --results-dir.
+        a.extend(followed_args(self.keep_free));
         a
     }
+}
+
+/// The arguments every `c2m load` a parent follows ends with: no live line, JSON events on
+/// stdout, the MemFree guard, and `--force` (the parent has done its own memory check).
+pub fn followed_args(keep_free: u64) -> [String; 5] {
+    ["--no-progress".into(), "--events".into(), "--keep-free".into(), keep_free.to_string(), "--force".into()]
 }
 
 pub struct LoadChild {

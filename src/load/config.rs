@@ -208,10 +208,13 @@ impl LoadConfig {
 
     /// Bytes of messages a connection can have staged at once (see `LoadWorker::out_area`).
     pub fn out_capacity(&self) -> usize {
-        match self.workload {
-            Workload::Echo | Workload::Chat => 2 * self.max_frame,
-            _ => super::conn::INLINE_OUT,
-        }
+        if self.out_in_slot() { 2 * self.max_frame } else { super::conn::INLINE_OUT }
+    }
+
+    /// Whether a connection's out area is in its slot (frames up to max_frame: echo, chat)
+    /// rather than inline in its header (PINGs and HELLO).
+    pub fn out_in_slot(&self) -> bool {
+        matches!(self.workload, Workload::Echo | Workload::Chat)
     }
 
     /// Messages per second over all connections, as scheduled (0 for closed loop: the rate is

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use io_uring::types::{CancelBuilder, Fixed, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, squeue};
 
-use super::config::{LoadConfig, Workload};
+use super::config::LoadConfig;
 use super::conn::{Conn, flag, state};
 use crate::engine::timer::TimerWheel;
 use crate::engine::{Op, RingSet, Service, Token};
@@ -224,11 +224,8 @@ impl LoadWorker {
     ) -> Result<LoadWorker, super::LoadError> {
         let total = cfg.connections_of(id);
         let capacity = total.max(1) as usize;
-        // A slot keeps a partial reply (max_frame) and, for echo, the out area (2 x max_frame).
-        let slot_bytes = match cfg.workload {
-            Workload::Echo | Workload::Chat => 3 * cfg.max_frame,
-            _ => cfg.max_frame,
-        };
+        // A slot keeps a partial reply (max_frame) and, for echo and chat, the out area.
+        let slot_bytes = cfg.max_frame + if cfg.out_in_slot() { cfg.out_capacity() } else { 0 };
         let slab = SessionSlab::<Conn>::new(capacity, slot_bytes)?;
         let concurrency = (cfg.connect_concurrency / cfg.workers as u64).max(1);
         let ns = |d: Duration| d.as_nanos() as u64;

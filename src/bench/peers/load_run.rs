@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 
 use crate::bench::child::{ChildProcess, read_lines};
-use crate::bench::load::parse_event;
+use crate::bench::load::{followed_args, parse_event};
 use crate::bench::signals;
 use crate::load::report::{Event, LoadReport};
 
@@ -69,13 +69,9 @@ impl LoadSpec {
             format!("{}ms", self.hold.as_millis()),
             "--json".into(),
             self.json.display().to_string(),
-            "--no-progress".into(),
-            "--events".into(),
-            "--keep-free".into(),
-            self.keep_free.to_string(),
-            // The peers run checks the memory itself (the budget, the floor).
-            "--force".into(),
         ]);
+        // The peers run checks the memory itself (the budget, the floor).
+        a.extend(followed_args(self.keep_free));
         a
     }
 

@@ -107,13 +107,19 @@ fn cpu_sum(c: CpuTimes) -> f64 {
     c.user_seconds + c.system_seconds
 }
 
+/// Starts the server for `connections`, lets it settle, and reads its RSS before any load.
+fn start_settled(server: &Server, sh: Shape, connections: u64) -> anyhow::Result<(RunningServer, u64)> {
+    let srv = RunningServer::start(server, sh, connections)?;
+    std::thread::sleep(SETTLE);
+    let rss_start = srv.memory().rss;
+    Ok((srv, rss_start))
+}
+
 /// Echo throughput: `connections` each keeping `in_flight` ECHOs outstanding for the window;
 /// server CPU over the message phase from /proc/PID/stat.
 pub fn echo(setup: &Setup, server: &Server) -> anyhow::Result<EchoMeasurement> {
     let sh = shape(server.fd_per_connection, setup.connections, setup.per_shard, setup.cores);
-    let mut srv = RunningServer::start(server, sh, setup.connections)?;
-    std::thread::sleep(SETTLE);
-    let rss_start = srv.memory().rss;
+    let (mut srv, rss_start) = start_settled(server, sh, setup.connections)?;
     setup.check_floor()?;
     let spec = setup.spec(
         &srv,
@@ -162,9 +168,7 @@ pub fn echo(setup: &Setup, server: &Server) -> anyhow::Result<EchoMeasurement> {
 /// the messages, with the connections still up.
 pub fn latency(setup: &Setup, server: &Server) -> anyhow::Result<LatencyMeasurement> {
     let sh = shape(server.fd_per_connection, setup.connections, setup.per_shard, setup.cores);
-    let mut srv = RunningServer::start(server, sh, setup.connections)?;
-    std::thread::sleep(SETTLE);
-    let rss_start = srv.memory().rss;
+    let (mut srv, rss_start) = start_settled(server, sh, setup.connections)?;
     setup.check_floor()?;
     let spec = setup.spec(
         &srv,
@@ -267,9 +271,7 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
     }
     let (count, sh) = capacity_size(budget_here, server.fd_per_connection, setup.per_shard, setup.cores);
     let tcp_before = memory::read_sockstat().map(|s| s.inuse).unwrap_or(0);
-    let mut srv = RunningServer::start(server, sh, count)?;
-    std::thread::sleep(SETTLE);
-    let rss_start = srv.memory().rss;
+    let (mut srv, rss_start) = start_settled(server, sh, count)?;
     let baseline = memory::system_memory(0.0).context("baseline memory")?;
     let keep_free = baseline.mem_free.saturating_sub(setup.budget).max(setup.keep_free_floor);
     let budget = baseline.mem_free.saturating_sub(keep_free);

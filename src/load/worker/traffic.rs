@@ -216,10 +216,10 @@ impl LoadWorker {
     /// slot for echo (frames up to max_frame).
     pub(super) fn out_area(&mut self, slot: u32) -> (&mut ConnState, &mut [u8]) {
         let max_frame = self.cfg.max_frame;
-        let echo = matches!(self.cfg.workload, Workload::Echo | Workload::Chat);
+        let in_slot = self.cfg.out_in_slot();
         let view = self.slab.session(slot);
         let Conn { s, out } = view.header;
-        if echo {
+        if in_slot {
             let mut touch = view.touch;
             touch.upto(3 * max_frame);
             (s, &mut view.slot[max_frame..3 * max_frame])
