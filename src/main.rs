@@ -40,7 +40,7 @@ struct ServeArgs {
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
     workers: Option<usize>,
-    /// Sessions held at most (split evenly over the workers).
+    /// Sessions held at most, all workers together (one budget, whichever worker the kernel picks).
     #[arg(long, default_value_t = 1_000_000)]
     max_sessions: usize,
     /// Bytes of one session slot (rounded up to pages); only touched pages become resident.
@@ -163,12 +163,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     println!(
-        "c2m serve: listening on {} | {} workers x {} rings x {} fixed files | up to {} sessions, {} B slots | kernel {}{}",
+        "c2m serve: listening on {} | {} workers x {} rings (up to {}) x {} fixed files | up to {} sessions, {} B slots | kernel {}{}",
         server.local_addr(),
         layout.workers,
         layout.rings_per_worker,
+        layout.max_rings_per_worker,
         layout.files_per_ring,
-        layout.workers * layout.sessions_per_worker,
+        layout.max_sessions,
         cfg.session_bytes,
         layout.features.kernel,
         metrics.map(|m| format!(" | metrics http://{m}/metrics")).unwrap_or_default(),

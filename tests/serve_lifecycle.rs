@@ -257,7 +257,8 @@ fn bad_flags_are_refused_at_start_up() {
     serve_refuses(&["--max-frame", "10"], "--max-frame");
     serve_refuses(&["--max-frame", "70000"], "--max-frame");
     serve_refuses(&["--recv-buffers", "100"], "--recv-buffers");
-    serve_refuses(&["--workers", "4", "--max-sessions", "2"], "--max-sessions");
+    // One budget for all workers: fewer sessions than workers is fine, none is not.
+    serve_refuses(&["--workers", "4", "--max-sessions", "0"], "--max-sessions");
     serve_refuses(&["--hello-timeout", "0"], "timeout");
     serve_refuses(&["--no-such-flag"], "--no-such-flag");
 }

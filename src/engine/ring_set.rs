@@ -219,6 +219,7 @@ impl Ring {
 pub struct RingSet {
     pub rings: Vec<Ring>,
     eventfd: Arc<EventFd>,
+    cfg: RingConfig,
 }
 
 impl RingSet {
@@ -232,11 +233,27 @@ impl RingSet {
         }
         let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
             .map_err(|e| EngineError::ring_setup("eventfd", e.into()))?;
-        let mut rings = Vec::with_capacity(count);
-        for i in 0..count {
-            rings.push(Ring::new(cfg, i as u16, &eventfd)?);
+        let mut set = RingSet { rings: Vec::with_capacity(count), eventfd: Arc::new(eventfd), cfg: *cfg };
+        for _ in 0..count {
+            set.add_ring()?;
         }
-        Ok(RingSet { rings, eventfd: Arc::new(eventfd) })
+        Ok(set)
+    }
+
+    /// Adds one more ring, on the thread that drives the set (SINGLE_ISSUER), and returns its
+    /// index. A worker grows its set when every ring's fixed-file table is near full, so rings
+    /// exist only for sessions that came.
+    pub fn add_ring(&mut self) -> Result<usize, EngineError> {
+        let index = self.rings.len();
+        if index >= super::token::MAX_RINGS {
+            return Err(EngineError::Config(format!("a worker has at most {} rings", super::token::MAX_RINGS)));
+        }
+        self.rings.push(Ring::new(&self.cfg, index as u16, &self.eventfd)?);
+        Ok(index)
+    }
+
+    pub fn config(&self) -> &RingConfig {
+        &self.cfg
     }
 
     pub fn len(&self) -> usize {

@@ -30,6 +30,11 @@ impl HeldInput {
         HeldInput { per_ring: vec![0; rings], ..Default::default() }
     }
 
+    /// Makes room for a ring added to the worker's set.
+    pub fn add_ring(&mut self) {
+        self.per_ring.push(0);
+    }
+
     /// Buffers held, all sessions together.
     pub fn len(&self) -> usize {
         self.total

@@ -1,5 +1,6 @@
 //! `c2m serve`: protocol v1 sessions on the io_uring engine, one pinned worker per core.
 
+mod budget;
 pub mod directory;
 mod held;
 pub mod mailbox;
@@ -62,8 +63,8 @@ pub enum RecvArm {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub workers: usize,
-    /// Sessions the server holds at most, split evenly over the workers (the kernel's
-    /// SO_REUSEPORT hash picks the worker, so a worker may fill before the others).
+    /// Sessions the server holds at most, all workers together (one budget: the kernel's
+    /// SO_REUSEPORT hash picks the worker, unevenly).
     pub max_sessions: usize,
     pub session_bytes: usize,
     pub max_frame: usize,
@@ -130,8 +131,8 @@ impl ServeConfig {
                 2 * self.max_frame
             ));
         }
-        if self.max_sessions < self.workers {
-            return bad("--max-sessions must be at least --workers".into());
+        if self.max_sessions == 0 {
+            return bad("--max-sessions must be at least 1".into());
         }
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
             return bad("--recv-buffers must be a power of two up to 32768".into());
@@ -189,8 +190,12 @@ pub fn accept_queue_len(listener: std::os::fd::BorrowedFd<'_>) -> std::io::Resul
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Layout {
     pub workers: usize,
-    pub sessions_per_worker: usize,
+    /// Sessions the server admits, all workers together.
+    pub max_sessions: usize,
+    /// Rings each worker starts with (its fair share of the sessions); a worker that gets more
+    /// than its share adds rings as it needs them, up to `max_rings_per_worker`.
     pub rings_per_worker: usize,
+    pub max_rings_per_worker: usize,
     pub files_per_ring: u32,
     pub features: Features,
 }
@@ -216,14 +221,18 @@ impl Server {
             return Err(ServerError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
         }
         let margin = accept_margin(&cfg, files);
-        let per_worker = cfg.max_sessions.div_ceil(cfg.workers);
-        let rings = rings_needed(per_worker, files, margin);
-        if rings > crate::engine::token::MAX_RINGS {
+        // Every worker can take every session (the hash may send it most of them): its slab
+        // reserves address space for all, and it adds rings as they fill.
+        let max_rings = rings_needed(cfg.max_sessions, files, margin);
+        if max_rings > crate::engine::token::MAX_RINGS {
             return Err(ServerError::Config(format!(
-                "{per_worker} sessions per worker need {rings} rings of {files} files; at most {} fit. Use more workers or raise RLIMIT_NOFILE",
+                "{} sessions need {max_rings} rings of {files} files in one worker; at most {} fit. Lower --max-sessions or raise RLIMIT_NOFILE",
+                cfg.max_sessions,
                 crate::engine::token::MAX_RINGS
             )));
         }
+        let rings = rings_needed(cfg.max_sessions.div_ceil(cfg.workers), files, margin);
+        let budget = Arc::new(budget::SessionBudget::new(cfg.max_sessions));
         let first = listener(cfg.listen, cfg.backlog)?;
         let addr = first
             .local_addr()
@@ -251,13 +260,13 @@ impl Server {
         for (id, socket) in listeners.into_iter().enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
-            let (cfg, stop, ready, chat) = (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone());
+            let (cfg, stop, ready, chat, budget) = (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone(), budget.clone());
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let body = move || -> Result<(), ServerError> {
                 let fd: OwnedFd = socket.into();
                 let setup = (|| {
                     let mut set = RingSet::new(rings, &ring_cfg)?;
-                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, per_worker, margin, stop, chat)?;
+                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, budget, max_rings, margin, stop, chat)?;
                     w.start(&mut set);
                     Ok::<_, ServerError>((set, w))
                 })();
@@ -303,8 +312,9 @@ impl Server {
         let _ = chat.ring_fds.set(ring_fds);
         let layout = Layout {
             workers: handles.len(),
-            sessions_per_worker: per_worker,
+            max_sessions: cfg.max_sessions,
             rings_per_worker: rings,
+            max_rings_per_worker: max_rings,
             files_per_ring: files,
             features,
         };
@@ -465,6 +475,67 @@ mod tests {
         server.stop();
         drop(clients);
         server.join().unwrap();
+    }
+
+    /// The session limit is one budget, not a share per worker: the kernel's reuseport hash may
+    /// send one worker far more than half the connections (on some boots 5,130 of 10,000), and
+    /// that worker must still admit them, adding rings as its tables fill.
+    #[test]
+    fn one_worker_may_take_most_of_the_budget() {
+        let cfg = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            max_sessions: 150,
+            files_per_ring: Some(64),
+            backlog: 8,
+            ..ServeConfig::default()
+        };
+        let server = Server::start(cfg).expect("server starts");
+        let stats = server.stats();
+        let start_rings = server.layout().rings_per_worker as u64;
+        // Keep only the connections the hash gives worker 0; the others are closed and their
+        // sessions given back, so worker 0 ends up with 140 of the 150 (an even split gives 75,
+        // which its first rings hold).
+        let mut kept = Vec::new();
+        let mut tries = 0;
+        while kept.len() < 140 {
+            tries += 1;
+            assert!(tries < 5000, "the hash never gave worker 0 enough connections");
+            let mut c = BlockingClient::connect(server.local_addr()).unwrap();
+            let session = c.login(tries).unwrap_or_else(|e| panic!("session {} on worker 0 refused: {e}", kept.len() + 1));
+            if session >> 48 == 0 {
+                kept.push(c);
+            } else {
+                drop(c);
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while stats[1].slots_in_use.get() > 0 {
+                    assert!(std::time::Instant::now() < deadline, "worker 1 did not free its session");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        assert_eq!(stats[0].slots_in_use.get(), 140);
+        assert!(stats[0].rings.get() > start_rings, "worker 0 grew past its {start_rings} rings");
+        // The budget is spent at 150, wherever the last ten land.
+        let mut rest: Vec<BlockingClient> = (0..10).map(|i| {
+            let mut c = BlockingClient::connect(server.local_addr()).unwrap();
+            c.login(10_000 + i).unwrap();
+            c
+        }).collect();
+        let mut extra = BlockingClient::connect(server.local_addr()).unwrap();
+        match extra.read_frame(Duration::from_secs(5)).unwrap().map(|f| f.0) {
+            Some(bytes) => assert!(matches!(
+                crate::proto::parse(&bytes, 4096),
+                Ok(crate::proto::Parsed::Frame { frame: Frame::Error { code: 5, .. }, .. })
+            )),
+            None => panic!("closed without ERROR 5"),
+        }
+        drop(extra);
+        rest.clear();
+        drop(kept);
+        server.stop();
+        server.join().unwrap();
+        assert_eq!(stats.iter().map(|s| s.slots_in_use.get()).sum::<u64>(), 0);
     }
 
     /// Small fixed-file tables force one worker to spread its sessions over several rings: each

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use io_uring::types::{CancelBuilder, Fd, Fixed, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode};
 
+use super::budget::SessionBudget;
 use super::{RecvArm, ServeConfig};
 use super::held::{Held, HeldInput};
 use super::mailbox::Routed;
@@ -55,6 +56,10 @@ pub struct ServerWorker {
     /// Free table slots a ring keeps before it stops accepting: one accept run can take a whole
     /// listen backlog, and a full table would drop those connections.
     accept_margin: u32,
+    /// The server-wide session budget (see `budget.rs`).
+    budget: Arc<SessionBudget>,
+    /// Rings this worker may grow to: enough to hold every session of the server.
+    max_rings: usize,
     /// Sessions whose multishot receive ended while they still need one (no buffers, CQ
     /// pressure, a lifted pause), re-armed once the buffers are back with the kernel.
     rearm: Vec<u32>,
@@ -113,11 +118,15 @@ impl ServerWorker {
         cfg: Arc<ServeConfig>,
         stats: Arc<WorkerStats>,
         listener: OwnedFd,
-        sessions: usize,
+        budget: Arc<SessionBudget>,
+        max_rings: usize,
         accept_margin: u32,
         stop: Arc<AtomicBool>,
         chat: Arc<ChatShared>,
     ) -> Result<ServerWorker, super::ServerError> {
+        // Address space for every session of the server (MAP_NORESERVE: only what sessions
+        // touch becomes resident); the budget decides how many are admitted.
+        let sessions = budget.limit();
         let slab = SessionSlab::<Session>::new(sessions, cfg.session_bytes)?;
         let [h, m] = slab.header_ranges();
         stats.set_slab_ranges([h, m, slab.slots_range()]);
@@ -133,6 +142,8 @@ impl ServerWorker {
             fired: Vec::new(),
             accept: Vec::new(),
             accept_margin,
+            budget,
+            max_rings,
             rearm: Vec::new(),
             recancel: Vec::new(),
             held: HeldInput::default(),
@@ -164,8 +175,30 @@ impl ServerWorker {
             self.arm_accept(rings, ring);
         }
         self.arm_tick(rings);
+        self.count_rings(rings);
+    }
+
+    fn count_rings(&self, rings: &RingSet) {
         self.stats.rings.set(rings.len() as u64);
         self.stats.recv_buffer_bytes.set(rings.rings.iter().map(|r| r.bufs.mapped_bytes() as u64).sum());
+    }
+
+    /// Adds a ring when none can accept (each table is down to its reserve) and the worker may
+    /// still grow: the hash sent this worker more than its share.
+    fn grow_if_full(&mut self, rings: &mut RingSet) {
+        if self.drain_until.is_some() || self.accept.iter().any(|a| a.armed) || rings.len() >= self.max_rings {
+            return;
+        }
+        match rings.add_ring() {
+            Ok(ring) => {
+                self.accept.push(AcceptState { armed: false, retry_tick: 0, generation: 0 });
+                self.held.add_ring();
+                self.arm_accept(rings, ring);
+                self.count_rings(rings);
+            }
+            // Counted and tried again at the next tick (`watch_accept_queue`).
+            Err(_) => self.stats.accept_errors.inc(),
+        }
     }
 
     pub(super) fn push(rings: &mut RingSet, ring: usize, entry: io_uring::squeue::Entry) {
@@ -257,6 +290,7 @@ impl ServerWorker {
         self.count_file(rings, ring, true);
         if rings.rings[ring].files_capacity - rings.rings[ring].files_in_use < self.accept_margin {
             self.cancel_accept(rings, ring);
+            self.grow_if_full(rings);
         } else {
             // The multishot may have ended (CQ pressure) with this accept.
             self.maybe_arm_accept(rings, ring);
@@ -265,7 +299,16 @@ impl ServerWorker {
             self.reject_close(rings, ring, file);
             return;
         }
-        let Some(slot) = self.slab.alloc() else {
+        let slot = match self.budget.try_take() {
+            // Every worker's slab has room for the whole budget, so this cannot fail; if it
+            // did, the budget is given back and the connection refused.
+            true => self.slab.alloc().or_else(|| {
+                self.budget.give_back();
+                None
+            }),
+            false => None,
+        };
+        let Some(slot) = slot else {
             // Server full: say so, then close. The connection never becomes a session.
             self.stats.sessions_rejected.inc();
             self.stats.protocol_errors[ErrorCode::ServerFull.index()].inc();
@@ -307,6 +350,9 @@ impl ServerWorker {
             self.stats.accept_rearms.inc();
             self.cancel_accept(rings, ring);
             self.arm_accept(rings, ring);
+        } else {
+            // Every ring is full and an earlier growth failed: try again.
+            self.grow_if_full(rings);
         }
     }
 
@@ -706,6 +752,7 @@ impl ServerWorker {
         if s.has(flag::TEARDOWN) && s.inflight == 0 && s.state != state::FREE {
             s.state = state::FREE;
             self.slab.free(slot);
+            self.budget.give_back();
             self.stats.slots_in_use.set(self.slab.in_use() as u64);
         }
     }
