@@ -68,7 +68,8 @@ fn sockstat() -> anyhow::Result<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/net/sockstat")?;
     let line = text.lines().find(|l| l.starts_with("TCP:")).context("no TCP line in sockstat")?;
     let words: Vec<&str> = line.split_whitespace().collect();
-    let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)?.parse().ok()).unwrap_or(0);
+    let field =
+        |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)?.parse().ok()).unwrap_or(0);
     Ok((field("inuse"), field("mem")))
 }
 
@@ -153,7 +154,10 @@ impl Servers {
 
     fn stop(self) -> anyhow::Result<()> {
         for mut child in self.children {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let status = child.wait()?;
             if !status.success() {
                 bail!("server process exited with {status}");
@@ -216,7 +220,13 @@ fn start_epoll_c(n: usize, per_process: usize) -> anyhow::Result<Servers> {
 }
 
 /// Opens `n` idle logged-in connections to `servers` and measures what they cost.
-fn measure(name: &str, servers: &Servers, n: usize, per_client: usize, bin: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+fn measure(
+    name: &str,
+    servers: &Servers,
+    n: usize,
+    per_client: usize,
+    bin: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
     println!("\n== {name}: {}", servers.banner);
     std::thread::sleep(Duration::from_millis(300));
     let before = snapshot(&servers.pids(), &[])?;

@@ -429,7 +429,12 @@ mod tests {
                 rlimit_nofile: [0, 0],
                 sysctls: Default::default(),
             },
-            scenario: ScenarioInfo { name: "t".into(), description: String::new(), file: String::new(), settings: Default::default() },
+            scenario: ScenarioInfo {
+                name: "t".into(),
+                description: String::new(),
+                file: String::new(),
+                settings: Default::default(),
+            },
             started_utc: started_utc.into(),
             elapsed_seconds: 1.0,
             status,
@@ -438,7 +443,12 @@ mod tests {
             load_process: Default::default(),
             memory: MemoryMeasurement {
                 connections,
-                per_connection: PerConnection { total, kernel_total: total - 500.0, kernel_unreclaimable: 6_000.0, ..Default::default() },
+                per_connection: PerConnection {
+                    total,
+                    kernel_total: total - 500.0,
+                    kernel_unreclaimable: 6_000.0,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             memory_timeline: vec![],

@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
 use c2m::server::{ServeConfig, Server};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "c2m", version, about = "Hold millions of TCP connections on one Linux box and measure what it costs")]
@@ -158,7 +158,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let layout = server.layout();
     let metrics = match args.metrics {
         Some(addr) => Some(
-            c2m::stats::metrics_http::spawn(addr, server.stats()).with_context(|| format!("metrics endpoint on {addr}"))?,
+            c2m::stats::metrics_http::spawn(addr, server.stats())
+                .with_context(|| format!("metrics endpoint on {addr}"))?,
         ),
         None => None,
     };

@@ -157,10 +157,7 @@ impl Kind {
 
     /// Kinds a client may send. BYE goes both ways, so it is included.
     pub const fn is_client_to_server(self) -> bool {
-        matches!(
-            self,
-            Kind::Hello | Kind::Ping | Kind::Echo | Kind::Send | Kind::Receipt | Kind::Bye
-        )
+        matches!(self, Kind::Hello | Kind::Ping | Kind::Echo | Kind::Send | Kind::Receipt | Kind::Bye)
     }
 }
 
@@ -225,10 +222,7 @@ impl ErrorCode {
     /// Fatal codes travel in ERROR and end the connection; the others are
     /// per-message NACKs.
     pub const fn is_fatal(self) -> bool {
-        !matches!(
-            self,
-            ErrorCode::UnknownRecipient | ErrorCode::OfflineQueueFull
-        )
+        !matches!(self, ErrorCode::UnknownRecipient | ErrorCode::OfflineQueueFull)
     }
 }
 
@@ -300,18 +294,12 @@ pub enum Frame<'a> {
 impl<'a> Frame<'a> {
     /// A fatal ERROR frame.
     pub fn error(code: ErrorCode, text: &'a str) -> Self {
-        Frame::Error {
-            code: code as u16,
-            text: text.as_bytes(),
-        }
+        Frame::Error { code: code as u16, text: text.as_bytes() }
     }
 
     /// A NACK frame for `msg_id`.
     pub fn nack(msg_id: u64, code: ErrorCode) -> Self {
-        Frame::Nack {
-            msg_id,
-            code: code as u16,
-        }
+        Frame::Nack { msg_id, code: code as u16 }
     }
 
     pub fn kind(&self) -> Kind {
@@ -423,10 +411,7 @@ pub fn parse(buf: &[u8], max_frame: usize) -> Result<Parsed<'_>, ProtoError> {
     let Some(payload) = buf.get(HEADER_LEN..total) else {
         return incomplete(total);
     };
-    let frame = decode_payload(kind, payload).ok_or(ProtoError::BadPayload {
-        kind,
-        len: payload.len(),
-    })?;
+    let frame = decode_payload(kind, payload).ok_or(ProtoError::BadPayload { kind, len: payload.len() })?;
     Ok(Parsed::Frame { frame, len: total })
 }
 
@@ -436,63 +421,28 @@ pub fn parse(buf: &[u8], max_frame: usize) -> Result<Parsed<'_>, ProtoError> {
 fn decode_payload(kind: Kind, payload: &[u8]) -> Option<Frame<'_>> {
     let mut r = Reader(payload);
     let frame = match kind {
-        Kind::Hello => Frame::Hello {
-            user_id: r.u64()?,
-            client_time_ns: r.u64()?,
-        },
-        Kind::Welcome => Frame::Welcome {
-            session_id: r.u64()?,
-            server_time_ns: r.u64()?,
-            heartbeat_ms: r.u32()?,
-        },
-        Kind::Ping => Frame::Ping {
-            seq: r.u64()?,
-            t_ns: r.u64()?,
-        },
-        Kind::Pong => Frame::Pong {
-            seq: r.u64()?,
-            t_ns: r.u64()?,
-        },
+        Kind::Hello => Frame::Hello { user_id: r.u64()?, client_time_ns: r.u64()? },
+        Kind::Welcome => Frame::Welcome { session_id: r.u64()?, server_time_ns: r.u64()?, heartbeat_ms: r.u32()? },
+        Kind::Ping => Frame::Ping { seq: r.u64()?, t_ns: r.u64()? },
+        Kind::Pong => Frame::Pong { seq: r.u64()?, t_ns: r.u64()? },
         Kind::Echo => return Some(Frame::Echo { data: r.rest() }),
         Kind::EchoReply => return Some(Frame::EchoReply { data: r.rest() }),
         Kind::Send => {
             let (to_user, msg_id, t_ns) = (r.u64()?, r.u64()?, r.u64()?);
-            return Some(Frame::Send {
-                to_user,
-                msg_id,
-                t_ns,
-                body: r.rest(),
-            });
+            return Some(Frame::Send { to_user, msg_id, t_ns, body: r.rest() });
         }
         Kind::Deliver => {
             let (from_user, msg_id, t_ns) = (r.u64()?, r.u64()?, r.u64()?);
-            return Some(Frame::Deliver {
-                from_user,
-                msg_id,
-                t_ns,
-                body: r.rest(),
-            });
+            return Some(Frame::Deliver { from_user, msg_id, t_ns, body: r.rest() });
         }
         Kind::Ack => Frame::Ack { msg_id: r.u64()? },
-        Kind::Receipt => Frame::Receipt {
-            from_user: r.u64()?,
-            msg_id: r.u64()?,
-        },
-        Kind::ReceiptNotice => Frame::ReceiptNotice {
-            to_user: r.u64()?,
-            msg_id: r.u64()?,
-        },
-        Kind::Nack => Frame::Nack {
-            msg_id: r.u64()?,
-            code: r.u16()?,
-        },
+        Kind::Receipt => Frame::Receipt { from_user: r.u64()?, msg_id: r.u64()? },
+        Kind::ReceiptNotice => Frame::ReceiptNotice { to_user: r.u64()?, msg_id: r.u64()? },
+        Kind::Nack => Frame::Nack { msg_id: r.u64()?, code: r.u16()? },
         Kind::Bye => Frame::Bye,
         Kind::Error => {
             let code = r.u16()?;
-            return Some(Frame::Error {
-                code,
-                text: r.rest(),
-            });
+            return Some(Frame::Error { code, text: r.rest() });
         }
     };
     // Fixed-size kinds fall through here: trailing bytes are malformed.
@@ -550,45 +500,21 @@ pub fn try_encode(frame: &Frame<'_>, out: &mut [u8]) -> Option<usize> {
     w.put(&len.to_le_bytes());
     w.put(&[frame.kind() as u8, 0]);
     match *frame {
-        Frame::Hello {
-            user_id: a,
-            client_time_ns: b,
-        }
+        Frame::Hello { user_id: a, client_time_ns: b }
         | Frame::Ping { seq: a, t_ns: b }
         | Frame::Pong { seq: a, t_ns: b }
-        | Frame::Receipt {
-            from_user: a,
-            msg_id: b,
-        }
-        | Frame::ReceiptNotice {
-            to_user: a,
-            msg_id: b,
-        } => {
+        | Frame::Receipt { from_user: a, msg_id: b }
+        | Frame::ReceiptNotice { to_user: a, msg_id: b } => {
             w.put(&a.to_le_bytes());
             w.put(&b.to_le_bytes());
         }
-        Frame::Welcome {
-            session_id,
-            server_time_ns,
-            heartbeat_ms,
-        } => {
+        Frame::Welcome { session_id, server_time_ns, heartbeat_ms } => {
             w.put(&session_id.to_le_bytes());
             w.put(&server_time_ns.to_le_bytes());
             w.put(&heartbeat_ms.to_le_bytes());
         }
         Frame::Echo { data } | Frame::EchoReply { data } => w.put(data),
-        Frame::Send {
-            to_user: user,
-            msg_id,
-            t_ns,
-            body,
-        }
-        | Frame::Deliver {
-            from_user: user,
-            msg_id,
-            t_ns,
-            body,
-        } => {
+        Frame::Send { to_user: user, msg_id, t_ns, body } | Frame::Deliver { from_user: user, msg_id, t_ns, body } => {
             w.put(&user.to_le_bytes());
             w.put(&msg_id.to_le_bytes());
             w.put(&t_ns.to_le_bytes());
@@ -647,12 +573,7 @@ pub struct FrameIter<'a> {
 
 impl<'a> FrameIter<'a> {
     pub fn new(buf: &'a [u8], max_frame: usize) -> Self {
-        FrameIter {
-            buf,
-            max_frame,
-            consumed: 0,
-            done: false,
-        }
+        FrameIter { buf, max_frame, consumed: 0, done: false }
     }
 
     /// Bytes taken by the frames yielded so far.
@@ -713,43 +634,17 @@ mod tests {
     /// field would show.
     fn samples() -> Vec<Frame<'static>> {
         vec![
-            Frame::Hello {
-                user_id: 1,
-                client_time_ns: 2,
-            },
-            Frame::Welcome {
-                session_id: 3,
-                server_time_ns: 4,
-                heartbeat_ms: 5,
-            },
+            Frame::Hello { user_id: 1, client_time_ns: 2 },
+            Frame::Welcome { session_id: 3, server_time_ns: 4, heartbeat_ms: 5 },
             Frame::Ping { seq: 6, t_ns: 7 },
-            Frame::Pong {
-                seq: 8,
-                t_ns: u64::MAX,
-            },
+            Frame::Pong { seq: 8, t_ns: u64::MAX },
             Frame::Echo { data: BODY },
             Frame::EchoReply { data: b"" },
-            Frame::Send {
-                to_user: 9,
-                msg_id: 10,
-                t_ns: 11,
-                body: BODY,
-            },
+            Frame::Send { to_user: 9, msg_id: 10, t_ns: 11, body: BODY },
             Frame::Ack { msg_id: 12 },
-            Frame::Deliver {
-                from_user: 13,
-                msg_id: 14,
-                t_ns: 15,
-                body: b"",
-            },
-            Frame::Receipt {
-                from_user: 16,
-                msg_id: 17,
-            },
-            Frame::ReceiptNotice {
-                to_user: 18,
-                msg_id: 19,
-            },
+            Frame::Deliver { from_user: 13, msg_id: 14, t_ns: 15, body: b"" },
+            Frame::Receipt { from_user: 16, msg_id: 17 },
+            Frame::ReceiptNotice { to_user: 18, msg_id: 19 },
             Frame::nack(20, ErrorCode::UnknownRecipient),
             Frame::Bye,
             Frame::error(ErrorCode::ServerFull, "server full"),
@@ -782,23 +677,13 @@ mod tests {
             let bytes = encode_vec(&f);
             assert_eq!(bytes.len(), f.encoded_len());
             assert_eq!(bytes[2], f.kind() as u8);
-            assert_eq!(
-                parse(&bytes, DEFAULT_MAX_FRAME),
-                Ok(Parsed::Frame {
-                    frame: f,
-                    len: bytes.len()
-                })
-            );
+            assert_eq!(parse(&bytes, DEFAULT_MAX_FRAME), Ok(Parsed::Frame { frame: f, len: bytes.len() }));
         }
     }
 
     #[test]
     fn encoding_is_the_documented_layout() {
-        let f = Frame::Welcome {
-            session_id: 0x0102,
-            server_time_ns: 3,
-            heartbeat_ms: 0x0405,
-        };
+        let f = Frame::Welcome { session_id: 0x0102, server_time_ns: 3, heartbeat_ms: 0x0405 };
         let mut want = vec![24, 0, 0x81, 0];
         want.extend(0x0102u64.to_le_bytes());
         want.extend(3u64.to_le_bytes());
@@ -813,30 +698,14 @@ mod tests {
             assert_eq!(k.index(), i);
             assert_eq!(Kind::from_u8(k as u8), Some(k));
             let n = k.name();
-            assert!(
-                n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{n}"
-            );
+            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{n}");
         }
         let names: std::collections::HashSet<_> = Kind::ALL.map(Kind::name).into();
         assert_eq!(names.len(), Kind::ALL.len());
         let known = (0..=255u8).filter(|&b| Kind::from_u8(b).is_some()).count();
         assert_eq!(known, Kind::ALL.len());
-        let c2s: Vec<Kind> = Kind::ALL
-            .into_iter()
-            .filter(|k| k.is_client_to_server())
-            .collect();
-        assert_eq!(
-            c2s,
-            [
-                Kind::Hello,
-                Kind::Ping,
-                Kind::Echo,
-                Kind::Send,
-                Kind::Receipt,
-                Kind::Bye
-            ]
-        );
+        let c2s: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.is_client_to_server()).collect();
+        assert_eq!(c2s, [Kind::Hello, Kind::Ping, Kind::Echo, Kind::Send, Kind::Receipt, Kind::Bye]);
     }
 
     #[test]
@@ -856,22 +725,10 @@ mod tests {
 
     #[test]
     fn proto_error_codes() {
-        let bad_payload = ProtoError::BadPayload {
-            kind: Kind::Ack,
-            len: 0,
-        };
-        assert_eq!(
-            ProtoError::FrameSize { len: 0 }.code(),
-            ErrorCode::FrameSize
-        );
-        assert_eq!(
-            ProtoError::UnknownKind { kind: 9 }.code(),
-            ErrorCode::UnknownKind
-        );
-        assert_eq!(
-            ProtoError::BadFlags { flags: 1 }.code(),
-            ErrorCode::Malformed
-        );
+        let bad_payload = ProtoError::BadPayload { kind: Kind::Ack, len: 0 };
+        assert_eq!(ProtoError::FrameSize { len: 0 }.code(), ErrorCode::FrameSize);
+        assert_eq!(ProtoError::UnknownKind { kind: 9 }.code(), ErrorCode::UnknownKind);
+        assert_eq!(ProtoError::BadFlags { flags: 1 }.code(), ErrorCode::Malformed);
         assert_eq!(bad_payload.code(), ErrorCode::Malformed);
         assert_eq!(bad_payload.to_string(), "bad ack payload length 0");
     }
@@ -890,24 +747,15 @@ mod tests {
         let len = DEFAULT_MAX_FRAME as u16 + 1;
         let err = Err(ProtoError::FrameSize { len });
         assert_eq!(parse(&len.to_le_bytes(), DEFAULT_MAX_FRAME), err);
-        assert_eq!(
-            parse(&header(len, Kind::Echo as u8, 0), DEFAULT_MAX_FRAME),
-            err
-        );
+        assert_eq!(parse(&header(len, Kind::Echo as u8, 0), DEFAULT_MAX_FRAME), err);
         // Exactly max_frame is fine.
         let ok = vec![0; DEFAULT_MAX_FRAME - HEADER_LEN];
         assert!(matches!(
             parse(&raw(Kind::Echo, &ok), DEFAULT_MAX_FRAME),
-            Ok(Parsed::Frame {
-                len: DEFAULT_MAX_FRAME,
-                ..
-            })
+            Ok(Parsed::Frame { len: DEFAULT_MAX_FRAME, .. })
         ));
         // A max_frame below the header rejects everything.
-        assert_eq!(
-            parse(&encode_vec(&Frame::Bye), 3),
-            Err(ProtoError::FrameSize { len: 4 })
-        );
+        assert_eq!(parse(&encode_vec(&Frame::Bye), 3), Err(ProtoError::FrameSize { len: 4 }));
     }
 
     #[test]
@@ -926,10 +774,7 @@ mod tests {
             assert_eq!(parse_all(&h), Err(ProtoError::BadFlags { flags }));
         }
         // Kind is checked before flags.
-        assert_eq!(
-            parse_all(&header(20, 0, 1)),
-            Err(ProtoError::UnknownKind { kind: 0 })
-        );
+        assert_eq!(parse_all(&header(20, 0, 1)), Err(ProtoError::UnknownKind { kind: 0 }));
     }
 
     #[test]
@@ -937,27 +782,16 @@ mod tests {
         for f in samples() {
             let kind = f.kind();
             let payload = &encode_vec(&f)[HEADER_LEN..];
-            let exact = !matches!(
-                kind,
-                Kind::Echo | Kind::EchoReply | Kind::Send | Kind::Deliver | Kind::Error
-            );
+            let exact = !matches!(kind, Kind::Echo | Kind::EchoReply | Kind::Send | Kind::Deliver | Kind::Error);
             if !exact {
                 continue;
             }
             let mut long = payload.to_vec();
             long.push(0);
             let err = |len| Err(ProtoError::BadPayload { kind, len });
-            assert_eq!(
-                parse_all(&raw(kind, &long)),
-                err(long.len()),
-                "{kind:?} long"
-            );
+            assert_eq!(parse_all(&raw(kind, &long)), err(long.len()), "{kind:?} long");
             if let Some(short) = payload.len().checked_sub(1) {
-                assert_eq!(
-                    parse_all(&raw(kind, &payload[..short])),
-                    err(short),
-                    "{kind:?} short"
-                );
+                assert_eq!(parse_all(&raw(kind, &payload[..short])), err(short), "{kind:?} short");
                 assert_eq!(parse_all(&raw(kind, &[])), err(0), "{kind:?} empty");
             }
         }
@@ -970,50 +804,26 @@ mod tests {
                 let err = Err(ProtoError::BadPayload { kind, len });
                 assert_eq!(parse_all(&raw(kind, &vec![7; len])), err);
             }
-            assert!(matches!(
-                parse_all(&raw(kind, &[7; MSG_FIXED_LEN])),
-                Ok(Parsed::Frame { .. })
-            ));
+            assert!(matches!(parse_all(&raw(kind, &[7; MSG_FIXED_LEN])), Ok(Parsed::Frame { .. })));
         }
         for len in 0..2 {
-            let err = Err(ProtoError::BadPayload {
-                kind: Kind::Error,
-                len,
-            });
+            let err = Err(ProtoError::BadPayload { kind: Kind::Error, len });
             assert_eq!(parse_all(&raw(Kind::Error, &vec![1; len])), err);
         }
         let f = Frame::Error { code: 6, text: b"" };
-        assert_eq!(
-            parse_all(&raw(Kind::Error, &[6, 0])),
-            Ok(Parsed::Frame { frame: f, len: 6 })
-        );
+        assert_eq!(parse_all(&raw(Kind::Error, &[6, 0])), Ok(Parsed::Frame { frame: f, len: 6 }));
         let f = Frame::Echo { data: b"" };
-        assert_eq!(
-            parse_all(&raw(Kind::Echo, &[])),
-            Ok(Parsed::Frame { frame: f, len: 4 })
-        );
+        assert_eq!(parse_all(&raw(Kind::Echo, &[])), Ok(Parsed::Frame { frame: f, len: 4 }));
     }
 
     #[test]
     fn incomplete_reports_need() {
-        let bytes = encode_vec(&Frame::Send {
-            to_user: 1,
-            msg_id: 2,
-            t_ns: 3,
-            body: BODY,
-        });
+        let bytes = encode_vec(&Frame::Send { to_user: 1, msg_id: 2, t_ns: 3, body: BODY });
         let total = bytes.len();
         assert_eq!(parse_all(&[]), Ok(Parsed::Incomplete { need: HEADER_LEN }));
-        assert_eq!(
-            parse_all(&bytes[..1]),
-            Ok(Parsed::Incomplete { need: HEADER_LEN })
-        );
+        assert_eq!(parse_all(&bytes[..1]), Ok(Parsed::Incomplete { need: HEADER_LEN }));
         for cut in 2..total {
-            assert_eq!(
-                parse_all(&bytes[..cut]),
-                Ok(Parsed::Incomplete { need: total }),
-                "{cut}"
-            );
+            assert_eq!(parse_all(&bytes[..cut]), Ok(Parsed::Incomplete { need: total }), "{cut}");
         }
         // Trailing bytes of the next frame are not consumed.
         let mut two = bytes.clone();
@@ -1023,18 +833,10 @@ mod tests {
 
     #[test]
     fn encode_limits() {
-        let f = Frame::Send {
-            to_user: 1,
-            msg_id: 2,
-            t_ns: 3,
-            body: BODY,
-        };
+        let f = Frame::Send { to_user: 1, msg_id: 2, t_ns: 3, body: BODY };
         let mut out = vec![0xAA; f.encoded_len() - 1];
         assert_eq!(try_encode(&f, &mut out), None);
-        assert!(
-            out.iter().all(|&b| b == 0xAA),
-            "failed try_encode writes nothing"
-        );
+        assert!(out.iter().all(|&b| b == 0xAA), "failed try_encode writes nothing");
         let mut out = vec![0; f.encoded_len() + 10];
         assert_eq!(try_encode(&f, &mut out), Some(f.encoded_len()));
 
@@ -1042,18 +844,9 @@ mod tests {
         let big = vec![0u8; MAX_FRAME_LIMIT - HEADER_LEN];
         let f = Frame::Echo { data: &big };
         let bytes = encode_vec(&f);
-        assert_eq!(
-            parse(&bytes, MAX_FRAME_LIMIT),
-            Ok(Parsed::Frame {
-                frame: f,
-                len: 65535
-            })
-        );
+        assert_eq!(parse(&bytes, MAX_FRAME_LIMIT), Ok(Parsed::Frame { frame: f, len: 65535 }));
         // A max_frame above the u16 range behaves like MAX_FRAME_LIMIT.
-        assert!(matches!(
-            parse(&bytes, usize::MAX),
-            Ok(Parsed::Frame { .. })
-        ));
+        assert!(matches!(parse(&bytes, usize::MAX), Ok(Parsed::Frame { .. })));
         let too_big = vec![0u8; MAX_FRAME_LIMIT - HEADER_LEN + 1];
         let f = Frame::Echo { data: &too_big };
         assert_eq!(try_encode(&f, &mut vec![0; 70_000]), None);
@@ -1104,50 +897,20 @@ mod tests {
 
     impl Fields {
         fn frame(&self) -> Frame<'_> {
-            let Fields {
-                kind,
-                a,
-                b,
-                c,
-                small,
-                ref bytes,
-            } = *self;
+            let Fields { kind, a, b, c, small, ref bytes } = *self;
             let code = small as u16;
             match kind {
-                Kind::Hello => Frame::Hello {
-                    user_id: a,
-                    client_time_ns: b,
-                },
-                Kind::Welcome => Frame::Welcome {
-                    session_id: a,
-                    server_time_ns: b,
-                    heartbeat_ms: small,
-                },
+                Kind::Hello => Frame::Hello { user_id: a, client_time_ns: b },
+                Kind::Welcome => Frame::Welcome { session_id: a, server_time_ns: b, heartbeat_ms: small },
                 Kind::Ping => Frame::Ping { seq: a, t_ns: b },
                 Kind::Pong => Frame::Pong { seq: a, t_ns: b },
                 Kind::Echo => Frame::Echo { data: bytes },
                 Kind::EchoReply => Frame::EchoReply { data: bytes },
-                Kind::Send => Frame::Send {
-                    to_user: a,
-                    msg_id: b,
-                    t_ns: c,
-                    body: bytes,
-                },
+                Kind::Send => Frame::Send { to_user: a, msg_id: b, t_ns: c, body: bytes },
                 Kind::Ack => Frame::Ack { msg_id: a },
-                Kind::Deliver => Frame::Deliver {
-                    from_user: a,
-                    msg_id: b,
-                    t_ns: c,
-                    body: bytes,
-                },
-                Kind::Receipt => Frame::Receipt {
-                    from_user: a,
-                    msg_id: b,
-                },
-                Kind::ReceiptNotice => Frame::ReceiptNotice {
-                    to_user: a,
-                    msg_id: b,
-                },
+                Kind::Deliver => Frame::Deliver { from_user: a, msg_id: b, t_ns: c, body: bytes },
+                Kind::Receipt => Frame::Receipt { from_user: a, msg_id: b },
+                Kind::ReceiptNotice => Frame::ReceiptNotice { to_user: a, msg_id: b },
                 Kind::Nack => Frame::Nack { msg_id: a, code },
                 Kind::Bye => Frame::Bye,
                 Kind::Error => Frame::Error { code, text: bytes },
@@ -1164,14 +927,7 @@ mod tests {
             any::<u32>(),
             proptest::collection::vec(any::<u8>(), 0..600),
         )
-            .prop_map(|(kind, a, b, c, small, bytes)| Fields {
-                kind,
-                a,
-                b,
-                c,
-                small,
-                bytes,
-            })
+            .prop_map(|(kind, a, b, c, small, bytes)| Fields { kind, a, b, c, small, bytes })
     }
 
     proptest! {

@@ -71,11 +71,7 @@ pub struct SessionSlab<H: Pod> {
 }
 
 fn map(bytes: usize) -> Result<MmapMut, SlabError> {
-    MmapOptions::new()
-        .len(bytes.max(1))
-        .no_reserve_swap()
-        .map_anon()
-        .map_err(|source| SlabError::Map { bytes, source })
+    MmapOptions::new().len(bytes.max(1)).no_reserve_swap().map_anon().map_err(|source| SlabError::Map { bytes, source })
 }
 
 impl<H: Pod> SessionSlab<H> {
@@ -117,10 +113,7 @@ impl<H: Pod> SessionSlab<H> {
 
     /// Address ranges of the header and bookkeeping arrays.
     pub fn header_ranges(&self) -> [(usize, usize); 2] {
-        [
-            (self.headers.as_ptr() as usize, self.headers.len()),
-            (self.meta.as_ptr() as usize, self.meta.len()),
-        ]
+        [(self.headers.as_ptr() as usize, self.headers.len()), (self.meta.as_ptr() as usize, self.meta.len())]
     }
 
     /// Takes a free slot; its header is zeroed. `None` when the slab is full.

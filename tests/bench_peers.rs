@@ -75,7 +75,12 @@ fn c2m_alone_end_to_end() {
 
     let latency = turn.latency.as_ref().expect("latency measured");
     assert_eq!(latency.load.status, "complete");
-    assert!(latency.count > 0 && latency.p50_us > 0.0 && latency.p50_us <= latency.p99_us && latency.p99_us <= latency.p999_us);
+    assert!(
+        latency.count > 0
+            && latency.p50_us > 0.0
+            && latency.p50_us <= latency.p99_us
+            && latency.p99_us <= latency.p999_us
+    );
     assert_eq!(latency.server.shutdown_connections, 200, "stopped with the connections held");
     assert!(latency.server.clean_exit, "{:?}", latency.server.exits);
     assert!(latency.server.startup_seconds > 0.0);
@@ -111,11 +116,7 @@ fn sharded_stand_in_peer_and_a_skipped_one() {
     .unwrap();
     // 4,096 connections a process: 5,000 echo connections take 2 processes, the capacity run
     // (64 MiB / 2 KiB = 32,768 connections asked) 8.
-    let out = bench_peers(
-        dir.path(),
-        "5000",
-        &["--peers", "c2m,stand-in,unbuilt", "--peer-shard-connections", "4096"],
-    );
+    let out = bench_peers(dir.path(), "5000", &["--peers", "c2m,stand-in,unbuilt", "--peer-shard-connections", "4096"]);
     let stdout = assert_ran(&out);
     assert!(stdout.contains("SKIPPING unbuilt"), "{stdout}");
     let (_, r) = read_result(&dir.path().join("results"));

@@ -84,7 +84,11 @@ fn smoke_end_to_end() {
     assert!(result.memory.per_connection.kernel_slab > 0.0, "{:?}", result.memory);
     assert!(result.server.rss_bytes > 0 && result.load_process.rss_bytes > 0);
     assert!(!result.memory_timeline.is_empty());
-    assert!(result.server_metrics.get("c2m_sessions_accepted_total").copied().unwrap_or(0.0) >= 10_000.0, "{:?}", result.server_metrics);
+    assert!(
+        result.server_metrics.get("c2m_sessions_accepted_total").copied().unwrap_or(0.0) >= 10_000.0,
+        "{:?}",
+        result.server_metrics
+    );
 
     // The file as written (not only as serde reads it back) is valid against the JSON Schema.
     let schema: serde_json::Value =

@@ -106,7 +106,10 @@ fn unknown_recipients_and_full_offline_queues_are_nacked() {
     send(&mut a, 0, 2, b"x");
     send(&mut a, GROUP_BIT | 5, 3, b"no groups configured");
     for msg_id in 1..=3 {
-        assert_eq!(a.read_frame(T).unwrap().unwrap().frame(), Frame::Nack { msg_id, code: ErrorCode::UnknownRecipient as u16 });
+        assert_eq!(
+            a.read_frame(T).unwrap().unwrap().frame(),
+            Frame::Nack { msg_id, code: ErrorCode::UnknownRecipient as u16 }
+        );
     }
     for msg_id in 10..15 {
         send(&mut a, 50, msg_id, b"y");

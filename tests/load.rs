@@ -35,7 +35,10 @@ fn load(server: SocketAddr, args: &[&str]) -> (Output, LoadReport) {
 #[test]
 fn pings_are_answered_and_measured() {
     let server = ServerProcess::start(&["--max-sessions", "5000"]);
-    let (out, r) = load(server.addr, &["-c", "3k", "--duration", "2s", "--ping-interval", "200ms", "--source-ports", "20000-29999"]);
+    let (out, r) = load(
+        server.addr,
+        &["-c", "3k", "--duration", "2s", "--ping-interval", "200ms", "--source-ports", "20000-29999"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(r.status, RunStatus::Complete);
     let c = &r.connections;
@@ -63,7 +66,23 @@ fn pings_are_answered_and_measured() {
 #[test]
 fn echo_frames_of_the_given_size_come_back() {
     let server = ServerProcess::start(&["--max-sessions", "1000"]);
-    let (out, r) = load(server.addr, &["-c", "200", "--workload", "echo", "--size", "1000", "--rate", "2000", "--duration", "1s", "--source-ports", "30000-30999"]);
+    let (out, r) = load(
+        server.addr,
+        &[
+            "-c",
+            "200",
+            "--workload",
+            "echo",
+            "--size",
+            "1000",
+            "--rate",
+            "2000",
+            "--duration",
+            "1s",
+            "--source-ports",
+            "30000-30999",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(r.connections.established, 200);
     assert!(r.messages.received > 0);
@@ -74,7 +93,23 @@ fn echo_frames_of_the_given_size_come_back() {
 #[test]
 fn closed_loop_keeps_the_given_messages_in_flight_and_all_are_answered() {
     let server = ServerProcess::start(&["--max-sessions", "1000"]);
-    let (out, r) = load(server.addr, &["-c", "200", "--workload", "echo", "--size", "64", "--in-flight", "2", "--duration", "1s", "--source-ports", "31000-31999"]);
+    let (out, r) = load(
+        server.addr,
+        &[
+            "-c",
+            "200",
+            "--workload",
+            "echo",
+            "--size",
+            "64",
+            "--in-flight",
+            "2",
+            "--duration",
+            "1s",
+            "--source-ports",
+            "31000-31999",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(r.connections.established, 200);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -168,7 +203,10 @@ fn a_full_server_is_reported_as_such() {
 #[test]
 fn the_memfree_guard_stops_a_run_and_still_writes_its_report() {
     let server = ServerProcess::start(&["--max-sessions", "1000"]);
-    let (out, r) = load(server.addr, &["-c", "100", "--duration", "30s", "--keep-free", "100000GiB", "--force", "--source-ports", "43000-43999"]);
+    let (out, r) = load(
+        server.addr,
+        &["-c", "100", "--duration", "30s", "--keep-free", "100000GiB", "--force", "--source-ports", "43000-43999"],
+    );
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(r.status, RunStatus::Aborted);
     assert!(r.abort_reason.as_deref().unwrap_or("").contains("MemFree"), "{:?}", r.abort_reason);
@@ -177,7 +215,10 @@ fn the_memfree_guard_stops_a_run_and_still_writes_its_report() {
 
 #[test]
 fn bad_flags_are_refused_with_a_reason() {
-    let out = Command::new(BIN).args(["load", "-c", "200000", "--sources", "127.0.0.9", "--source-ports", "10000-10099"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["load", "-c", "200000", "--sources", "127.0.0.9", "--source-ports", "10000-10099"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("add addresses"), "{err}");

@@ -134,7 +134,8 @@ fn load(peer: &Peer, workload: &str, first_source: u8) -> LoadReport {
         .output()
         .expect("run c2m load");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: no load report ({e}):\n{stderr}", peer.name));
+    let text =
+        std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: no load report ({e}):\n{stderr}", peer.name));
     assert!(out.status.success(), "{}: c2m load {workload} failed: {}\n{stderr}", peer.name, out.status);
     serde_json::from_str(&text).expect("the load report parses")
 }
@@ -198,7 +199,11 @@ fn speaks_protocol_v1_like_c2m(name: &'static str) {
     let mut c = c2m::client::BlockingClient::connect(peer.addr).expect("connect");
     c.login(7).expect("HELLO gets WELCOME");
     c.send(&Frame::Ping { seq: 11, t_ns: 22 }).unwrap();
-    assert_eq!(expect_frame(&mut c).frame(), Frame::Pong { seq: 11, t_ns: 22 }, "{name}: PONG carries the PING's payload");
+    assert_eq!(
+        expect_frame(&mut c).frame(),
+        Frame::Pong { seq: 11, t_ns: 22 },
+        "{name}: PONG carries the PING's payload"
+    );
     // An ECHO split across two writes comes back whole and unchanged.
     let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
     let echo = encode_vec(&Frame::Echo { data: &data });

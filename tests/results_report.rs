@@ -5,13 +5,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use c2m::load::report::{
-    ConnectionCounts, Latencies, LatencySummary, LoadParams, LoadReport, MessageCounts, Phase,
-    RunStatus, Sample,
+    ConnectionCounts, Latencies, LatencySummary, LoadParams, LoadReport, MessageCounts, Phase, RunStatus, Sample,
 };
 use c2m::results::report::{format_micros, render_report};
 use c2m::results::{
-    BenchResult, Build, Machine, MemoryMeasurement, PerConnection, ProcessUsage, SCHEMA_NAME,
-    SCHEMA_VERSION, ScenarioInfo, SystemMemory,
+    BenchResult, Build, Machine, MemoryMeasurement, PerConnection, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION,
+    ScenarioInfo, SystemMemory,
 };
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -269,8 +268,7 @@ fn idle_aborted_result() -> BenchResult {
 // The schema
 
 fn schema() -> Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("results/schema/bench-result.schema.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/schema/bench-result.schema.json");
     let text = fs::read_to_string(&path).expect("schema file");
     serde_json::from_str(&text).expect("schema is JSON")
 }
@@ -350,25 +348,15 @@ fn broken_results_fail_validation() {
     assert_rejected("an unknown field", |j| j["machine"]["numa_nodes"] = json!(1));
     assert_rejected("another schema name", |j| j["schema"] = json!("c2m-load-report"));
     assert_rejected("a later schema version", |j| j["schema_version"] = json!(2));
-    assert_rejected("a spectrum triple", |j| {
-        j["load"]["latency"]["connect"]["spectrum"][0] = json!([50.0, 10.0, 3.0])
-    });
-    assert_rejected("three source ports", |j| {
-        j["load"]["params"]["source_ports"] = json!([1024, 2048, 65535])
-    });
-    assert_rejected("a port above 65535", |j| {
-        j["load"]["params"]["source_ports"] = json!([1024, 70000])
-    });
+    assert_rejected("a spectrum triple", |j| j["load"]["latency"]["connect"]["spectrum"][0] = json!([50.0, 10.0, 3.0]));
+    assert_rejected("three source ports", |j| j["load"]["params"]["source_ports"] = json!([1024, 2048, 65535]));
+    assert_rejected("a port above 65535", |j| j["load"]["params"]["source_ports"] = json!([1024, 70000]));
     assert_rejected("a negative count", |j| j["load"]["connections"]["requested"] = json!(-1));
     assert_rejected("a number as abort reason", |j| j["abort_reason"] = json!(3));
-    assert_rejected("a count in errors as text", |j| {
-        j["load"]["errors"]["connect timeout"] = json!("17")
-    });
+    assert_rejected("a count in errors as text", |j| j["load"]["errors"]["connect timeout"] = json!("17"));
     assert_rejected("a NaN written as null", |j| j["elapsed_seconds"] = Value::Null);
     assert_rejected("a local start time", |j| j["started_utc"] = json!("2026-11-27 22:30"));
-    assert_rejected("settings that are not an object", |j| {
-        j["scenario"]["settings"] = json!("connections=1m")
-    });
+    assert_rejected("settings that are not an object", |j| j["scenario"]["settings"] = json!("connections=1m"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,11 +381,8 @@ fn results_dir() -> tempfile::TempDir {
     write_result(dir.path(), &idle_aborted_result(), "2026-11-28T010000Z-vm.json");
     let other = dir.path().join("idle-memory");
     fs::create_dir_all(&other).expect("mkdir");
-    fs::write(
-        other.join("1795815796-vm-200000.json"),
-        r#"{"c2m_version": "0.1.0", "connections": 200000}"#,
-    )
-    .expect("write");
+    fs::write(other.join("1795815796-vm-200000.json"), r#"{"c2m_version": "0.1.0", "connections": 200000}"#)
+        .expect("write");
     fs::write(other.join("README.md"), "not a result").expect("write");
     dir
 }

@@ -14,10 +14,6 @@ use c2m::client::BlockingClient;
 use c2m::proto::{ErrorCode, Frame, encode_vec};
 use common::*;
 
-
-
-
-
 /// The rest of the server's stdout after it exited (the banner line was read at start).
 fn rest_of_stdout(server: &mut ServerProcess) -> String {
     let mut out = String::new();
@@ -26,7 +22,6 @@ fn rest_of_stdout(server: &mut ServerProcess) -> String {
     }
     out
 }
-
 
 // ---- a full slab ----
 

@@ -31,8 +31,6 @@ fn start() -> ServerProcess {
     ])
 }
 
-
-
 /// Waits until `pred` holds on a scrape, at most `timeout`; returns that scrape.
 fn wait_for(server: &ServerProcess, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + timeout;
@@ -66,7 +64,6 @@ fn expect_counted(server: &ServerProcess, code: ErrorCode, n: f64, reason: &str)
     assert_eq!(sum_where(&text, "c2m_frames_out_total", "kind=\"error\""), n, "one ERROR frame each\n{text}");
 }
 
-
 /// One connection sends `bytes` and must get ERROR `want`, then EOF.
 fn send_expect_error(server: &ServerProcess, bytes: &[u8], want: ErrorCode) {
     let mut c = server.client();
@@ -95,7 +92,6 @@ fn with_flags(mut frame: Vec<u8>, flags: u8) -> Vec<u8> {
 fn ping(seq: u64) -> Vec<u8> {
     encode_vec(&Frame::Ping { seq, t_ns: seq * 3 })
 }
-
 
 fn expect_pong(c: &mut BlockingClient, seq: u64) {
     let f = expect_frame(c);
@@ -380,7 +376,6 @@ fn reset_with_replies_unread_is_counted_and_leaks_nothing() {
     assert_no_leaks(&server);
 }
 
-
 /// Reply bytes pushed (WELCOME is 24 bytes, each ECHO_REPLY 4004) but not yet sent, for one
 /// logged-in session that only sent ECHOs of 4000 bytes.
 fn owed(text: &str) -> f64 {
@@ -409,7 +404,8 @@ fn a_client_that_never_reads_is_paused_then_timed_out_and_leaks_nothing() {
     assert!(sum(&text, "c2m_backpressure_pauses_total") >= 1.0, "{text}");
     assert_eq!(closed_with_reason(&text, "slow_consumer"), 0.0, "{text}");
     assert!(owed(&text) >= 4004.0, "replies are owed while paused\n{text}");
-    let text = wait_for(&server, "the timeout close", Duration::from_secs(8), |t| closed_with_reason(t, "timeout") >= 1.0);
+    let text =
+        wait_for(&server, "the timeout close", Duration::from_secs(8), |t| closed_with_reason(t, "timeout") >= 1.0);
     assert_eq!(closed_with_reason(&text, "timeout"), 1.0, "{text}");
     assert_no_leaks(&server);
     assert_eq!(sum(&server.scrape(), "c2m_held_buffers"), 0.0);
@@ -423,7 +419,22 @@ fn a_burst_bigger_than_the_out_area_is_answered_in_full_while_the_client_reads()
     // clients have small windows and read only after 300 ms, and a receive takes up to 64 KB, so
     // the out area fills whatever the receive arming.
     for arm in ["poll", "multishot"] {
-        let server = ServerProcess::start(&["--workers", "2", "--hello-timeout", "5000", "--heartbeat-ms", "5000", "--max-sessions", "1000", "--recv-buffer-size", "65536", "--recv-buffers", "64", "--recv-arm", arm]);
+        let server = ServerProcess::start(&[
+            "--workers",
+            "2",
+            "--hello-timeout",
+            "5000",
+            "--heartbeat-ms",
+            "5000",
+            "--max-sessions",
+            "1000",
+            "--recv-buffer-size",
+            "65536",
+            "--recv-buffers",
+            "64",
+            "--recv-arm",
+            arm,
+        ]);
         burst_is_answered_in_full(&server, arm);
     }
 }
@@ -586,7 +597,12 @@ fn echo_storm(server: &ServerProcess, clients: usize, echoes: usize) -> Vec<usiz
 
 /// `echo_storm`; with `slow`, clients have a small receive window and start reading only after
 /// that long, so the server's replies back up into its out area.
-fn echo_storm_reading_after(server: &ServerProcess, clients: usize, echoes: usize, slow: Option<Duration>) -> Vec<usize> {
+fn echo_storm_reading_after(
+    server: &ServerProcess,
+    clients: usize,
+    echoes: usize,
+    slow: Option<Duration>,
+) -> Vec<usize> {
     let delay = slow.unwrap_or_default();
     let streams: Vec<std::net::TcpStream> = (1..=clients as u64)
         .map(|u| {
@@ -649,8 +665,18 @@ fn receive_buffers_running_dry_lose_no_bytes() {
     // receive takes one buffer and gives it back soon, so the ring has one buffer to run dry.
     for (arm, buffers) in [("poll", "1"), ("multishot", "8")] {
         let server = ServerProcess::start(&[
-            "--workers", "1", "--recv-buffers", buffers, "--hello-timeout", "5000", "--heartbeat-ms", "5000",
-            "--max-sessions", "1000", "--recv-arm", arm,
+            "--workers",
+            "1",
+            "--recv-buffers",
+            buffers,
+            "--hello-timeout",
+            "5000",
+            "--heartbeat-ms",
+            "5000",
+            "--max-sessions",
+            "1000",
+            "--recv-arm",
+            arm,
         ]);
         buffers_running_dry_lose_no_bytes(&server, arm);
     }
@@ -715,4 +741,3 @@ fn half_close_after_pipelined_pings_still_gets_every_pong() {
     assert_no_leaks(&server);
     assert_eq!(pongs, 100, "PONGs before EOF");
 }
-

@@ -51,10 +51,16 @@ fn shipped_profiles_parse_and_dry_run_changes_nothing() {
         for (s, now) in settings.iter().zip(&before) {
             match now {
                 Some(v) if *v != s.value => {
-                    assert!(printed.contains(&format!("{}: {} -> {}", s.key, v, s.value)), "{} missing in:\n{printed}", s.key)
+                    assert!(
+                        printed.contains(&format!("{}: {} -> {}", s.key, v, s.value)),
+                        "{} missing in:\n{printed}",
+                        s.key
+                    )
                 }
                 Some(_) => assert!(printed.contains(&s.key), "{printed}"),
-                None => assert!(printed.contains("not on this kernel (skipped)") && printed.contains(&s.key), "{printed}"),
+                None => {
+                    assert!(printed.contains("not on this kernel (skipped)") && printed.contains(&s.key), "{printed}")
+                }
             }
         }
         assert!(printed.contains("dry run: nothing changed"), "{printed}");
@@ -76,7 +82,15 @@ fn apply_and_restore_through_the_binary_on_a_temporary_tree() {
     std::fs::write(&conf, "# test\nnet.core.somaxconn = 8192\nnet.ipv4.tcp_mem = 4 5 6\nvm.absent = 1\n").unwrap();
     let state = dir.path().join("state/s.json");
     let args = |extra: &[&str]| {
-        let mut v = vec!["tune", "apply", conf.to_str().unwrap(), "--state", state.to_str().unwrap(), "--proc-sys", root.to_str().unwrap()];
+        let mut v = vec![
+            "tune",
+            "apply",
+            conf.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--proc-sys",
+            root.to_str().unwrap(),
+        ];
         v.extend_from_slice(extra);
         v.into_iter().map(String::from).collect::<Vec<_>>()
     };

@@ -33,7 +33,14 @@ pub struct LoadPlan {
 }
 
 impl LoadPlan {
-    pub fn new(server: SocketAddr, connections: u64, s: &LoadSettings, json: PathBuf, hlog: PathBuf, keep_free: u64) -> LoadPlan {
+    pub fn new(
+        server: SocketAddr,
+        connections: u64,
+        s: &LoadSettings,
+        json: PathBuf,
+        hlog: PathBuf,
+        keep_free: u64,
+    ) -> LoadPlan {
         LoadPlan {
             server,
             connections,
@@ -75,12 +82,7 @@ impl LoadPlan {
         if let Some(rate) = self.rate {
             a.extend(["--rate".into(), rate.to_string()]);
         }
-        a.extend([
-            "--json".into(),
-            self.json.display().to_string(),
-            "--hlog".into(),
-            self.hlog.display().to_string(),
-        ]);
+        a.extend(["--json".into(), self.json.display().to_string(), "--hlog".into(), self.hlog.display().to_string()]);
         // `c2m bench` has checked the fit already, with its own --results-dir.
         a.extend(followed_args(self.keep_free));
         a

@@ -27,7 +27,12 @@ pub fn take(t: f64, established: u64, server_pid: u32, load_pid: u32) -> Result<
 /// `held`. The load did not exist at the baseline, so all of its RSS is growth; its
 /// `load_rss_start` only separates its start-up from what its connections cost (`load_user`).
 /// Zero everywhere when no connection was up.
-pub fn per_connection(baseline: &SystemMemory, server_rss_start: u64, load_rss_start: u64, held: &Held) -> PerConnection {
+pub fn per_connection(
+    baseline: &SystemMemory,
+    server_rss_start: u64,
+    load_rss_start: u64,
+    held: &Held,
+) -> PerConnection {
     if held.established == 0 {
         return PerConnection::default();
     }

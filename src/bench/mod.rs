@@ -5,12 +5,12 @@
 //! `.hlog` beside it.
 
 pub mod child;
+mod follow;
 pub mod load;
 pub mod measure;
-pub mod progress;
-mod follow;
 mod output;
 pub mod peers;
+pub mod progress;
 mod run;
 pub mod scenario;
 pub mod server;

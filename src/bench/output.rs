@@ -12,7 +12,8 @@ use crate::units::{human_bytes, thousands};
 /// `results/<scenario>/<stamp>-<host>` with no `.json` or `.hlog` there yet (`-2`, `-3`, ... if
 /// two runs start in the same second).
 pub fn result_base(dir: &Path, stamp: &str, host: &str) -> PathBuf {
-    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect();
+    let host: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect();
     let taken = |base: &Path| with_ext(base, "json").exists() || with_ext(base, "hlog").exists();
     let mut base = dir.join(format!("{stamp}-{host}"));
     let mut i = 2;
@@ -39,7 +40,13 @@ pub fn read_load_report(path: &Path) -> Result<LoadReport, String> {
 
 /// A stand-in report when the load wrote none (it crashed or was killed): what was asked, and
 /// what its events said.
-pub fn stand_in_report(plan: &LoadPlan, followed: &Followed, started_unix_ms: u64, elapsed_seconds: f64, reason: &str) -> LoadReport {
+pub fn stand_in_report(
+    plan: &LoadPlan,
+    followed: &Followed,
+    started_unix_ms: u64,
+    elapsed_seconds: f64,
+    reason: &str,
+) -> LoadReport {
     let established = followed.samples.last().map_or(0, |s| s.established);
     let peak = followed.samples.iter().map(|s| s.established).max().unwrap_or(0);
     LoadReport {

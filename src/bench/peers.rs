@@ -121,7 +121,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut abort_reason = None;
     'rounds: for r in 0..p.rounds {
         let order = rotated(&available, r as usize);
-        let mut round = Round { round: r + 1, order: order.iter().map(|s| s.name.clone()).collect(), turns: Vec::new() };
+        let mut round =
+            Round { round: r + 1, order: order.iter().map(|s| s.name.clone()).collect(), turns: Vec::new() };
         for server in order {
             if let Some((signal, _)) = signals::received() {
                 abort_reason = Some(format!("stopped by {signal:?} in round {}", r + 1));
@@ -139,7 +140,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let result = PeersResult {
         schema: PEERS_SCHEMA_NAME.into(),
         schema_version: PEERS_SCHEMA_VERSION,
-        c2m: crate::results::Build { version: env!("CARGO_PKG_VERSION").into(), git_commit: git::commit(Path::new(".")) },
+        c2m: crate::results::Build {
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: git::commit(Path::new(".")),
+        },
         machine,
         started_utc: clock::rfc3339(started_unix),
         elapsed_seconds: started.elapsed().as_secs_f64(),
@@ -156,16 +160,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             budget_bytes: p.peer_budget,
             keep_free_floor_bytes: args.keep_free,
             connections_per_shard: p.peer_shard_connections.max(1),
-            cpu_placement: "one box: server and load share every core; c2m serve and c2m load pin one worker per core, \
+            cpu_placement:
+                "one box: server and load share every core; c2m serve and c2m load pin one worker per core, \
                             peers place their threads as they do by default"
-                .into(),
+                    .into(),
         },
         servers: servers.iter().map(server_info).collect(),
         rounds,
     };
     let path = write_result(&args.results_dir, &result, started_unix)?;
     println!("\n{}", table::markdown(&result));
-    println!("c2m bench --peers: {} in {:.0} s; result {}", status_word(&result), result.elapsed_seconds, path.display());
+    println!(
+        "c2m bench --peers: {} in {:.0} s; result {}",
+        status_word(&result),
+        result.elapsed_seconds,
+        path.display()
+    );
     if !args.no_report {
         match crate::results::report::render_report(&args.results_dir) {
             Ok(report) => println!("c2m bench --peers: report {}", report.display()),
@@ -194,7 +204,8 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
     let mut turn = Turn { server: server.name.clone(), ..Default::default() };
     let load_note = |what: &str, status: &str, reason: &Option<String>, turn: &mut Turn| {
         if status != "complete" {
-            turn.errors.push(format!("{what}: the load was aborted: {}", reason.as_deref().unwrap_or("no reason given")));
+            turn.errors
+                .push(format!("{what}: the load was aborted: {}", reason.as_deref().unwrap_or("no reason given")));
         }
     };
     match trials::echo(setup, server) {
@@ -250,7 +261,11 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
 fn turn_line(t: &Turn) -> String {
     let mut parts = Vec::new();
     if let Some(e) = &t.echo {
-        parts.push(format!("echo {}/s, {:.2} µs server CPU each", thousands(e.messages_per_second as u64), e.server_cpu_us_per_message));
+        parts.push(format!(
+            "echo {}/s, {:.2} µs server CPU each",
+            thousands(e.messages_per_second as u64),
+            e.server_cpu_us_per_message
+        ));
     }
     if let Some(l) = &t.latency {
         parts.push(format!(

@@ -127,7 +127,8 @@ impl Bench<'_> {
         let base = output::result_base(&dir, &clock::file_stamp(started_unix), &self.machine.host);
         let json_path = with_ext(&base, "json");
         let hlog_path = with_ext(&base, "hlog");
-        let load_json = std::env::temp_dir().join(format!("c2m-bench-{}-{}.load.json", std::process::id(), started_unix));
+        let load_json =
+            std::env::temp_dir().join(format!("c2m-bench-{}-{}.load.json", std::process::id(), started_unix));
 
         let mut server = ServerChild::start(&exe, &self.scenario.server, self.connections, &self.progress)?;
         self.progress.println(&format!("c2m bench: {}", server.banner));
@@ -135,11 +136,24 @@ impl Bench<'_> {
         let baseline = memory::system_memory(started.elapsed().as_secs_f64()).context("baseline memory")?;
         let server_start = process::memory(server.process.pid).context("c2m serve's memory at start")?;
 
-        let plan = LoadPlan::new(server.addr, self.connections, &self.scenario.load, load_json.clone(), hlog_path.clone(), self.args.keep_free);
+        let plan = LoadPlan::new(
+            server.addr,
+            self.connections,
+            &self.scenario.load,
+            load_json.clone(),
+            hlog_path.clone(),
+            self.args.keep_free,
+        );
         let mut load_child = LoadChild::start(&exe, &plan, &self.progress)?;
         let load_pid = load_child.process.pid;
-        let mut follower =
-            Follower::new(started, self.connections, self.args.keep_free, self.watchdog(), server.metrics, &self.progress);
+        let mut follower = Follower::new(
+            started,
+            self.connections,
+            self.args.keep_free,
+            self.watchdog(),
+            server.metrics,
+            &self.progress,
+        );
         let load_exit = follower.follow(&mut load_child, &mut server.process)?;
         let followed = follower.out;
         self.progress.finish();
@@ -147,7 +161,8 @@ impl Bench<'_> {
         let server_metrics = match (server.scrape_totals(), &followed.metrics_at_close) {
             (Ok(totals), _) => totals,
             (Err(e), Some(at_close)) => {
-                self.progress.println(&format!("c2m bench: {e:#}; keeping the metrics scraped when the load began closing"));
+                self.progress
+                    .println(&format!("c2m bench: {e:#}; keeping the metrics scraped when the load began closing"));
                 at_close.clone()
             }
             (Err(e), None) => {
@@ -232,7 +247,8 @@ impl Bench<'_> {
         std::fs::write(&json_path, text + "\n").with_context(|| format!("writing {}", json_path.display()))?;
 
         let report = if self.args.no_report { None } else { self.render_report() };
-        let summary = output::summary(&result, &json_path, hlog_written.then_some(hlog_path.as_path()), report.as_deref());
+        let summary =
+            output::summary(&result, &json_path, hlog_written.then_some(hlog_path.as_path()), report.as_deref());
         let _ = writeln!(std::io::stdout(), "{summary}");
         if let Some(reason) = &result.abort_reason {
             bail!("the run was aborted: {reason} (result written to {})", json_path.display());
@@ -247,7 +263,11 @@ impl Bench<'_> {
     /// rate when unpaced), the message phase, the hold, and a minute for start and close.
     fn watchdog(&self) -> Duration {
         let load = &self.scenario.load;
-        let rate = if load.connect_rate.0 > 0 { load.connect_rate.0.min(PLANNING_CONNECT_RATE) } else { PLANNING_CONNECT_RATE };
+        let rate = if load.connect_rate.0 > 0 {
+            load.connect_rate.0.min(PLANNING_CONNECT_RATE)
+        } else {
+            PLANNING_CONNECT_RATE
+        };
         let connect = Duration::from_secs_f64(self.connections as f64 / rate as f64);
         (connect + load.duration.0 + load.hold.0 + Duration::from_secs(60)) * 2
     }
@@ -280,7 +300,12 @@ impl Bench<'_> {
     }
 }
 
-fn memory_measurement(baseline: &crate::results::SystemMemory, server_rss_start: u64, followed: &Followed, held: &Held) -> MemoryMeasurement {
+fn memory_measurement(
+    baseline: &crate::results::SystemMemory,
+    server_rss_start: u64,
+    followed: &Followed,
+    held: &Held,
+) -> MemoryMeasurement {
     MemoryMeasurement {
         connections: held.established,
         baseline: baseline.clone(),

@@ -199,7 +199,11 @@ impl Serialize for Bytes {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let seconds = |x: f64| {
-            if x.is_finite() && x >= 0.0 { Ok(HumanDuration(Duration::from_secs_f64(x))) } else { Err(format!("{x} is not a duration")) }
+            if x.is_finite() && x >= 0.0 {
+                Ok(HumanDuration(Duration::from_secs_f64(x)))
+            } else {
+                Err(format!("{x} is not a duration"))
+            }
         };
         number_or_text(d, seconds, |s| parse_duration(s).map(HumanDuration))
     }
@@ -225,7 +229,10 @@ impl Scenario {
         let name_ok = !self.name.is_empty()
             && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !name_ok {
-            return Err(format!("name {:?}: use lowercase letters, digits, '-' and '_' (it names a folder)", self.name));
+            return Err(format!(
+                "name {:?}: use lowercase letters, digits, '-' and '_' (it names a folder)",
+                self.name
+            ));
         }
         let load = &self.load;
         match load.connections {
@@ -250,7 +257,8 @@ impl Scenario {
 
 /// Reads and checks a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
     Scenario::parse(&text, path)
 }
 
@@ -259,7 +267,9 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 /// checkout it was built in).
 pub fn scenario_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(SCENARIO_DIR)];
-    if let Some(root) = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf())) {
+    if let Some(root) =
+        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+    {
         dirs.push(root.join(SCENARIO_DIR));
     }
     dirs
@@ -367,9 +377,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = parse("name = \"x\"\ndescription = \"\"\n[load]\nconnections = 5\nduration = \"5s\"\nconections = 3\n").unwrap_err();
+        let err =
+            parse("name = \"x\"\ndescription = \"\"\n[load]\nconnections = 5\nduration = \"5s\"\nconections = 3\n")
+                .unwrap_err();
         assert!(err.to_string().contains("conections"), "{err}");
-        assert!(parse("name = \"x\"\ndescription = \"\"\ncolour = 1\n[load]\nconnections = 5\nduration = \"5s\"\n").is_err());
+        assert!(
+            parse("name = \"x\"\ndescription = \"\"\ncolour = 1\n[load]\nconnections = 5\nduration = \"5s\"\n")
+                .is_err()
+        );
     }
 
     #[test]
@@ -381,7 +396,13 @@ mod tests {
         assert!(parse(&base("connections = \"lots\"")).is_err());
         assert!(parse(&base("connections = 5\nworkload = \"chat\"")).is_ok());
         assert!(parse(&base("connections = 5\nduration = \"3 weeks\"")).is_err());
-        assert!(Scenario::parse("name = \"Bad Name\"\ndescription = \"\"\n[load]\nconnections = 5\nduration = \"5s\"\n", Path::new("t")).is_err());
+        assert!(
+            Scenario::parse(
+                "name = \"Bad Name\"\ndescription = \"\"\n[load]\nconnections = 5\nduration = \"5s\"\n",
+                Path::new("t")
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -41,7 +41,12 @@ pub fn max_sessions(connections: u64) -> u64 {
 }
 
 impl ServerChild {
-    pub fn start(exe: &Path, settings: &ServerSettings, connections: u64, progress: &Progress) -> anyhow::Result<ServerChild> {
+    pub fn start(
+        exe: &Path,
+        settings: &ServerSettings,
+        connections: u64,
+        progress: &Progress,
+    ) -> anyhow::Result<ServerChild> {
         let listen = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let metrics = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let mut cmd = Command::new(exe);
@@ -176,7 +181,8 @@ mod tests {
 
     #[test]
     fn sums_label_sets() {
-        let body = "# HELP c2m_x x\n# TYPE c2m_x gauge\nc2m_x{worker=\"0\"} 3\nc2m_x{worker=\"1\"} 4\nc2m_y 1.5\n\nbad line\n";
+        let body =
+            "# HELP c2m_x x\n# TYPE c2m_x gauge\nc2m_x{worker=\"0\"} 3\nc2m_x{worker=\"1\"} 4\nc2m_y 1.5\n\nbad line\n";
         let t = sum_by_name(body);
         assert_eq!(t["c2m_x"], 7.0);
         assert_eq!(t["c2m_y"], 1.5);

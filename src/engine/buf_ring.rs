@@ -34,13 +34,8 @@ impl BufRing {
                 format!("buffer ring size {count} is not a power of two up to 32768"),
             ));
         }
-        let entries = MmapOptions::new()
-            .len(count as usize * std::mem::size_of::<BufRingEntry>())
-            .map_anon()?;
-        let buffers = MmapOptions::new()
-            .len(count as usize * buf_size as usize)
-            .no_reserve_swap()
-            .map_anon()?;
+        let entries = MmapOptions::new().len(count as usize * std::mem::size_of::<BufRingEntry>()).map_anon()?;
+        let buffers = MmapOptions::new().len(count as usize * buf_size as usize).no_reserve_swap().map_anon()?;
         let mut ring = BufRing { entries, buffers, count, buf_size, local_tail: 0, published_tail: 0, bgid };
         for bid in 0..count {
             ring.recycle(bid);
@@ -54,14 +49,7 @@ impl BufRing {
         // SAFETY: `self.entries` is a live mapping of `count` entries that stays mapped for as long
         // as `self` lives; the owner (`Ring`) drops the io_uring before the BufRing (field order),
         // so the kernel never sees the memory after it is unmapped.
-        unsafe {
-            submitter.register_buf_ring_with_flags(
-                self.entries.as_ptr() as u64,
-                self.count,
-                self.bgid,
-                0,
-            )
-        }
+        unsafe { submitter.register_buf_ring_with_flags(self.entries.as_ptr() as u64, self.count, self.bgid, 0) }
     }
 
     pub fn bgid(&self) -> u16 {

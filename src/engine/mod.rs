@@ -50,7 +50,9 @@ fn hint(e: &io::Error) -> &'static str {
         Some(libc::EMFILE) => {
             " (the fixed-file table is larger than RLIMIT_NOFILE allows: lower the per-ring size or raise `ulimit -n`)"
         }
-        Some(libc::ENOMEM) => " (out of memory, or the locked-memory limit `ulimit -l` too low: some kernels, 6.18 among them, charge ring memory to it unless the process has CAP_IPC_LOCK; see `c2m tune check`)",
+        Some(libc::ENOMEM) => {
+            " (out of memory, or the locked-memory limit `ulimit -l` too low: some kernels, 6.18 among them, charge ring memory to it unless the process has CAP_IPC_LOCK; see `c2m tune check`)"
+        }
         _ => "",
     }
 }

@@ -20,9 +20,8 @@ fn kernel_release() -> String {
 
 /// Checks every io_uring feature the engine relies on by using it once on a small ring.
 pub fn probe() -> Result<Features, EngineError> {
-    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
+    let disabled =
+        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().and_then(|s| s.trim().parse::<u32>().ok());
     if disabled == Some(2) {
         return Err(EngineError::Unsupported(
             "kernel.io_uring_disabled = 2 forbids io_uring for every process; \
@@ -30,22 +29,20 @@ pub fn probe() -> Result<Features, EngineError> {
                 .into(),
         ));
     }
-    let ring: IoUring = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag()
-        .build(8)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) if disabled == Some(1) => EngineError::Unsupported(
-                "kernel.io_uring_disabled = 1 allows io_uring only to the group in kernel.io_uring_group; \
+    let ring: IoUring =
+        IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag().build(8).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EPERM) if disabled == Some(1) => EngineError::Unsupported(
+                    "kernel.io_uring_disabled = 1 allows io_uring only to the group in kernel.io_uring_group; \
                  fix: `sysctl -w kernel.io_uring_disabled=0` or run as a member of that group"
-                    .into(),
-            ),
-            Some(libc::EINVAL) => EngineError::Unsupported(format!(
-                "kernel {} rejects IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (needs Linux 6.1+)",
-                kernel_release()
-            )),
-            _ => EngineError::ring_setup("io_uring_setup", e),
+                        .into(),
+                ),
+                Some(libc::EINVAL) => EngineError::Unsupported(format!(
+                    "kernel {} rejects IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (needs Linux 6.1+)",
+                    kernel_release()
+                )),
+                _ => EngineError::ring_setup("io_uring_setup", e),
+            }
         })?;
     let submitter = ring.submitter();
     let mut probe = Probe::new();

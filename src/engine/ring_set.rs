@@ -90,19 +90,11 @@ impl Ring {
             .map_err(|e| EngineError::ring_setup("IORING_REGISTER_FILES_SPARSE", e))?;
         let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size, bgid)
             .map_err(|e| EngineError::ring_setup("mmap of the provided buffers", e))?;
-        bufs.register(&submitter)
-            .map_err(|e| EngineError::ring_setup("IORING_REGISTER_PBUF_RING", e))?;
+        bufs.register(&submitter).map_err(|e| EngineError::ring_setup("IORING_REGISTER_PBUF_RING", e))?;
         submitter
             .register_eventfd(eventfd.as_raw_fd())
             .map_err(|e| EngineError::ring_setup("IORING_REGISTER_EVENTFD", e))?;
-        Ok(Ring {
-            uring,
-            bufs,
-            backlog: VecDeque::new(),
-            files_capacity: cfg.files,
-            files_in_use: 0,
-            busy: false,
-        })
+        Ok(Ring { uring, bufs, backlog: VecDeque::new(), files_capacity: cfg.files, files_in_use: 0, busy: false })
     }
 
     /// Queues one SQE; if the SQ is full it is submitted first, and if it is still full the
@@ -173,9 +165,7 @@ impl Ring {
             Ok(n) => Ok(n),
             // The CQ is overflowing or the kernel is short of memory for a moment: reap
             // completions, then the next round submits again.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {
-                Ok(0)
-            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => Ok(0),
             Err(e) => Err(e),
         }
     }
@@ -231,8 +221,8 @@ impl RingSet {
                 super::token::MAX_RINGS
             )));
         }
-        let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
-            .map_err(|e| EngineError::ring_setup("eventfd", e.into()))?;
+        let eventfd =
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC).map_err(|e| EngineError::ring_setup("eventfd", e.into()))?;
         let mut set = RingSet { rings: Vec::with_capacity(count), eventfd: Arc::new(eventfd), cfg: *cfg };
         for _ in 0..count {
             set.add_ring()?;

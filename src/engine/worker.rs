@@ -66,7 +66,11 @@ pub fn run_worker<S: Service>(rings: &mut RingSet, service: &mut S) -> io::Resul
 }
 
 /// Starts a named thread pinned to `core` (if the OS lets us) running `body`.
-pub fn spawn_pinned<T, F>(name: String, core: Option<core_affinity::CoreId>, body: F) -> io::Result<std::thread::JoinHandle<T>>
+pub fn spawn_pinned<T, F>(
+    name: String,
+    core: Option<core_affinity::CoreId>,
+    body: F,
+) -> io::Result<std::thread::JoinHandle<T>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

@@ -32,10 +32,18 @@ struct Entry {
 
 impl Entry {
     fn unpack(v: u64) -> Entry {
-        Entry { id: v >> ID_SHIFT, expected: (v >> EXP_SHIFT) & MASK12, delivered: (v >> DEL_SHIFT) & MASK14, receipted: v & MASK14 }
+        Entry {
+            id: v >> ID_SHIFT,
+            expected: (v >> EXP_SHIFT) & MASK12,
+            delivered: (v >> DEL_SHIFT) & MASK14,
+            receipted: v & MASK14,
+        }
     }
     fn pack(self) -> u64 {
-        (self.id & ID_MASK) << ID_SHIFT | (self.expected & MASK12) << EXP_SHIFT | (self.delivered & MASK14) << DEL_SHIFT | (self.receipted & MASK14)
+        (self.id & ID_MASK) << ID_SHIFT
+            | (self.expected & MASK12) << EXP_SHIFT
+            | (self.delivered & MASK14) << DEL_SHIFT
+            | (self.receipted & MASK14)
     }
     fn settled(self) -> bool {
         self.delivered >= self.expected && self.receipted >= self.delivered
@@ -101,7 +109,8 @@ impl Ledger {
     /// When the SEND of `msg_id` was scheduled, if its entry is still its own.
     pub fn sent_ns(&self, from: u64, msg_id: u64) -> Option<u64> {
         let i = self.index(from, msg_id)?;
-        (Entry::unpack(self.entries[i].load(Ordering::Acquire)).id == msg_id & ID_MASK).then(|| self.sent_ns[i].load(Ordering::Relaxed))
+        (Entry::unpack(self.entries[i].load(Ordering::Acquire)).id == msg_id & ID_MASK)
+            .then(|| self.sent_ns[i].load(Ordering::Relaxed))
     }
 
     /// A NACK: nothing will be delivered. Returns the deliveries that were expected.

@@ -24,10 +24,11 @@ fn bytes(s: &str) -> Result<u64, String> {
 }
 
 fn rate(s: &str) -> Result<f64, String> {
-    s.trim_end_matches("/s").parse::<f64>().ok().filter(|r| r.is_finite() && *r >= 0.0).map_or_else(
-        || parse_count(s.trim_end_matches("/s")).map(|n| n as f64),
-        Ok,
-    )
+    s.trim_end_matches("/s")
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)
+        .map_or_else(|| parse_count(s.trim_end_matches("/s")).map(|n| n as f64), Ok)
 }
 
 #[derive(Args, Clone, Debug)]
@@ -152,7 +153,10 @@ impl LoadArgs {
             skip_port: Some(self.server.port()),
         };
         let (sources, specs) = match &self.sources {
-            Some(spec) => (Sources::parse(spec).map_err(|e| e.to_string())?, spec.split(',').map(|s| s.trim().to_string()).collect()),
+            Some(spec) => (
+                Sources::parse(spec).map_err(|e| e.to_string())?,
+                spec.split(',').map(|s| s.trim().to_string()).collect(),
+            ),
             None if self.server.is_ipv6() => (Sources::parse("::1").map_err(|e| e.to_string())?, vec!["::1".into()]),
             None => {
                 let s = Sources::loopback_for(self.connections, plan.ports_per_address());
@@ -169,9 +173,9 @@ impl LoadArgs {
             (Some(r), _) if r > 0.0 => Duration::from_secs_f64(1.0 / r),
             (Some(_), _) => return Err("--msg-rate must be above 0".into()),
             (None, rate) => match rate {
-            Some(r) if r > 0.0 => Duration::from_secs_f64(self.connections as f64 / r),
-            Some(_) => return Err("--rate must be above 0".into()),
-            None => self.ping_interval,
+                Some(r) if r > 0.0 => Duration::from_secs_f64(self.connections as f64 / r),
+                Some(_) => return Err("--rate must be above 0".into()),
+                None => self.ping_interval,
             },
         };
         Ok(LoadConfig {

@@ -145,9 +145,14 @@ impl LoadConfig {
         }
         if self.workload == Workload::Chat {
             if self.in_flight > 0 || self.recv == RecvMode::OnDemand {
-                return bad("--workload chat is open loop with a receive always armed (no --in-flight, no --recv on-demand)".into());
+                return bad(
+                    "--workload chat is open loop with a receive always armed (no --in-flight, no --recv on-demand)"
+                        .into(),
+                );
             }
-            if !(0.0..=1.0).contains(&self.chat.group_fraction) || (self.chat.group_fraction > 0.0 && self.chat.groups == 0) {
+            if !(0.0..=1.0).contains(&self.chat.group_fraction)
+                || (self.chat.group_fraction > 0.0 && self.chat.groups == 0)
+            {
                 return bad("--group-fraction must be in 0..=1, and above 0 only with --groups".into());
             }
             if self.connections < 2 && self.chat.group_fraction < 1.0 {
@@ -169,11 +174,18 @@ impl LoadConfig {
                 return bad("--in-flight needs --workload ping or echo".into());
             }
             if self.in_flight as usize > room {
-                return bad(format!("--in-flight {} does not fit a connection's out area: at most {room} messages of {} bytes", self.in_flight, self.frame_len()));
+                return bad(format!(
+                    "--in-flight {} does not fit a connection's out area: at most {room} messages of {} bytes",
+                    self.in_flight,
+                    self.frame_len()
+                ));
             }
         }
         if self.recv == RecvMode::OnDemand && self.workload == Workload::Idle {
-            return bad("--recv on-demand needs messages to wait for replies of; an idle connection would never notice a close".into());
+            return bad(
+                "--recv on-demand needs messages to wait for replies of; an idle connection would never notice a close"
+                    .into(),
+            );
         }
         if !self.recv_buffers.is_power_of_two() {
             return bad("--recv-buffers must be a power of two".into());

@@ -7,7 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::proto::{self, FrameIter, Frame, Parsed, ProtoError};
+use crate::proto::{self, Frame, FrameIter, Parsed, ProtoError};
 
 pub mod state {
     /// Never started.
@@ -162,10 +162,9 @@ pub fn write_message(out: &mut [u8], echo: bool, len: usize, sent_ns: u64, due_n
 pub fn reply_times(frame: &Frame<'_>) -> Option<(u64, u64)> {
     match *frame {
         Frame::Pong { seq, t_ns } => Some((seq, t_ns)),
-        Frame::EchoReply { data } if data.len() >= 16 => Some((
-            u64::from_le_bytes(data[0..8].try_into().ok()?),
-            u64::from_le_bytes(data[8..16].try_into().ok()?),
-        )),
+        Frame::EchoReply { data } if data.len() >= 16 => {
+            Some((u64::from_le_bytes(data[0..8].try_into().ok()?), u64::from_le_bytes(data[8..16].try_into().ok()?)))
+        }
         _ => None,
     }
 }

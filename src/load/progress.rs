@@ -32,11 +32,12 @@ impl Progress {
 
     fn emit(&self, event: &Event) {
         if self.events
-            && let Ok(line) = serde_json::to_string(event) {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            }
+            && let Ok(line) = serde_json::to_string(event)
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
     }
 
     pub fn phase(&mut self, name: &str, t: f64, established: u64) {
@@ -65,7 +66,12 @@ impl Progress {
                 bar.set_message(line);
             }
             None if self.plain => {
-                eprintln!("c2m load: {:7.1}s {}/{} established | {line}", s.t, thousands(s.established), thousands(self.target))
+                eprintln!(
+                    "c2m load: {:7.1}s {}/{} established | {line}",
+                    s.t,
+                    thousands(s.established),
+                    thousands(self.target)
+                )
             }
             None => {}
         }
@@ -137,7 +143,11 @@ pub fn summary(r: &LoadReport) -> String {
     let l = &r.latency;
     let mut rows = vec![("connect", &l.connect), ("connect, corrected", &l.connect_corrected), ("login", &l.login)];
     if r.chat.is_some() {
-        rows.extend([("ACK (one tick)", &l.chat_ack), ("DELIVER", &l.chat_deliver), ("RECEIPT (two ticks)", &l.chat_receipt)]);
+        rows.extend([
+            ("ACK (one tick)", &l.chat_ack),
+            ("DELIVER", &l.chat_deliver),
+            ("RECEIPT (two ticks)", &l.chat_receipt),
+        ]);
     } else {
         rows.extend([("rtt, corrected", &l.rtt_corrected), ("rtt, uncorrected", &l.rtt_uncorrected)]);
     }

@@ -118,10 +118,8 @@ impl LatencySummary {
         if h.is_empty() {
             return LatencySummary { unit: "us".into(), ..Default::default() };
         }
-        let spectrum = h
-            .iter_quantiles(2)
-            .map(|it| [it.quantile_iterated_to() * 100.0, us(it.value_iterated_to())])
-            .collect();
+        let spectrum =
+            h.iter_quantiles(2).map(|it| [it.quantile_iterated_to() * 100.0, us(it.value_iterated_to())]).collect();
         LatencySummary {
             unit: "us".into(),
             count: h.len(),

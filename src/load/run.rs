@@ -51,7 +51,8 @@ fn sum(stats: &[Arc<LoadStats>], f: impl Fn(&LoadStats) -> u64) -> u64 {
 
 /// Waits up to `timeout` for SIGINT or SIGTERM (blocked in every thread of the process).
 fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let ts =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: `set` is a valid sigset_t, the info pointer may be null, and `ts` lives across the
     // call.
     let signo = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
@@ -74,7 +75,9 @@ fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Worker
     // The load keeps no reserve: it picks every slot itself.
     let rings = rings_needed(cfg.connections_of(0) as usize, files, 0);
     if rings > crate::engine::token::MAX_RINGS {
-        return Err(LoadError::Config(format!("{rings} rings per worker needed; use more workers or raise RLIMIT_NOFILE")));
+        return Err(LoadError::Config(format!(
+            "{rings} rings per worker needed; use more workers or raise RLIMIT_NOFILE"
+        )));
     }
     let ring_cfg = RingConfig {
         sq_entries: 2048,
@@ -117,7 +120,8 @@ fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Worker
             result.map_err(|e| LoadError::io(format!("worker {id} event loop"), e))?;
             Ok(w.into_outcome())
         };
-        let handle = spawn_pinned(format!("c2m-load{id}"), core, body).map_err(|e| LoadError::io("spawning a worker", e))?;
+        let handle =
+            spawn_pinned(format!("c2m-load{id}"), core, body).map_err(|e| LoadError::io("spawning a worker", e))?;
         handles.push(handle);
     }
     for _ in 0..cfg.workers {
@@ -136,7 +140,11 @@ fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Worker
 /// The interval log: HdrHistogram's format, values in nanoseconds.
 type Hlog<'a> = IntervalLogWriter<'a, 'a, BufWriter<File>, V2DeflateSerializer>;
 
-fn begin_hlog<'a>(out: &'a mut BufWriter<File>, serializer: &'a mut V2DeflateSerializer, started: SystemTime) -> Result<Hlog<'a>, LoadError> {
+fn begin_hlog<'a>(
+    out: &'a mut BufWriter<File>,
+    serializer: &'a mut V2DeflateSerializer,
+    started: SystemTime,
+) -> Result<Hlog<'a>, LoadError> {
     IntervalLogWriterBuilder::new()
         .add_comment("c2m load: tag rtt = round trip from the scheduled send (corrected), tag connect = connect latency; values in ns")
         .with_start_time(started)
@@ -145,7 +153,13 @@ fn begin_hlog<'a>(out: &'a mut BufWriter<File>, serializer: &'a mut V2DeflateSer
         .map_err(|e| LoadError::io("writing the interval log header", e))
 }
 
-fn write_interval(log: &mut Hlog<'_>, tag: &str, h: &Histogram<u64>, start: Duration, len: Duration) -> Result<(), LoadError> {
+fn write_interval(
+    log: &mut Hlog<'_>,
+    tag: &str,
+    h: &Histogram<u64>,
+    start: Duration,
+    len: Duration,
+) -> Result<(), LoadError> {
     if h.is_empty() {
         return Ok(());
     }
@@ -177,14 +191,18 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
 
     let started_wall = SystemTime::now();
     let ledger = (cfg.workload == super::Workload::Chat).then(|| {
-        let layout = crate::proto::GroupLayout { users: cfg.chat.users, groups: cfg.chat.groups, size: cfg.chat.group_size };
+        let layout =
+            crate::proto::GroupLayout { users: cfg.chat.users, groups: cfg.chat.groups, size: cfg.chat.group_size };
         Arc::new(super::chat::Ledger::new(cfg.first_user, cfg.connections, layout))
     });
-    let control = Arc::new(Control { ledger: ledger.clone(), phase: AtomicU8::new(phase::CONNECT), base: Instant::now() });
+    let control =
+        Arc::new(Control { ledger: ledger.clone(), phase: AtomicU8::new(phase::CONNECT), base: Instant::now() });
     let cfg = Arc::new(cfg);
     let workers = start_workers(&cfg, &control)?;
     let mut hlog_out = match &opts.hlog {
-        Some(path) => Some(BufWriter::new(File::create(path).map_err(|e| LoadError::io(format!("creating {}", path.display()), e))?)),
+        Some(path) => Some(BufWriter::new(
+            File::create(path).map_err(|e| LoadError::io(format!("creating {}", path.display()), e))?,
+        )),
         None => None,
     };
     let mut serializer = V2DeflateSerializer::new();
@@ -218,9 +236,10 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
 
     loop {
         if let Some(sig) = wait_signal(&signals, Duration::from_millis(100))
-            && !closing {
-                abort.get_or_insert_with(|| format!("interrupted by {sig:?}"));
-            }
+            && !closing
+        {
+            abort.get_or_insert_with(|| format!("interrupted by {sig:?}"));
+        }
         if workers.handles.iter().any(|h| h.is_finished()) && !closing {
             abort.get_or_insert_with(|| "a worker stopped early".into());
         }
@@ -279,7 +298,8 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
                     // Chat also waits for every delivery and its receipt.
                     let settled = cfg.workload != super::Workload::Chat || {
                         let delivered = sum(&stats, |s| s.chat.delivered.get());
-                        delivered >= sum(&stats, |s| s.chat.expected.get()) && sum(&stats, |s| s.chat.receipted.get()) >= delivered
+                        delivered >= sum(&stats, |s| s.chat.expected.get())
+                            && sum(&stats, |s| s.chat.receipted.get()) >= delivered
                     };
                     let limit = if cfg.workload == super::Workload::Chat { CHAT_DRAIN_LIMIT } else { DRAIN_LIMIT };
                     if (answered && settled) || elapsed >= limit {
@@ -347,7 +367,8 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
         let (lost, unreceipted) = l.settle();
         let c = |f: fn(&super::worker::ChatCounts) -> &crate::stats::Counter| sum(&stats, |s| f(&s.chat).get());
         let sent = sum(&stats, |s| s.sent.get());
-        let (acked, n7, n8, nx) = (c(|x| &x.acked), c(|x| &x.nacked_unknown), c(|x| &x.nacked_full), c(|x| &x.nacked_other));
+        let (acked, n7, n8, nx) =
+            (c(|x| &x.acked), c(|x| &x.nacked_unknown), c(|x| &x.nacked_full), c(|x| &x.nacked_other));
         ChatCounts {
             sent,
             acked,
@@ -363,7 +384,11 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             unreceipted,
             unknown: c(|x| &x.unknown),
             window_full: c(|x| &x.window_full),
-            delivered_rate: if messages_seconds > 0.0 { histograms.deliver.len() as f64 / messages_seconds } else { 0.0 },
+            delivered_rate: if messages_seconds > 0.0 {
+                histograms.deliver.len() as f64 / messages_seconds
+            } else {
+                0.0
+            },
         }
     });
     let report = LoadReport {
@@ -420,7 +445,8 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
         out.flush().map_err(|e| LoadError::io("writing the interval log", e))?;
     }
     if let Some(path) = &opts.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| LoadError::io("serializing the report", e.into()))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| LoadError::io("serializing the report", e.into()))?;
         std::fs::write(path, text + "\n").map_err(|e| LoadError::io(format!("writing {}", path.display()), e))?;
     }
     progress.done(&report);
@@ -482,7 +508,11 @@ fn params(cfg: &LoadConfig, rings: usize, files: u32) -> LoadParams {
         ramp_ms: ms(cfg.ramp),
         hold_ms: ms(cfg.hold),
         workload: cfg.workload.name().into(),
-        message_interval_ms: if cfg.workload == super::Workload::Idle { 0.0 } else { cfg.message_interval.as_secs_f64() * 1e3 },
+        message_interval_ms: if cfg.workload == super::Workload::Idle {
+            0.0
+        } else {
+            cfg.message_interval.as_secs_f64() * 1e3
+        },
         message_rate: cfg.message_rate(),
         in_flight: cfg.in_flight,
         recv: if cfg.recv_on_demand() { "on-demand" } else { "multishot" }.into(),
@@ -549,7 +579,13 @@ mod tests {
         .expect("server starts");
         for (workload, port) in [(Workload::Ping, 21000), (Workload::Echo, 21200)] {
             let report = run(config(server.local_addr(), workload, port), &RunOptions::default()).expect("load runs");
-            assert_eq!(report.status, RunStatus::Complete, "{workload:?}: {:?} {:?}", report.abort_reason, report.errors);
+            assert_eq!(
+                report.status,
+                RunStatus::Complete,
+                "{workload:?}: {:?} {:?}",
+                report.abort_reason,
+                report.errors
+            );
             assert_eq!(report.connections.established, 200);
             assert_eq!(report.params.rings_per_worker, 2);
             assert!(report.messages.received > 0);

@@ -80,12 +80,8 @@ fn parse_block(spec: &str) -> Result<Block, LoadError> {
 impl Sources {
     /// Parses a comma-separated list of addresses, `A-B` ranges and CIDR blocks.
     pub fn parse(spec: &str) -> Result<Sources, LoadError> {
-        let blocks = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(parse_block)
-            .collect::<Result<Vec<_>, _>>()?;
+        let blocks =
+            spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse_block).collect::<Result<Vec<_>, _>>()?;
         if blocks.is_empty() {
             return Err(bad(spec, "no address"));
         }
@@ -161,9 +157,11 @@ impl PortPlan {
         let addr = self.sources.nth(g / per)?;
         let mut port = self.first_port as u64 + g % per;
         if let Some(skip) = self.skip_port
-            && port >= skip as u64 && (self.first_port..=self.last_port).contains(&skip) {
-                port += 1;
-            }
+            && port >= skip as u64
+            && (self.first_port..=self.last_port).contains(&skip)
+        {
+            port += 1;
+        }
         Some(SocketAddr::new(addr, port as u16))
     }
 }
@@ -207,7 +205,12 @@ mod tests {
 
     #[test]
     fn the_target_port_is_skipped() {
-        let plan = PortPlan { sources: Sources::parse("127.0.0.2").unwrap(), first_port: 7699, last_port: 7701, skip_port: Some(7700) };
+        let plan = PortPlan {
+            sources: Sources::parse("127.0.0.2").unwrap(),
+            first_port: 7699,
+            last_port: 7701,
+            skip_port: Some(7700),
+        };
         assert_eq!(plan.capacity(), 2);
         assert_eq!(plan.source_of(0).unwrap().port(), 7699);
         assert_eq!(plan.source_of(1).unwrap().port(), 7701);

@@ -265,7 +265,9 @@ impl LoadWorker {
 
     pub fn start(&mut self, rings: &mut RingSet) {
         // CLOCK_MONOTONIC (what io_uring's absolute timeouts count in) at the load's base instant.
-        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| Duration::from(t).as_nanos() as u64).unwrap_or(0);
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| Duration::from(t).as_nanos() as u64)
+            .unwrap_or(0);
         self.mono_base = mono.saturating_sub(self.now_ns());
         self.tick_origin = self.now_ns();
         self.arm_tick(rings);
@@ -279,7 +281,10 @@ impl LoadWorker {
         self.tick_at = next;
         let at = Duration::from_nanos(self.mono_base + next);
         *self.tick = Timespec::new().sec(at.as_secs()).nsec(at.subsec_nanos());
-        let entry = opcode::Timeout::new(&*self.tick).flags(TimeoutFlags::ABS).build().user_data(Token::of(Op::Tick, 0, 0, 0).0);
+        let entry = opcode::Timeout::new(&*self.tick)
+            .flags(TimeoutFlags::ABS)
+            .build()
+            .user_data(Token::of(Op::Tick, 0, 0, 0).0);
         Self::push(rings, 0, entry);
     }
 

@@ -56,12 +56,8 @@ const SERIES_COLORS: [RGBColor; 5] = [
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
 ];
-const PHASE_COLORS: [RGBColor; 4] = [
-    RGBColor(31, 119, 180),
-    RGBColor(44, 160, 44),
-    RGBColor(255, 127, 14),
-    RGBColor(148, 103, 189),
-];
+const PHASE_COLORS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
 const GRID_GREY: RGBColor = RGBColor(200, 200, 200);
 
 const FONT: &str = "sans-serif";
@@ -104,11 +100,7 @@ fn nice_ticks(max: f64, count: usize) -> Vec<f64> {
     }
     let raw = max / count.max(1) as f64;
     let decade = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * decade)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * decade);
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * decade).find(|s| *s >= raw).unwrap_or(10.0 * decade);
     (0..).map(|i| i as f64 * step).take_while(|t| *t <= max * (1.0 + 1e-9)).collect()
 }
 
@@ -173,11 +165,7 @@ where
 
 /// Like [`nice_ticks`] but round in KiB, MiB or GiB, so the labels read `2.0 KiB`, `4.0 KiB`.
 fn byte_ticks(max: f64, count: usize) -> Vec<f64> {
-    let unit = [1u64 << 30, 1 << 20, 1 << 10, 1]
-        .into_iter()
-        .map(|u| u as f64)
-        .find(|u| max / u >= 2.0)
-        .unwrap_or(1.0);
+    let unit = [1u64 << 30, 1 << 20, 1 << 10, 1].into_iter().map(|u| u as f64).find(|u| max / u >= 2.0).unwrap_or(1.0);
     nice_ticks(max / unit, count).into_iter().map(|t| t * unit).collect()
 }
 
@@ -209,12 +197,9 @@ pub fn connections_chart(
     if timeline.is_empty() {
         return Err(ChartError::NoData);
     }
-    let t_end =
-        timeline.iter().map(|s| s.t).chain(phases.iter().map(|p| p.end)).fold(1.0, f64::max);
+    let t_end = timeline.iter().map(|s| s.t).chain(phases.iter().map(|p| p.end)).fold(1.0, f64::max);
     // Headroom above the lines leaves the top strip free for the phase names.
-    let est_max =
-        timeline.iter().map(|s| s.established as f64).fold(requested.max(1) as f64, f64::max)
-            * 1.15;
+    let est_max = timeline.iter().map(|s| s.established as f64).fold(requested.max(1) as f64, f64::max) * 1.15;
     let rate_max = timeline.iter().map(|s| s.connect_rate).fold(1.0, f64::max) * 1.15;
 
     render_svg(|root| {
@@ -249,28 +234,17 @@ pub fn connections_chart(
 
         let established = SERIES_COLORS[0].stroke_width(2);
         chart
-            .draw_series(LineSeries::new(
-                timeline.iter().map(|s| (s.t, s.established as f64)),
-                established,
-            ))?
+            .draw_series(LineSeries::new(timeline.iter().map(|s| (s.t, s.established as f64)), established))?
             .label("established (left axis)")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], established));
         let asked = BLACK.mix(0.6).stroke_width(1);
         chart
-            .draw_series(DashedLineSeries::new(
-                [(0.0, requested as f64), (t_end, requested as f64)],
-                6,
-                4,
-                asked,
-            ))?
+            .draw_series(DashedLineSeries::new([(0.0, requested as f64), (t_end, requested as f64)], 6, 4, asked))?
             .label("requested")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], asked));
         let rate = SERIES_COLORS[1].stroke_width(2);
         chart
-            .draw_secondary_series(LineSeries::new(
-                timeline.iter().map(|s| (s.t, s.connect_rate)),
-                rate,
-            ))?
+            .draw_secondary_series(LineSeries::new(timeline.iter().map(|s| (s.t, s.connect_rate)), rate))?
             .label("connects/s (right axis)")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], rate));
         // While connections are held the established line is high and the rate is zero, so the
@@ -307,8 +281,7 @@ where
         if right - left >= 8 * phase.name.len() as i32 + 8 {
             let style = label_style().color(&color).pos(Pos::new(HPos::Left, VPos::Top));
             chart.draw_series(std::iter::once(
-                EmptyElement::at((phase.start, y_top))
-                    + Text::new(phase.name.clone(), (4, 4), style),
+                EmptyElement::at((phase.start, y_top)) + Text::new(phase.name.clone(), (4, 4), style),
             ))?;
         }
     }
@@ -333,11 +306,7 @@ pub fn bytes_bar_chart(title: &str, bars: &[Bar<'_>]) -> Result<String, ChartErr
     let y_ticks: Vec<f64> = (0..n).map(|i| i as f64).collect();
     let label_of = |y: &f64| -> String {
         let idx = n as i64 - 1 - y.round() as i64;
-        usize::try_from(idx)
-            .ok()
-            .and_then(|i| bars.get(i))
-            .map(|b| b.label.to_string())
-            .unwrap_or_default()
+        usize::try_from(idx).ok().and_then(|i| bars.get(i)).map(|b| b.label.to_string()).unwrap_or_default()
     };
     let x_ticks = byte_ticks(max * 1.45, 8);
 
@@ -348,10 +317,7 @@ pub fn bytes_bar_chart(title: &str, bars: &[Bar<'_>]) -> Result<String, ChartErr
             .margin_right(30)
             .x_label_area_size(45)
             .y_label_area_size(175)
-            .build_cartesian_2d(
-                TickedAxis::new(x_range, x_ticks),
-                TickedAxis::new(-0.6..n as f64 - 0.4, y_ticks),
-            )?;
+            .build_cartesian_2d(TickedAxis::new(x_range, x_ticks), TickedAxis::new(-0.6..n as f64 - 0.4, y_ticks))?;
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -385,9 +351,7 @@ where
     )))?;
     let label = format_bytes_exact(bar.value);
     let style = label_style().pos(Pos::new(HPos::Left, VPos::Center));
-    chart.draw_series(std::iter::once(
-        EmptyElement::at((bar.value.max(0.0), y)) + Text::new(label, (6, 0), style),
-    ))?;
+    chart.draw_series(std::iter::once(EmptyElement::at((bar.value.max(0.0), y)) + Text::new(label, (6, 0), style)))?;
     Ok(())
 }
 
@@ -489,8 +453,7 @@ pub fn latency_chart(title: &str, spectra: &[Spectrum<'_>]) -> Result<String, Ch
         return Err(ChartError::NoData);
     }
     let x_end = latency_x_end(&drawn);
-    let x_ticks: Vec<f64> =
-        std::iter::once(percentile_to_x(50.0)).chain((1..=x_end as i32).map(f64::from)).collect();
+    let x_ticks: Vec<f64> = std::iter::once(percentile_to_x(50.0)).chain((1..=x_end as i32).map(f64::from)).collect();
     let axis = LatencyAxis::for_values(
         drawn.iter().flat_map(|s| s.points.iter().map(|p| p[1])).collect::<Vec<_>>().into_iter(),
     );
@@ -503,10 +466,7 @@ pub fn latency_chart(title: &str, spectra: &[Spectrum<'_>]) -> Result<String, Ch
             .margin_right(40)
             .x_label_area_size(45)
             .y_label_area_size(85)
-            .build_cartesian_2d(
-                TickedAxis::new(0.0..x_end, x_ticks),
-                TickedAxis::new(axis.range(), axis.ticks()),
-            )?;
+            .build_cartesian_2d(TickedAxis::new(0.0..x_end, x_ticks), TickedAxis::new(axis.range(), axis.ticks()))?;
         chart
             .configure_mesh()
             .bold_line_style(GRID_GREY.mix(0.6))
@@ -519,10 +479,7 @@ pub fn latency_chart(title: &str, spectra: &[Spectrum<'_>]) -> Result<String, Ch
             .draw()?;
         for (i, spectrum) in drawn.iter().enumerate() {
             let style = SERIES_COLORS[i % SERIES_COLORS.len()].stroke_width(2);
-            let points = spectrum
-                .points
-                .iter()
-                .map(|p| (percentile_to_x(p[0]).min(x_end), axis.axis_at(p[1])));
+            let points = spectrum.points.iter().map(|p| (percentile_to_x(p[0]).min(x_end), axis.axis_at(p[1])));
             chart
                 .draw_series(LineSeries::new(points, style))?
                 .label(spectrum.name)
@@ -589,8 +546,7 @@ mod tests {
     #[test]
     fn text_is_written_as_svg_text() {
         let points = [[0.0, 90.0], [50.0, 120.0], [99.0, 800.0], [99.9, 4_000.0], [100.0, 9_000.0]];
-        let svg = latency_chart("t: latency", &[Spectrum { name: "rtt", points: &points }])
-            .expect("chart");
+        let svg = latency_chart("t: latency", &[Spectrum { name: "rtt", points: &points }]).expect("chart");
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("<text"));
         assert!(svg.contains("99.9%"));

@@ -30,7 +30,10 @@ pub enum ReportError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} says it is a {SCHEMA_NAME} but does not parse as one: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
-    #[error("{path} says it is a {} but does not parse as one: {source}", crate::bench::peers::result::PEERS_SCHEMA_NAME)]
+    #[error(
+        "{path} says it is a {} but does not parse as one: {source}",
+        crate::bench::peers::result::PEERS_SCHEMA_NAME
+    )]
     PeersParse { path: PathBuf, source: serde_json::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -43,8 +46,7 @@ pub fn render_report(results_dir: &Path) -> Result<PathBuf, ReportError> {
     let found = find_results(results_dir)?;
     let scenarios = latest_per_scenario(&found);
     let charts_dir = results_dir.join(CHARTS_DIR);
-    fs::create_dir_all(&charts_dir)
-        .map_err(|source| ReportError::Write { path: charts_dir.clone(), source })?;
+    fs::create_dir_all(&charts_dir).map_err(|source| ReportError::Write { path: charts_dir.clone(), source })?;
 
     let mut md = String::new();
     write_header(&mut md, &scenarios, found.len());
@@ -55,8 +57,7 @@ pub fn render_report(results_dir: &Path) -> Result<PathBuf, ReportError> {
     }
     write_peers(&mut md, results_dir)?;
     let report_path = results_dir.join(REPORT_FILE);
-    fs::write(&report_path, md)
-        .map_err(|source| ReportError::Write { path: report_path.clone(), source })?;
+    fs::write(&report_path, md).map_err(|source| ReportError::Write { path: report_path.clone(), source })?;
     Ok(report_path)
 }
 
@@ -115,15 +116,12 @@ fn file_name(path: &Path) -> String {
 
 /// The result in `path`, or `None` when the file is some other JSON.
 fn read_result(path: &Path) -> Result<Option<BenchResult>, ReportError> {
-    let text = fs::read_to_string(path)
-        .map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
     if !claims_bench_result(&text) {
         return Ok(None);
     }
     // Parsed from the text (not from a Value) so the error carries a line and column.
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| ReportError::Parse { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map(Some).map_err(|source| ReportError::Parse { path: path.to_path_buf(), source })
 }
 
 /// Whether a file says it is a bench result. A file cut short (a run killed while writing)
@@ -145,9 +143,7 @@ fn latest_per_scenario(found: &[FoundResult]) -> BTreeMap<&str, ScenarioRuns<'_>
     by_name
         .into_iter()
         .filter_map(|(name, mut runs)| {
-            runs.sort_by(|a, b| {
-                (&a.result.started_utc, &a.rel_path).cmp(&(&b.result.started_utc, &b.rel_path))
-            });
+            runs.sort_by(|a, b| (&a.result.started_utc, &a.rel_path).cmp(&(&b.result.started_utc, &b.rel_path)));
             let latest = runs.pop()?;
             runs.reverse();
             Some((name, ScenarioRuns { latest, older: runs }))
@@ -174,16 +170,10 @@ struct ScenarioCharts {
 
 /// A scenario name as a file name: anything but letters, digits, `.`, `_` and `-` becomes `-`.
 fn file_stem(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect()
 }
 
-fn render_charts(
-    charts_dir: &Path,
-    scenario: &str,
-    r: &BenchResult,
-) -> Result<ScenarioCharts, ReportError> {
+fn render_charts(charts_dir: &Path, scenario: &str, r: &BenchResult) -> Result<ScenarioCharts, ReportError> {
     let stem = file_stem(scenario);
     let out = |kind: &str, svg: Result<String, String>| -> Result<ChartOutcome, ReportError> {
         let file = format!("{stem}-{kind}.svg");
@@ -198,15 +188,10 @@ fn render_charts(
 
 /// Writes a drawn chart, or removes the file a previous report may have left for a chart that
 /// is now skipped (an old chart beside a new report would be read as this run's).
-fn save_chart(
-    path: &Path,
-    svg: Result<String, String>,
-    rel_path: String,
-) -> Result<ChartOutcome, ReportError> {
+fn save_chart(path: &Path, svg: Result<String, String>, rel_path: String) -> Result<ChartOutcome, ReportError> {
     match svg {
         Ok(svg) => {
-            fs::write(path, svg)
-                .map_err(|source| ReportError::Write { path: path.to_path_buf(), source })?;
+            fs::write(path, svg).map_err(|source| ReportError::Write { path: path.to_path_buf(), source })?;
             Ok(ChartOutcome::Drawn(rel_path))
         }
         Err(why) => {
@@ -235,11 +220,8 @@ fn chart_or_reason(drawn: Result<String, ChartError>, no_data: &str) -> ChartRes
 
 fn connections_svg(scenario: &str, r: &BenchResult) -> ChartResult {
     let c = &r.load.connections;
-    let title = format!(
-        "{scenario}: {} of {} connections established",
-        thousands(c.established),
-        thousands(c.requested)
-    );
+    let title =
+        format!("{scenario}: {} of {} connections established", thousands(c.established), thousands(c.requested));
     chart_or_reason(
         chart::connections_chart(&title, c.requested, &r.load.timeline, &r.load.phases),
         "No connections chart: the load recorded no timeline (it ended before its first \
@@ -253,14 +235,9 @@ fn memory_svg(scenario: &str, r: &BenchResult) -> ChartResult {
                     there is no per-connection figure."
             .into());
     }
-    let title = format!(
-        "{scenario}: memory per connection, {} connections held",
-        thousands(r.memory.connections)
-    );
-    let bars: Vec<Bar<'_>> = memory_parts(r)
-        .into_iter()
-        .map(|(label, value, is_sum, _)| Bar { label, value, is_sum })
-        .collect();
+    let title = format!("{scenario}: memory per connection, {} connections held", thousands(r.memory.connections));
+    let bars: Vec<Bar<'_>> =
+        memory_parts(r).into_iter().map(|(label, value, is_sum, _)| Bar { label, value, is_sum }).collect();
     chart_or_reason(chart::bytes_bar_chart(&title, &bars), "No memory chart: nothing measured.")
 }
 
@@ -274,19 +251,13 @@ fn latency_svg(scenario: &str, r: &BenchResult) -> ChartResult {
         return Err(no_rtt_reason(r));
     }
     let l = &r.load.latency;
-    let title = format!(
-        "{scenario}: latency by percentile, {} connections",
-        thousands(r.load.connections.established)
-    );
+    let title = format!("{scenario}: latency by percentile, {} connections", thousands(r.load.connections.established));
     let spectra = [
         Spectrum { name: "rtt_corrected", points: &l.rtt_corrected.spectrum },
         Spectrum { name: "rtt_uncorrected", points: &l.rtt_uncorrected.spectrum },
         Spectrum { name: "connect", points: &l.connect.spectrum },
     ];
-    chart_or_reason(
-        chart::latency_chart(&title, &spectra),
-        "No latency chart: no latency recorded.",
-    )
+    chart_or_reason(chart::latency_chart(&title, &spectra), "No latency chart: no latency recorded.")
 }
 
 fn no_rtt_reason(r: &BenchResult) -> String {
@@ -312,18 +283,8 @@ fn memory_parts(r: &BenchResult) -> Vec<(&'static str, f64, bool, &'static str)>
         ("server_user", p.server_user, false, "server RSS growth / connections"),
         ("load_user", p.load_user, false, "load generator RSS growth / connections"),
         ("kernel_unreclaimable", p.kernel_unreclaimable, false, "SUnreclaim growth / connections"),
-        (
-            "kernel_slab",
-            p.kernel_slab,
-            false,
-            "Slab growth / connections (sockets, inodes, files, io_uring requests)",
-        ),
-        (
-            "tcp_buffers",
-            p.tcp_buffers,
-            false,
-            "sockstat TCP memory growth / connections (buffers holding data)",
-        ),
+        ("kernel_slab", p.kernel_slab, false, "Slab growth / connections (sockets, inodes, files, io_uring requests)"),
+        ("tcp_buffers", p.tcp_buffers, false, "sockstat TCP memory growth / connections (buffers holding data)"),
         (
             "kernel_total",
             p.kernel_total,
@@ -359,11 +320,7 @@ pub fn format_rate(per_second: f64) -> String {
     if !per_second.is_finite() {
         return "—".into();
     }
-    if per_second.abs() < 100.0 {
-        format!("{per_second:.1}/s")
-    } else {
-        format!("{}/s", signed_thousands(per_second))
-    }
+    if per_second.abs() < 100.0 { format!("{per_second:.1}/s") } else { format!("{}/s", signed_thousands(per_second)) }
 }
 
 /// Bytes per connection with both a human size and the exact figure: `8.2 KiB (8,381 B)`.
@@ -401,11 +358,7 @@ fn rate_achieved(achieved: f64, requested: f64) -> String {
 
 /// `achieved` as a share of `requested`, or nothing when nothing was asked.
 fn share(achieved: f64, requested: f64) -> String {
-    if requested > 0.0 && achieved.is_finite() {
-        format!("{:.1}%", 100.0 * achieved / requested)
-    } else {
-        "—".into()
-    }
+    if requested > 0.0 && achieved.is_finite() { format!("{:.1}%", 100.0 * achieved / requested) } else { "—".into() }
 }
 
 /// A latency figure, or a dash when the distribution is empty.
@@ -426,9 +379,7 @@ fn cell(text: &str) -> String {
 fn table(md: &mut String, header: &[&str], align: &str, rows: &[Vec<String>]) {
     let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
     md.push_str(&line(header.iter().map(|h| cell(h)).collect()));
-    md.push_str(&line(
-        align.chars().map(|a| if a == 'r' { "---:".into() } else { "---".into() }).collect(),
-    ));
+    md.push_str(&line(align.chars().map(|a| if a == 'r' { "---:".into() } else { "---".into() }).collect()));
     for row in rows {
         md.push_str(&line(row.iter().map(|c| cell(c)).collect()));
     }
@@ -494,7 +445,8 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
         }
     }
     let Some((file, text)) = latest else { return Ok(()) };
-    let r: PeersResult = serde_json::from_str(&text).map_err(|source| ReportError::PeersParse { path: file.clone(), source })?;
+    let r: PeersResult =
+        serde_json::from_str(&text).map_err(|source| ReportError::PeersParse { path: file.clone(), source })?;
     let rel = format!("{PEERS_RESULTS_DIR}/{}", file_name(&file));
     let s = &r.settings;
     push_line(md, "## Side by side: c2m and its peers");
@@ -544,13 +496,33 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
         md,
         &[
             ("result", format!("[{rel}]({})", link_target(&rel))),
-            ("status", match r.status {
-                RunStatus::Complete => "complete".to_string(),
-                RunStatus::Aborted => format!("**ABORTED**: {}", r.abort_reason.as_deref().unwrap_or("")),
-            }),
+            (
+                "status",
+                match r.status {
+                    RunStatus::Complete => "complete".to_string(),
+                    RunStatus::Aborted => format!("**ABORTED**: {}", r.abort_reason.as_deref().unwrap_or("")),
+                },
+            ),
             ("started (UTC)", format!("{}, {:.0} s", r.started_utc, r.elapsed_seconds)),
-            ("machine", format!("{} ({} cores, {}), kernel {}", r.machine.host, r.machine.cores, human_bytes(r.machine.memory_bytes as f64), r.machine.kernel)),
-            ("versions", r.servers.iter().filter(|v| v.available).map(|v| format!("{} {}", v.name, v.version)).collect::<Vec<_>>().join("; ")),
+            (
+                "machine",
+                format!(
+                    "{} ({} cores, {}), kernel {}",
+                    r.machine.host,
+                    r.machine.cores,
+                    human_bytes(r.machine.memory_bytes as f64),
+                    r.machine.kernel
+                ),
+            ),
+            (
+                "versions",
+                r.servers
+                    .iter()
+                    .filter(|v| v.available)
+                    .map(|v| format!("{} {}", v.name, v.version))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             ("skipped", if skipped.is_empty() { "none".into() } else { skipped.join("; ") }),
             ("capacity shards", if shards.is_empty() { "none".into() } else { shards.join(", ") }),
             ("problems noted", format!("{problems} (see `errors` in the result)")),
@@ -600,8 +572,7 @@ fn write_summary(md: &mut String, scenarios: &BTreeMap<&str, ScenarioRuns<'_>>) 
         push_line(md, "");
         return;
     }
-    let rows: Vec<Vec<String>> =
-        scenarios.iter().map(|(name, runs)| summary_row(name, &runs.latest.result)).collect();
+    let rows: Vec<Vec<String>> = scenarios.iter().map(|(name, runs)| summary_row(name, &runs.latest.result)).collect();
     table(
         md,
         &[
@@ -694,11 +665,7 @@ fn write_status(md: &mut String, r: &BenchResult) {
     let load = (r.load.status == RunStatus::Aborted).then(|| reason_text(&r.load.abort_reason));
     let aborted = match (bench, load) {
         (Some(b), Some(l)) if b == l => vec![format!("the bench and the load: {b}")],
-        (b, l) => b
-            .map(|b| format!("the bench: {b}"))
-            .into_iter()
-            .chain(l.map(|l| format!("the load: {l}")))
-            .collect(),
+        (b, l) => b.map(|b| format!("the bench: {b}")).into_iter().chain(l.map(|l| format!("the load: {l}"))).collect(),
     };
     if aborted.is_empty() {
         push_line(md, "**Status: complete.**");
@@ -762,8 +729,7 @@ fn write_machine(md: &mut String, r: &BenchResult) {
         push_line(md, "No sysctls recorded.");
         push_line(md, "");
     } else {
-        let rows: Vec<Vec<String>> =
-            m.sysctls.iter().map(|(k, v)| vec![format!("`{k}`"), v.clone()]).collect();
+        let rows: Vec<Vec<String>> = m.sysctls.iter().map(|(k, v)| vec![format!("`{k}`"), v.clone()]).collect();
         table(md, &["sysctl", "value at start"], "ll", &rows);
     }
 }
@@ -775,8 +741,7 @@ fn write_settings(md: &mut String, r: &BenchResult) {
     push_line(md, "");
     match r.scenario.settings.as_object() {
         Some(map) if !map.is_empty() => {
-            let rows: Vec<Vec<String>> =
-                map.iter().map(|(k, v)| vec![k.clone(), setting_value(v)]).collect();
+            let rows: Vec<Vec<String>> = map.iter().map(|(k, v)| vec![k.clone(), setting_value(v)]).collect();
             table(md, &["setting", "value"], "ll", &rows);
         }
         _ => {
@@ -792,16 +757,10 @@ fn write_settings(md: &mut String, r: &BenchResult) {
         &[
             ("target", p.target.clone()),
             ("connections", thousands(p.connections)),
-            (
-                "connect rate",
-                if p.connect_rate > 0.0 { format_rate(p.connect_rate) } else { "unpaced".into() },
-            ),
+            ("connect rate", if p.connect_rate > 0.0 { format_rate(p.connect_rate) } else { "unpaced".into() }),
             ("connect concurrency", thousands(p.connect_concurrency)),
             ("connect timeout", format!("{} ms", thousands(p.connect_timeout_ms))),
-            (
-                "sources",
-                format!("{} ({} addresses)", p.sources.join(", "), thousands(p.source_addresses)),
-            ),
+            ("sources", format!("{} ({} addresses)", p.sources.join(", "), thousands(p.source_addresses))),
             ("source ports", format!("{}–{}", p.source_ports[0], p.source_ports[1])),
             ("duration", format_seconds(p.duration_ms as f64 / 1e3)),
             ("ramp", format_seconds(p.ramp_ms as f64 / 1e3)),
@@ -842,10 +801,7 @@ fn write_connections(md: &mut String, r: &BenchResult) {
             ("failed", thousands(c.failed)),
             ("lost after establishing", thousands(c.lost)),
             ("connect phase", format_seconds(c.connect_seconds)),
-            (
-                "connect rate requested",
-                if asked_rate > 0.0 { format_rate(asked_rate) } else { "unpaced".into() },
-            ),
+            ("connect rate requested", if asked_rate > 0.0 { format_rate(asked_rate) } else { "unpaced".into() }),
             ("connect rate achieved", rate_achieved(c.connect_rate_achieved, asked_rate)),
         ],
     );
@@ -860,14 +816,7 @@ fn write_phases(md: &mut String, phases: &[Phase]) {
     }
     let rows: Vec<Vec<String>> = phases
         .iter()
-        .map(|p| {
-            vec![
-                p.name.clone(),
-                format_seconds(p.start),
-                format_seconds(p.end),
-                format_seconds(p.end - p.start),
-            ]
-        })
+        .map(|p| vec![p.name.clone(), format_seconds(p.start), format_seconds(p.end), format_seconds(p.end - p.start)])
         .collect();
     table(md, &["phase", "start", "end", "duration"], "lrrr", &rows);
 }
@@ -888,8 +837,7 @@ fn write_errors(md: &mut String, r: &BenchResult) {
         push_line(md, "");
         return;
     }
-    let rows: Vec<Vec<String>> =
-        r.load.errors.iter().map(|(kind, n)| vec![kind.clone(), thousands(*n)]).collect();
+    let rows: Vec<Vec<String>> = r.load.errors.iter().map(|(kind, n)| vec![kind.clone(), thousands(*n)]).collect();
     table(md, &["error", "count"], "lr", &rows);
 }
 
@@ -923,7 +871,10 @@ fn write_messages(md: &mut String, r: &BenchResult) {
             &[
                 ("SENDs", thousands(c.sent)),
                 ("ACKed (one tick)", thousands(c.acked)),
-                ("NACK 7 (unknown recipient) / NACK 8 (offline store full)", format!("{} / {}", thousands(c.nacked_unknown_recipient), thousands(c.nacked_offline_full))),
+                (
+                    "NACK 7 (unknown recipient) / NACK 8 (offline store full)",
+                    format!("{} / {}", thousands(c.nacked_unknown_recipient), thousands(c.nacked_offline_full)),
+                ),
                 ("deliveries expected / delivered", format!("{} / {}", thousands(c.expected), thousands(c.delivered))),
                 ("RECEIPTs back to the sender (two ticks)", thousands(c.receipted)),
                 ("lost / delivered twice", format!("{} / {}", thousands(c.lost), thousands(c.duplicates))),
@@ -952,12 +903,7 @@ fn write_latency(md: &mut String, r: &BenchResult) {
     .filter(|(name, _, s)| !name.starts_with("chat") || s.count > 0)
     .map(|(name, what, s)| latency_row(name, what, s))
     .collect();
-    table(
-        md,
-        &["latency", "measures", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"],
-        "llrrrrrrr",
-        &rows,
-    );
+    table(md, &["latency", "measures", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"], "llrrrrrrr", &rows);
     push_line(
         md,
         "Corrected figures count from when the connect or message was *scheduled*, so time \
@@ -987,10 +933,7 @@ fn write_memory(md: &mut String, r: &BenchResult) {
     push_line(md, "");
     push_line(
         md,
-        &format!(
-            "Divided by {} connections logged in when the loaded figures were taken.",
-            thousands(mem.connections)
-        ),
+        &format!("Divided by {} connections logged in when the loaded figures were taken.", thousands(mem.connections)),
     );
     push_line(md, "");
     let conns = mem.connections as f64;
@@ -1005,22 +948,13 @@ fn write_memory(md: &mut String, r: &BenchResult) {
 }
 
 fn write_system_memory(md: &mut String, before: &SystemMemory, loaded: &SystemMemory) {
-    let bytes = |a: u64, b: u64| {
-        vec![human_bytes(a as f64), human_bytes(b as f64), human_bytes(b as f64 - a as f64)]
-    };
+    let bytes = |a: u64, b: u64| vec![human_bytes(a as f64), human_bytes(b as f64), human_bytes(b as f64 - a as f64)];
     let row = |name: &str, mut cells: Vec<String>| {
         cells.insert(0, name.to_string());
         cells
     };
     let rows = vec![
-        row(
-            "taken at",
-            vec![
-                format_seconds(before.t),
-                format_seconds(loaded.t),
-                format_seconds(loaded.t - before.t),
-            ],
-        ),
+        row("taken at", vec![format_seconds(before.t), format_seconds(loaded.t), format_seconds(loaded.t - before.t)]),
         row("MemFree", bytes(before.mem_free, loaded.mem_free)),
         row("MemAvailable", bytes(before.mem_available, loaded.mem_available)),
         row("Slab", bytes(before.slab, loaded.slab)),
@@ -1075,11 +1009,8 @@ fn write_server_metrics(md: &mut String, r: &BenchResult) {
     }
     push_line(md, "<details><summary>Server metrics at the end (sum over workers)</summary>");
     push_line(md, "");
-    let rows: Vec<Vec<String>> = r
-        .server_metrics
-        .iter()
-        .map(|(name, v)| vec![format!("`{name}`"), metric_value(*v)])
-        .collect();
+    let rows: Vec<Vec<String>> =
+        r.server_metrics.iter().map(|(name, v)| vec![format!("`{name}`"), metric_value(*v)]).collect();
     table(md, &["metric", "value"], "lr", &rows);
     push_line(md, "</details>");
     push_line(md, "");
@@ -1100,10 +1031,7 @@ fn write_files(md: &mut String, runs: &ScenarioRuns<'_>) {
         push_line(md, "- histogram log: none recorded");
     } else {
         let rel = format!("{}/{hlog}", found.rel_dir);
-        push_line(
-            md,
-            &format!("- histogram log (HdrHistogram interval log): [{rel}]({})", link_target(&rel)),
-        );
+        push_line(md, &format!("- histogram log (HdrHistogram interval log): [{rel}]({})", link_target(&rel)));
     }
     for older in &runs.older {
         push_line(

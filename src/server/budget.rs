@@ -23,9 +23,7 @@ impl SessionBudget {
 
     /// Takes one session from the budget; `false` when the server is full.
     pub fn try_take(&self) -> bool {
-        self.in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limit).then_some(n + 1))
-            .is_ok()
+        self.in_use.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limit).then_some(n + 1)).is_ok()
     }
 
     /// Gives back a session taken with [`SessionBudget::try_take`].

@@ -22,7 +22,11 @@ impl Place {
     }
 
     pub fn unpack(v: u64) -> Option<Place> {
-        (v != 0).then(|| Place { worker: ((v >> 56) - 1) as u8, generation: (v >> 32) as u32 & GEN_MASK, slot: v as u32 })
+        (v != 0).then(|| Place {
+            worker: ((v >> 56) - 1) as u8,
+            generation: (v >> 32) as u32 & GEN_MASK,
+            slot: v as u32,
+        })
     }
 }
 
@@ -82,6 +86,9 @@ mod tests {
         assert!(d.withdraw(4, b));
         assert_eq!(d.get(4), None);
         assert!(d.contains(10) && !d.contains(11) && !d.contains(0));
-        assert_eq!(Place::unpack(Place { worker: 255 - 1, generation: u32::MAX, slot: u32::MAX }.pack()).unwrap().generation, GEN_MASK);
+        assert_eq!(
+            Place::unpack(Place { worker: 255 - 1, generation: u32::MAX, slot: u32::MAX }.pack()).unwrap().generation,
+            GEN_MASK
+        );
     }
 }

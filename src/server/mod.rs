@@ -12,7 +12,6 @@ pub mod worker;
 #[cfg(test)]
 mod session_tests;
 
-
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -22,13 +21,13 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::engine::probe::{Features, probe};
+use crate::engine::ring_set::rings_needed;
 use crate::engine::worker::spawn_pinned;
 use crate::engine::{EngineError, RingConfig, RingSet, Waker, run_worker};
 use crate::proto;
 use crate::slab::SlabError;
 use crate::stats::WorkerStats;
 use worker::{ServerWorker, accept_margin};
-use crate::engine::ring_set::rings_needed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -146,7 +145,9 @@ impl ServeConfig {
         if self.workers > 255 {
             return bad("--workers must be at most 255 (the directory packs the worker in a byte)".into());
         }
-        if self.groups > 0 && (self.group_size == 0 || self.group_size > proto::MAX_GROUP_SIZE || self.group_size as u64 > self.users) {
+        if self.groups > 0
+            && (self.group_size == 0 || self.group_size > proto::MAX_GROUP_SIZE || self.group_size as u64 > self.users)
+        {
             return bad(format!("--group-size must be in 1..={} and at most --users", proto::MAX_GROUP_SIZE));
         }
         Ok(())
@@ -177,7 +178,8 @@ pub fn accept_queue_len(listener: std::os::fd::BorrowedFd<'_>) -> std::io::Resul
     // writable and `len` says its size: the kernel writes at most `len` bytes into it.
     let (rc, info) = unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
-        let rc = libc::getsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
+        let rc =
+            libc::getsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
         (rc, info)
     };
     if rc != 0 {
@@ -260,7 +262,8 @@ impl Server {
         for (id, socket) in listeners.into_iter().enumerate() {
             let worker_stats = Arc::new(WorkerStats::default());
             stats.push(worker_stats.clone());
-            let (cfg, stop, ready, chat, budget) = (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone(), budget.clone());
+            let (cfg, stop, ready, chat, budget) =
+                (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone(), budget.clone());
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let body = move || -> Result<(), ServerError> {
                 let fd: OwnedFd = socket.into();
@@ -391,7 +394,8 @@ mod tests {
             ..ServeConfig::default()
         };
         let server = Server::start(cfg).expect("server starts");
-        let mut clients: Vec<BlockingClient> = (0..20).map(|_| BlockingClient::connect(server.local_addr()).unwrap()).collect();
+        let mut clients: Vec<BlockingClient> =
+            (0..20).map(|_| BlockingClient::connect(server.local_addr()).unwrap()).collect();
         for (i, c) in clients.iter_mut().enumerate() {
             c.login(i as u64).unwrap();
             c.send(&Frame::Ping { seq: i as u64, t_ns: 5 }).unwrap();
@@ -502,7 +506,8 @@ mod tests {
             tries += 1;
             assert!(tries < 5000, "the hash never gave worker 0 enough connections");
             let mut c = BlockingClient::connect(server.local_addr()).unwrap();
-            let session = c.login(tries).unwrap_or_else(|e| panic!("session {} on worker 0 refused: {e}", kept.len() + 1));
+            let session =
+                c.login(tries).unwrap_or_else(|e| panic!("session {} on worker 0 refused: {e}", kept.len() + 1));
             if session >> 48 == 0 {
                 kept.push(c);
             } else {
@@ -517,11 +522,13 @@ mod tests {
         assert_eq!(stats[0].slots_in_use.get(), 140);
         assert!(stats[0].rings.get() > start_rings, "worker 0 grew past its {start_rings} rings");
         // The budget is spent at 150, wherever the last ten land.
-        let mut rest: Vec<BlockingClient> = (0..10).map(|i| {
-            let mut c = BlockingClient::connect(server.local_addr()).unwrap();
-            c.login(10_000 + i).unwrap();
-            c
-        }).collect();
+        let mut rest: Vec<BlockingClient> = (0..10)
+            .map(|i| {
+                let mut c = BlockingClient::connect(server.local_addr()).unwrap();
+                c.login(10_000 + i).unwrap();
+                c
+            })
+            .collect();
         let mut extra = BlockingClient::connect(server.local_addr()).unwrap();
         match extra.read_frame(Duration::from_secs(5)).unwrap().map(|f| f.0) {
             Some(bytes) => assert!(matches!(

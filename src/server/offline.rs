@@ -171,7 +171,13 @@ mod tests {
     use super::*;
 
     fn limits() -> OfflineLimits {
-        OfflineLimits { per_user_messages: 2, per_user_bytes: 100, total_messages: 3, total_bytes: 1000, ttl: Duration::from_secs(60) }
+        OfflineLimits {
+            per_user_messages: 2,
+            per_user_bytes: 100,
+            total_messages: 3,
+            total_bytes: 1000,
+            ttl: Duration::from_secs(60),
+        }
     }
 
     #[test]

@@ -184,7 +184,8 @@ impl ServerWorker {
         let shared: Option<Arc<[u8]>> = per_worker.iter().any(|v| !v.is_empty()).then(|| frame.into());
         for (w, members) in per_worker.iter_mut().enumerate() {
             if !members.is_empty() {
-                let item = Routed::Group { members: std::mem::take(members), frame: shared.clone().expect("made above") };
+                let item =
+                    Routed::Group { members: std::mem::take(members), frame: shared.clone().expect("made above") };
                 self.post(rings, w, item);
             }
         }
@@ -257,7 +258,9 @@ impl ServerWorker {
                 Routed::ToSession { user, place, frame } => {
                     if !self.deliver_local(rings, user, place, &frame) {
                         let outcome = self.route_frame(rings, user, &frame);
-                        if outcome == Outcome::Refused || (outcome == Outcome::Dropped && kind_of(&frame) == Some(Kind::Deliver)) {
+                        if outcome == Outcome::Refused
+                            || (outcome == Outcome::Dropped && kind_of(&frame) == Some(Kind::Deliver))
+                        {
                             self.stats.chat.group_member_dropped.inc();
                         } else if outcome == Outcome::Dropped {
                             self.stats.chat.notices_dropped.inc();

@@ -141,10 +141,19 @@ const ROUTE_REPLY: usize = proto::HEADER_LEN + 10;
 /// routing touches other sessions, which cannot be borrowed while this one is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    Login { user: u64 },
+    Login {
+        user: u64,
+    },
     /// A SEND: `frame` is its DELIVER, encoded in [`Requests::frames`].
-    Send { to_user: u64, msg_id: u64, frame: Range<usize> },
-    Receipt { from_user: u64, msg_id: u64 },
+    Send {
+        to_user: u64,
+        msg_id: u64,
+        frame: Range<usize>,
+    },
+    Receipt {
+        from_user: u64,
+        msg_id: u64,
+    },
 }
 
 #[derive(Default)]
@@ -345,9 +354,7 @@ fn answer(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
         // A second HELLO on a session.
         Frame::Hello { .. } => fatal(out, env, ErrorCode::Malformed, CloseReason::ProtocolError),
         // A server-to-client kind is not a kind a server accepts.
-        _ if !frame.kind().is_client_to_server() => {
-            fatal(out, env, ErrorCode::UnknownKind, CloseReason::ProtocolError)
-        }
+        _ if !frame.kind().is_client_to_server() => fatal(out, env, ErrorCode::UnknownKind, CloseReason::ProtocolError),
         _ if !logged_in => fatal(out, env, ErrorCode::NotLoggedIn, CloseReason::ProtocolError),
         Frame::Ping { seq, t_ns } => reply(out, env, Frame::Pong { seq, t_ns }),
         Frame::Echo { data } => reply(out, env, Frame::EchoReply { data }),

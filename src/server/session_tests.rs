@@ -4,7 +4,9 @@
 
 use proptest::prelude::*;
 
-use super::session::{self, Env, INLINE_OUT, Request, Requests, Session, Verdict, flag, next_send, on_bytes, sent, state};
+use super::session::{
+    self, Env, INLINE_OUT, Request, Requests, Session, Verdict, flag, next_send, on_bytes, sent, state,
+};
 use crate::proto::{self, ErrorCode, Frame, FrameIter, HEADER_LEN, Kind, encode_vec};
 use crate::slab::SessionSlab;
 use crate::stats::{CloseReason, WorkerStats};
@@ -24,7 +26,15 @@ const BIG_REPLY: usize = HEADER_LEN + BIG;
 // ---- harness ----
 
 fn test_env<'a>(stats: &'a WorkerStats, requests: &'a Requests, now_tick: u32) -> Env<'a> {
-    Env { stats, max_frame: MAX_FRAME, heartbeat_ms: HEARTBEAT_MS, session_id: SESSION_ID, now_tick, wall_ns: || WALL_NS, requests }
+    Env {
+        stats,
+        max_frame: MAX_FRAME,
+        heartbeat_ms: HEARTBEAT_MS,
+        session_id: SESSION_ID,
+        now_tick,
+        wall_ns: || WALL_NS,
+        requests,
+    }
 }
 
 /// One session in a slab, plus the worker's counters and clock.
@@ -536,10 +546,7 @@ fn unsplit_output(stream: &[u8]) -> Vec<u8> {
     assert_eq!(h.feed(stream), Verdict::Open);
     assert_eq!(h.s().in_len, 0);
     let out = h.drain();
-    assert_eq!(
-        kinds(&out),
-        [Kind::Welcome, Kind::Pong, Kind::EchoReply, Kind::EchoReply, Kind::Pong]
-    );
+    assert_eq!(kinds(&out), [Kind::Welcome, Kind::Pong, Kind::EchoReply, Kind::EchoReply, Kind::Pong]);
     out
 }
 
@@ -761,7 +768,11 @@ fn replies_queue_behind_a_slot_send_in_flight() {
     let frames = parse_all(&out);
     assert_eq!(
         frames,
-        [Frame::EchoReply { data: &data }, Frame::Pong { seq: 1, t_ns: t_ns_of(1) }, Frame::Pong { seq: 2, t_ns: t_ns_of(2) }]
+        [
+            Frame::EchoReply { data: &data },
+            Frame::Pong { seq: 1, t_ns: t_ns_of(1) },
+            Frame::Pong { seq: 2, t_ns: t_ns_of(2) }
+        ]
     );
 }
 

@@ -10,11 +10,11 @@ use io_uring::types::{CancelBuilder, Fd, Fixed, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode};
 
 use super::budget::SessionBudget;
-use super::{RecvArm, ServeConfig};
 use super::held::{Held, HeldInput};
 use super::mailbox::Routed;
 use super::route::{ChatShared, OP_MAIL};
 use super::session::{self, Env, Requests, Session, Verdict, chat, flag, state};
+use super::{RecvArm, ServeConfig};
 use crate::engine::timer::TimerWheel;
 use crate::engine::{Op, RingSet, Service, Token};
 use crate::proto::{self, ErrorCode, Frame};
@@ -357,7 +357,8 @@ impl ServerWorker {
     }
 
     fn reject_close(&mut self, rings: &mut RingSet, ring: usize, file: u32) {
-        let entry = opcode::Close::new(Fixed(file)).build().user_data(Token::of(Op::RejectClose, ring as u16, 0, file).0);
+        let entry =
+            opcode::Close::new(Fixed(file)).build().user_data(Token::of(Op::RejectClose, ring as u16, 0, file).0);
         Self::push(rings, ring, entry);
     }
 
@@ -382,7 +383,9 @@ impl ServerWorker {
         s.inflight += 1;
         let ring = s.ring as usize;
         let entry = match self.cfg.recv_arm {
-            RecvArm::Poll => opcode::PollAdd::new(Fixed(s.file), (libc::POLLIN | libc::POLLRDHUP) as u32).multi(true).build(),
+            RecvArm::Poll => {
+                opcode::PollAdd::new(Fixed(s.file), (libc::POLLIN | libc::POLLRDHUP) as u32).multi(true).build()
+            }
             RecvArm::Multishot => opcode::RecvMulti::new(Fixed(s.file), rings.rings[ring].bufs.bgid()).build(),
         };
         Self::push(rings, ring, entry.user_data(token.0));
@@ -572,8 +575,10 @@ impl ServerWorker {
     /// receives again once all of it is handled.
     fn resume(&mut self, rings: &mut RingSet, slot: u32) {
         while let Some(front) = self.held.front(slot) {
-            let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
-            let data = &rings.rings[front.ring as usize].bufs.data(front.bid, front.len as usize)[front.offset as usize..];
+            let env =
+                env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
+            let data =
+                &rings.rings[front.ring as usize].bufs.data(front.bid, front.len as usize)[front.offset as usize..];
             let verdict = session::on_bytes(self.slab.session(slot), &env, data);
             self.route_requests(rings, slot);
             match verdict {
@@ -818,7 +823,8 @@ impl ServerWorker {
             s.opened_tick + self.hello_ticks
         };
         if self.now_tick >= deadline {
-            let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
+            let env =
+                env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
             let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
             let verdict = session::timed_out(&mut out, &env);
             self.apply(rings, slot, verdict);
@@ -842,7 +848,8 @@ impl ServerWorker {
             if s.state == state::FREE || s.has(flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
                 continue;
             }
-            let env = env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
+            let env =
+                env(self.id, &self.cfg, &self.stats, &self.requests, self.slab.generation(slot), slot, self.now_tick);
             let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
             let verdict = session::say_bye(&mut out, &env);
             self.apply(rings, slot, verdict);
@@ -865,7 +872,9 @@ impl Service for ServerWorker {
             Some(op @ (Op::Cancel | Op::Shutdown | Op::Close | Op::HalfClose)) => {
                 self.on_teardown_step(rings, ring, token, op, cqe.result())
             }
-            Some(op @ (Op::RejectSend | Op::RejectShutdown | Op::RejectClose)) => self.on_reject(rings, ring, token, op),
+            Some(op @ (Op::RejectSend | Op::RejectShutdown | Op::RejectClose)) => {
+                self.on_reject(rings, ring, token, op)
+            }
             Some(Op::Tick) => self.on_tick(rings, cqe),
             Some(Op::AcceptCancel) | None => {}
         }

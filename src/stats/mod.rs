@@ -190,21 +190,36 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", get(s));
         }
     };
-    per_worker(&mut out, "c2m_sessions_active", "gauge", "Sessions from accept to close, logged in or not.", &|s| s.active());
+    per_worker(&mut out, "c2m_sessions_active", "gauge", "Sessions from accept to close, logged in or not.", &|s| {
+        s.active()
+    });
     per_worker(&mut out, "c2m_sessions_accepted_total", "counter", "Connections accepted as sessions.", &|s| {
         s.sessions_accepted.get()
     });
     family(&mut out, "c2m_sessions_closed_total", "counter", "Sessions closed, by reason.");
     for (w, s) in workers.iter().enumerate() {
         for r in CloseReason::ALL {
-            let _ = writeln!(out, "c2m_sessions_closed_total{{worker=\"{w}\",reason=\"{}\"}} {}", r.name(), s.closed(r).get());
+            let _ = writeln!(
+                out,
+                "c2m_sessions_closed_total{{worker=\"{w}\",reason=\"{}\"}} {}",
+                r.name(),
+                s.closed(r).get()
+            );
         }
     }
-    per_worker(&mut out, "c2m_sessions_rejected_total", "counter", "Connections refused with ERROR 5 (server full).", &|s| {
-        s.sessions_rejected.get()
-    });
+    per_worker(
+        &mut out,
+        "c2m_sessions_rejected_total",
+        "counter",
+        "Connections refused with ERROR 5 (server full).",
+        &|s| s.sessions_rejected.get(),
+    );
     for (name, help, pick) in [
-        ("c2m_frames_in_total", "Frames received, by kind.", (|s: &WorkerStats| &s.frames_in) as fn(&WorkerStats) -> &[Counter; 14]),
+        (
+            "c2m_frames_in_total",
+            "Frames received, by kind.",
+            (|s: &WorkerStats| &s.frames_in) as fn(&WorkerStats) -> &[Counter; 14],
+        ),
         ("c2m_frames_out_total", "Frames sent, by kind.", |s: &WorkerStats| &s.frames_out),
     ] {
         family(&mut out, name, "counter", help);
@@ -231,42 +246,94 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     }
     per_worker(&mut out, "c2m_bytes_in_total", "counter", "Payload bytes received.", &|s| s.bytes_in.get());
     per_worker(&mut out, "c2m_bytes_out_total", "counter", "Bytes sent.", &|s| s.bytes_out.get());
-    per_worker(&mut out, "c2m_accept_errors_total", "counter", "Accept completions that failed.", &|s| s.accept_errors.get());
-    per_worker(&mut out, "c2m_accept_rearms_total", "counter", "Accepts re-armed because connections waited a whole tick unaccepted.", &|s| s.accept_rearms.get());
-    per_worker(&mut out, "c2m_recv_no_buffers_total", "counter", "Receives re-armed after the buffer ring ran dry.", &|s| {
-        s.recv_no_buffers.get()
+    per_worker(&mut out, "c2m_accept_errors_total", "counter", "Accept completions that failed.", &|s| {
+        s.accept_errors.get()
     });
-    per_worker(&mut out, "c2m_backpressure_pauses_total", "counter", "Sessions paused because their replies filled the out area.", &|s| {
-        s.backpressure_pauses.get()
+    per_worker(
+        &mut out,
+        "c2m_accept_rearms_total",
+        "counter",
+        "Accepts re-armed because connections waited a whole tick unaccepted.",
+        &|s| s.accept_rearms.get(),
+    );
+    per_worker(
+        &mut out,
+        "c2m_recv_no_buffers_total",
+        "counter",
+        "Receives re-armed after the buffer ring ran dry.",
+        &|s| s.recv_no_buffers.get(),
+    );
+    per_worker(
+        &mut out,
+        "c2m_backpressure_pauses_total",
+        "counter",
+        "Sessions paused because their replies filled the out area.",
+        &|s| s.backpressure_pauses.get(),
+    );
+    per_worker(&mut out, "c2m_held_buffers", "gauge", "Receive buffers held by paused sessions.", &|s| {
+        s.held_buffers.get()
     });
-    per_worker(&mut out, "c2m_held_buffers", "gauge", "Receive buffers held by paused sessions.", &|s| s.held_buffers.get());
-    per_worker(&mut out, "c2m_slab_resident_bytes", "gauge", "Resident bytes of the session slab (headers and slots).", &|s| {
-        crate::slab::resident_bytes(&s.slab_ranges()).unwrap_or(0)
-    });
+    per_worker(
+        &mut out,
+        "c2m_slab_resident_bytes",
+        "gauge",
+        "Resident bytes of the session slab (headers and slots).",
+        &|s| crate::slab::resident_bytes(&s.slab_ranges()).unwrap_or(0),
+    );
     per_worker(&mut out, "c2m_recv_buffer_bytes", "gauge", "Bytes mapped for provided receive buffers.", &|s| {
         s.recv_buffer_bytes.get()
     });
-    per_worker(&mut out, "c2m_slab_slots_in_use", "gauge", "Session slots held, closing ones included.", &|s| s.slots_in_use.get());
+    per_worker(&mut out, "c2m_slab_slots_in_use", "gauge", "Session slots held, closing ones included.", &|s| {
+        s.slots_in_use.get()
+    });
     per_worker(&mut out, "c2m_rings", "gauge", "io_uring instances.", &|s| s.rings.get());
-    per_worker(&mut out, "c2m_fixed_files_in_use", "gauge", "Direct descriptors in use.", &|s| s.fixed_files_in_use.get());
+    per_worker(&mut out, "c2m_fixed_files_in_use", "gauge", "Direct descriptors in use.", &|s| {
+        s.fixed_files_in_use.get()
+    });
     for (name, kind, help, get) in [
-        ("c2m_chat_delivered_total", "counter", "DELIVERs queued to a session.", (|s: &WorkerStats| s.chat.delivered.get()) as fn(&WorkerStats) -> u64),
-        ("c2m_chat_offline_delivered_total", "counter", "DELIVERs taken from the offline store at login.", |s| s.chat.offline_delivered.get()),
+        (
+            "c2m_chat_delivered_total",
+            "counter",
+            "DELIVERs queued to a session.",
+            (|s: &WorkerStats| s.chat.delivered.get()) as fn(&WorkerStats) -> u64,
+        ),
+        ("c2m_chat_offline_delivered_total", "counter", "DELIVERs taken from the offline store at login.", |s| {
+            s.chat.offline_delivered.get()
+        }),
         ("c2m_chat_forwarded_total", "counter", "Frames handed to another worker.", |s| s.chat.forwarded.get()),
-        ("c2m_chat_wakes_sent_total", "counter", "IORING_OP_MSG_RING wake-ups sent to other workers.", |s| s.chat.wakes_sent.get()),
-        ("c2m_chat_mail_taken_total", "counter", "Items taken from this worker's mailbox.", |s| s.chat.mail_taken.get()),
-        ("c2m_chat_offline_stored_total", "counter", "DELIVERs stored for an offline user.", |s| s.chat.offline_stored.get()),
+        ("c2m_chat_wakes_sent_total", "counter", "IORING_OP_MSG_RING wake-ups sent to other workers.", |s| {
+            s.chat.wakes_sent.get()
+        }),
+        ("c2m_chat_mail_taken_total", "counter", "Items taken from this worker's mailbox.", |s| {
+            s.chat.mail_taken.get()
+        }),
+        ("c2m_chat_offline_stored_total", "counter", "DELIVERs stored for an offline user.", |s| {
+            s.chat.offline_stored.get()
+        }),
         ("c2m_chat_offline_refused_total", "counter", "SENDs refused with NACK 8.", |s| s.chat.offline_refused.get()),
         ("c2m_chat_group_sends_total", "counter", "SENDs to a group.", |s| s.chat.group_sends.get()),
-        ("c2m_chat_group_member_dropped_total", "counter", "Group copies dropped: the member's offline queue was full.", |s| s.chat.group_member_dropped.get()),
-        ("c2m_chat_notices_dropped_total", "counter", "RECEIPT notices for a sender who was offline.", |s| s.chat.notices_dropped.get()),
-        ("c2m_chat_offline_messages", "gauge", "Messages in the offline store.", |s| s.chat.offline_held_messages.get()),
+        (
+            "c2m_chat_group_member_dropped_total",
+            "counter",
+            "Group copies dropped: the member's offline queue was full.",
+            |s| s.chat.group_member_dropped.get(),
+        ),
+        ("c2m_chat_notices_dropped_total", "counter", "RECEIPT notices for a sender who was offline.", |s| {
+            s.chat.notices_dropped.get()
+        }),
+        ("c2m_chat_offline_messages", "gauge", "Messages in the offline store.", |s| {
+            s.chat.offline_held_messages.get()
+        }),
         ("c2m_chat_offline_bytes", "gauge", "Bytes in the offline store.", |s| s.chat.offline_held_bytes.get()),
-        ("c2m_chat_offline_expired_total", "counter", "Stored messages dropped at their TTL.", |s| s.chat.offline_expired.get()),
+        ("c2m_chat_offline_expired_total", "counter", "Stored messages dropped at their TTL.", |s| {
+            s.chat.offline_expired.get()
+        }),
     ] {
         per_worker(&mut out, name, kind, help, &get);
     }
-    per_worker(&mut out, "c2m_sq_backlog", "gauge", "SQEs waiting for room in a full submission queue.", &|s| s.sq_backlog.get());
+    per_worker(&mut out, "c2m_sq_backlog", "gauge", "SQEs waiting for room in a full submission queue.", &|s| {
+        s.sq_backlog.get()
+    });
     out
 }
 

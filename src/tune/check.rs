@@ -77,11 +77,8 @@ impl From<CostModel> for Cost {
 
 impl Cost {
     fn bytes_each(&self, both_ends_here: bool) -> f64 {
-        let m = CostModel {
-            per_connection_bytes: self.pair_bytes,
-            kernel_bytes: self.kernel_bytes,
-            source: String::new(),
-        };
+        let m =
+            CostModel { per_connection_bytes: self.pair_bytes, kernel_bytes: self.kernel_bytes, source: String::new() };
         m.bytes_each(both_ends_here).max(1.0)
     }
 }
@@ -299,7 +296,11 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
         format!(
             "{}; raisable: {}",
             thousands(hard),
-            if can_raise { format!("yes, up to fs.nr_open ({})", opt(s.nr_open)) } else { "no (no CAP_SYS_RESOURCE)".into() }
+            if can_raise {
+                format!("yes, up to fs.nr_open ({})", opt(s.nr_open))
+            } else {
+                "no (no CAP_SYS_RESOURCE)".into()
+            }
         ),
         None,
         "caps the soft limit; a bigger fixed-file table only means fewer rings".into(),
@@ -323,10 +324,7 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
         format!(
             "every socket is a struct file, direct descriptors too: {ends} per connection here. {}",
             if exempt {
-                format!(
-                    "This process has CAP_SYS_ADMIN, which the kernel exempts; without it: {}",
-                    opt(by_files)
-                )
+                format!("This process has CAP_SYS_ADMIN, which the kernel exempts; without it: {}", opt(by_files))
             } else {
                 "Processes with CAP_SYS_ADMIN would be exempt".into()
             }
@@ -384,7 +382,11 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
         None,
         format!(
             "half-open connections per listener: caps the connect rate, not connections held{}",
-            if s.syncookies.unwrap_or(0) > 0 { " (tcp_syncookies is on: a full queue answers with cookies)" } else { "" }
+            if s.syncookies.unwrap_or(0) > 0 {
+                " (tcp_syncookies is on: a full queue answers with cookies)"
+            } else {
+                ""
+            }
         ),
         "sysctl -w net.ipv4.tcp_max_syn_backlog=65535",
     ));
@@ -396,7 +398,10 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
         "vm.max_map_count",
         format!("{} ({} mapped now)", opt(s.max_map_count), thousands(s.maps_in_use)),
         s.max_map_count.map(|m| m.saturating_sub(s.maps_in_use) / MAPS_PER_RING * slots),
-        format!("mappings per process: c2m maps about {MAPS_PER_RING} per ring of {} connections, plus one session slab", thousands(slots)),
+        format!(
+            "mappings per process: c2m maps about {MAPS_PER_RING} per ring of {} connections, plus one session slab",
+            thousands(slots)
+        ),
         "sysctl -w vm.max_map_count=262144",
     ));
     rows.push(overcommit_row(s));
@@ -449,9 +454,7 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
         human_bytes(o.keep_free as f64)
     )];
     if want > 1_000_000 {
-        notes.push(format!(
-            "c2m serve holds at most --max-sessions (default 1,000,000): pass --max-sessions {want}."
-        ));
+        notes.push(format!("c2m serve holds at most --max-sessions (default 1,000,000): pass --max-sessions {want}."));
     }
     CheckReport {
         headline,
@@ -475,7 +478,11 @@ fn memory_row(s: &Snapshot, o: &CheckOptions, each: f64, by_memory: u64) -> Row 
         format!(
             "{} per connection ({}), cost {}",
             human_bytes(each),
-            if o.both_ends_here { "client + server socket and both processes" } else { "server end: half the kernel part" },
+            if o.both_ends_here {
+                "client + server socket and both processes"
+            } else {
+                "server end: half the kernel part"
+            },
             s.cost.source
         ),
         "free memory (stop other work; `sync; echo 3 > /proc/sys/vm/drop_caches` drops page cache) or add RAM",
@@ -600,7 +607,13 @@ fn memlock_row(s: &Snapshot, o: &CheckOptions, files_per_ring: u64) -> Row {
     let lift = "ulimit -l unlimited (tuning/limits.d/c2m.conf, or LimitMEMLOCK=infinity)";
     let version = super::host::parse_kernel_version(&s.kernel).unwrap_or((0, 0));
     if tune_host::has_cap(s.cap_eff, CAP_IPC_LOCK) {
-        return row("RLIMIT_MEMLOCK", value, None, "this process has CAP_IPC_LOCK: io_uring charges nothing to memlock".into(), lift);
+        return row(
+            "RLIMIT_MEMLOCK",
+            value,
+            None,
+            "this process has CAP_IPC_LOCK: io_uring charges nothing to memlock".into(),
+            lift,
+        );
     }
     if ((5, 12)..(6, 14)).contains(&version) {
         return row(
@@ -641,7 +654,9 @@ fn memlock_row(s: &Snapshot, o: &CheckOptions, files_per_ring: u64) -> Row {
 /// The report as a table: a headline, one line per limit with what it caps beneath, then notes.
 pub fn render(r: &CheckReport) -> String {
     let mut out = format!("{}\n\n", r.headline);
-    let allows = |a: Option<u64>| a.map(|v| if v > 1_000_000_000_000 { ">1e12".into() } else { thousands(v) }).unwrap_or_else(|| "-".into());
+    let allows = |a: Option<u64>| {
+        a.map(|v| if v > 1_000_000_000_000 { ">1e12".into() } else { thousands(v) }).unwrap_or_else(|| "-".into())
+    };
     let w0 = r.rows.iter().map(|x| x.limit.len()).max().unwrap_or(5).max(5);
     let w1 = r.rows.iter().map(|x| x.value.len()).max().unwrap_or(5).clamp(5, 48);
     let w2 = r.rows.iter().map(|x| allows(x.allows).len()).max().unwrap_or(6).max(6);

@@ -186,7 +186,8 @@ fn run_size(a: SizeArgs) -> anyhow::Result<i32> {
         None => size::largest_result(&a.results_dir)
             .with_context(|| format!("no complete c2m bench result under {}", a.results_dir.display()))?,
     };
-    let target = Target { memory_bytes: a.memory, cores: a.cores.max(1), server_only: a.server_only, reserve_bytes: a.reserve };
+    let target =
+        Target { memory_bytes: a.memory, cores: a.cores.max(1), server_only: a.server_only, reserve_bytes: a.reserve };
     let prediction = size::predict(&path.display().to_string(), &result, &target)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&prediction)?);

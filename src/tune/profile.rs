@@ -134,7 +134,9 @@ pub fn restore(sys: &ProcSys, state: &Path) -> Result<Vec<Restored>, TuneError> 
     let mut restored = Vec::new();
     for (key, value) in &saved.values {
         match sys.write(key, value).and_then(|()| sys.read(key)) {
-            Ok(Some(now)) if now == normalize(value) => restored.push(Restored { key: key.clone(), value: value.clone() }),
+            Ok(Some(now)) if now == normalize(value) => {
+                restored.push(Restored { key: key.clone(), value: value.clone() })
+            }
             Ok(now) => failures.push(format!("{key}: wrote {value:?}, reads {:?}", now.unwrap_or_default())),
             Err(e) => failures.push(e.to_string()),
         }
@@ -184,7 +186,9 @@ mod tests {
     /// A /proc/sys stand-in with three keys.
     fn tree() -> (tempfile::TempDir, ProcSys) {
         let dir = tempfile::tempdir().unwrap();
-        for (key, value) in [("net/core/somaxconn", "4096\n"), ("fs/file-max", "100\n"), ("net/ipv4/tcp_mem", "1\t2\t3\n")] {
+        for (key, value) in
+            [("net/core/somaxconn", "4096\n"), ("fs/file-max", "100\n"), ("net/ipv4/tcp_mem", "1\t2\t3\n")]
+        {
             let path = dir.path().join(key);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, value).unwrap();
@@ -205,7 +209,10 @@ mod tests {
     fn plan_sorts_keys_into_changed_unchanged_missing() {
         let (_dir, sys) = tree();
         let p = plan(&settings("net.core.somaxconn = 8192\nfs.file-max = 100\nnet.ipv4.tcp_mem = 1 2  3\nnet.netfilter.nf_conntrack_max = 9\n"), &sys).unwrap();
-        assert_eq!(p.changes, vec![Change { key: "net.core.somaxconn".into(), current: "4096".into(), new: "8192".into() }]);
+        assert_eq!(
+            p.changes,
+            vec![Change { key: "net.core.somaxconn".into(), current: "4096".into(), new: "8192".into() }]
+        );
         assert_eq!(p.unchanged, vec!["fs.file-max", "net.ipv4.tcp_mem"]);
         assert_eq!(p.missing, vec!["net.netfilter.nf_conntrack_max"]);
     }

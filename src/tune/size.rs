@@ -195,7 +195,9 @@ mod tests {
 
     /// A result as the c1m run wrote it, cut to the fields `predict` reads.
     fn result() -> BenchResult {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/results/c1m/20261127T230951Z-vm.json")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/results/c1m/20261127T230951Z-vm.json"))
+                .unwrap();
         let mut r: BenchResult = serde_json::from_str(&text).unwrap();
         let per = &mut r.memory.per_connection;
         per.total = 10_000.0;

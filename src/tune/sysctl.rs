@@ -64,8 +64,11 @@ impl ProcSys {
             .open(&path)
             .map_err(|source| TuneError::Write { key: key.into(), value: value.into(), source })?;
         use std::io::Write;
-        file.write_all(format!("{value}\n").as_bytes())
-            .map_err(|source| TuneError::Write { key: key.into(), value: value.into(), source })
+        file.write_all(format!("{value}\n").as_bytes()).map_err(|source| TuneError::Write {
+            key: key.into(),
+            value: value.into(),
+            source,
+        })
     }
 }
 

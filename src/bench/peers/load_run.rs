@@ -98,7 +98,12 @@ pub struct LoadEnd {
 }
 
 /// Runs the load; `on_event` sees every event as it arrives. Fails when the load wrote no report.
-pub fn run(exe: &Path, spec: &LoadSpec, label: &str, mut on_event: impl FnMut(&Event, &mut Running)) -> anyhow::Result<LoadEnd> {
+pub fn run(
+    exe: &Path,
+    spec: &LoadSpec,
+    label: &str,
+    mut on_event: impl FnMut(&Event, &mut Running),
+) -> anyhow::Result<LoadEnd> {
     let _ = std::fs::remove_file(&spec.json);
     let mut cmd = Command::new(exe);
     cmd.args(spec.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

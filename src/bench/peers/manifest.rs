@@ -62,7 +62,9 @@ pub struct Server {
 /// executable was built in (`target/release/c2m`'s `../../..`).
 pub fn peers_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(PEERS_DIR)];
-    if let Some(root) = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf())) {
+    if let Some(root) =
+        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+    {
         dirs.push(root.join(PEERS_DIR));
     }
     dirs
@@ -82,9 +84,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<PeerEntry>, ManifestError> {
             }
             Some(toml::Value::Table(by_name)) => {
                 for (name, item) in by_name {
-                    let mut table = item.as_table().cloned().ok_or_else(|| err(format!("[{key}.{name}] is not a table")))?;
+                    let mut table =
+                        item.as_table().cloned().ok_or_else(|| err(format!("[{key}.{name}] is not a table")))?;
                     table.entry("name").or_insert_with(|| toml::Value::String(name.clone()));
-                    entries.push(toml::Value::Table(table).try_into::<PeerEntry>().map_err(|e| err(format!("[{key}.{name}]: {e}")))?);
+                    entries.push(
+                        toml::Value::Table(table)
+                            .try_into::<PeerEntry>()
+                            .map_err(|e| err(format!("[{key}.{name}]: {e}")))?,
+                    );
                 }
             }
             Some(_) => return Err(err(format!("{key:?} is neither a list of tables nor a table"))),
@@ -102,7 +109,8 @@ pub fn load() -> Result<Option<(PathBuf, Vec<PeerEntry>)>, ManifestError> {
     for dir in peers_dirs() {
         let path = dir.join(MANIFEST_FILE);
         if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
             return Ok(Some((dir, parse(&text, &path)?)));
         }
     }
@@ -157,7 +165,8 @@ pub fn resolve(names: &[String], manifest: Option<&(PathBuf, Vec<PeerEntry>)>, c
                 .and_then(|f| std::fs::read_to_string(root.join(f)).ok())
                 .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
                 .unwrap_or_else(|| "unknown".into());
-            let missing = (!is_executable(&bin)).then(|| format!("{} is not built (no executable there)", bin.display()));
+            let missing =
+                (!is_executable(&bin)).then(|| format!("{} is not built (no executable there)", bin.display()));
             Server {
                 name: name.clone(),
                 description: entry.description.clone(),

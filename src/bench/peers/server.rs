@@ -88,8 +88,8 @@ impl RunningServer {
         for shard in 0..shape.shards as usize {
             let mut cmd = command(server, addr, shape.workers_per_shard, connections / shape.shards + 1);
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-            let (process, mut handle) =
-                ChildProcess::spawn("server", &mut cmd).with_context(|| format!("starting {}", server.bin.display()))?;
+            let (process, mut handle) = ChildProcess::spawn("server", &mut cmd)
+                .with_context(|| format!("starting {}", server.bin.display()))?;
             running.processes.push(process);
             let label = if shape.shards > 1 { format!("{}[{shard}]", server.name) } else { server.name.clone() };
             if let Some(err) = handle.stderr.take() {

@@ -52,19 +52,84 @@ fn bytes(v: f64) -> String {
 /// The measures, in table order.
 pub fn measures() -> Vec<Measure> {
     vec![
-        Measure { title: "echo throughput (64 B, closed loop)", higher_is_better: true, value: |t| echo(t).map(|m| m.messages_per_second), format: rate },
-        Measure { title: "server CPU per echo", higher_is_better: false, value: |t| echo(t).map(|m| m.server_cpu_us_per_message), format: micros },
-        Measure { title: "ping RTT p50 (corrected)", higher_is_better: false, value: |t| latency(t).map(|m| m.p50_us), format: micros },
-        Measure { title: "ping RTT p99", higher_is_better: false, value: |t| latency(t).map(|m| m.p99_us), format: micros },
-        Measure { title: "ping RTT p99.9", higher_is_better: false, value: |t| latency(t).map(|m| m.p999_us), format: micros },
-        Measure { title: "connections in the memory budget", higher_is_better: true, value: |t| capacity(t).map(|m| m.connections_in_budget), format: count },
-        Measure { title: "memory per connection, all (MemFree)", higher_is_better: false, value: |t| capacity(t).map(|m| m.per_connection.total), format: bytes },
-        Measure { title: "kernel memory per connection (MemFree less RSS)", higher_is_better: false, value: |t| capacity(t).map(|m| m.per_connection.kernel_total), format: bytes },
-        Measure { title: "kernel slab per connection", higher_is_better: false, value: |t| capacity(t).map(|m| m.per_connection.kernel_slab), format: bytes },
-        Measure { title: "server user memory per connection", higher_is_better: false, value: |t| capacity(t).map(|m| m.per_connection.server_user), format: bytes },
-        Measure { title: "connect rate", higher_is_better: true, value: |t| capacity(t).map(|m| m.connect_rate), format: rate },
-        Measure { title: "start-up (spawn to ready)", higher_is_better: false, value: |t| latency(t).map(|m| m.server.startup_seconds), format: millis },
-        Measure { title: "shutdown (SIGTERM to exit, connections held)", higher_is_better: false, value: |t| latency(t).map(|m| m.server.shutdown_seconds), format: millis },
+        Measure {
+            title: "echo throughput (64 B, closed loop)",
+            higher_is_better: true,
+            value: |t| echo(t).map(|m| m.messages_per_second),
+            format: rate,
+        },
+        Measure {
+            title: "server CPU per echo",
+            higher_is_better: false,
+            value: |t| echo(t).map(|m| m.server_cpu_us_per_message),
+            format: micros,
+        },
+        Measure {
+            title: "ping RTT p50 (corrected)",
+            higher_is_better: false,
+            value: |t| latency(t).map(|m| m.p50_us),
+            format: micros,
+        },
+        Measure {
+            title: "ping RTT p99",
+            higher_is_better: false,
+            value: |t| latency(t).map(|m| m.p99_us),
+            format: micros,
+        },
+        Measure {
+            title: "ping RTT p99.9",
+            higher_is_better: false,
+            value: |t| latency(t).map(|m| m.p999_us),
+            format: micros,
+        },
+        Measure {
+            title: "connections in the memory budget",
+            higher_is_better: true,
+            value: |t| capacity(t).map(|m| m.connections_in_budget),
+            format: count,
+        },
+        Measure {
+            title: "memory per connection, all (MemFree)",
+            higher_is_better: false,
+            value: |t| capacity(t).map(|m| m.per_connection.total),
+            format: bytes,
+        },
+        Measure {
+            title: "kernel memory per connection (MemFree less RSS)",
+            higher_is_better: false,
+            value: |t| capacity(t).map(|m| m.per_connection.kernel_total),
+            format: bytes,
+        },
+        Measure {
+            title: "kernel slab per connection",
+            higher_is_better: false,
+            value: |t| capacity(t).map(|m| m.per_connection.kernel_slab),
+            format: bytes,
+        },
+        Measure {
+            title: "server user memory per connection",
+            higher_is_better: false,
+            value: |t| capacity(t).map(|m| m.per_connection.server_user),
+            format: bytes,
+        },
+        Measure {
+            title: "connect rate",
+            higher_is_better: true,
+            value: |t| capacity(t).map(|m| m.connect_rate),
+            format: rate,
+        },
+        Measure {
+            title: "start-up (spawn to ready)",
+            higher_is_better: false,
+            value: |t| latency(t).map(|m| m.server.startup_seconds),
+            format: millis,
+        },
+        Measure {
+            title: "shutdown (SIGTERM to exit, connections held)",
+            higher_is_better: false,
+            value: |t| latency(t).map(|m| m.server.shutdown_seconds),
+            format: millis,
+        },
     ]
 }
 
@@ -91,7 +156,12 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
 
 /// A server's values of a measure, one per round it has one.
 pub fn values(result: &PeersResult, server: &str, measure: &Measure) -> Vec<f64> {
-    result.rounds.iter().flat_map(|r| r.turns.iter().filter(|t| t.server == server)).filter_map(|t| (measure.value)(t)).collect()
+    result
+        .rounds
+        .iter()
+        .flat_map(|r| r.turns.iter().filter(|t| t.server == server))
+        .filter_map(|t| (measure.value)(t))
+        .collect()
 }
 
 /// c2m / peer in each round where both have the measure (and the peer's is not zero).
@@ -221,7 +291,11 @@ mod tests {
         let rounds = rounds
             .into_iter()
             .enumerate()
-            .map(|(i, turns)| Round { round: i as u32 + 1, order: turns.iter().map(|t| t.server.clone()).collect(), turns })
+            .map(|(i, turns)| Round {
+                round: i as u32 + 1,
+                order: turns.iter().map(|t| t.server.clone()).collect(),
+                turns,
+            })
             .collect();
         PeersResult {
             schema: "c2m-peers-result".into(),

@@ -57,7 +57,15 @@ pub struct Setup {
 }
 
 impl Setup {
-    fn spec(&self, server: &RunningServer, connections: u64, work: Work, duration: Duration, hold: Duration, keep_free: u64) -> LoadSpec {
+    fn spec(
+        &self,
+        server: &RunningServer,
+        connections: u64,
+        work: Work,
+        duration: Duration,
+        hold: Duration,
+        keep_free: u64,
+    ) -> LoadSpec {
         LoadSpec { server: server.addr, connections, work, duration, hold, keep_free, json: self.load_json.clone() }
     }
 
@@ -90,7 +98,12 @@ fn outcome(end: &LoadEnd) -> LoadOutcome {
     let mut reasons: Vec<String> = end.stopped.iter().cloned().collect();
     reasons.extend(r.abort_reason.iter().cloned());
     LoadOutcome {
-        status: if reasons.is_empty() && r.status == crate::load::report::RunStatus::Complete { "complete" } else { "aborted" }.into(),
+        status: if reasons.is_empty() && r.status == crate::load::report::RunStatus::Complete {
+            "complete"
+        } else {
+            "aborted"
+        }
+        .into(),
         abort_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
         established: r.connections.established,
         failed: r.connections.failed,

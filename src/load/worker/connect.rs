@@ -92,7 +92,12 @@ impl LoadWorker {
         ];
         for (level, name, value, len) in [
             (libc::SOL_SOCKET, libc::SO_REUSEADDR, &ONE as *const _ as *const libc::c_void, 4),
-            (libc::SOL_SOCKET, libc::SO_LINGER, &LINGER_ZERO as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as u32),
+            (
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &LINGER_ZERO as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as u32,
+            ),
             (libc::IPPROTO_TCP, libc::TCP_NODELAY, &ONE as *const _ as *const libc::c_void, 4),
         ] {
             entries.push(
@@ -108,12 +113,17 @@ impl LoadWorker {
                 .flags(quiet)
                 .user_data(self.token(Step::Bind as u8, slot)),
         );
-        let connect = opcode::Connect::new(Fixed(file), self.target.as_ptr() as *const libc::sockaddr, self.target.len())
-            .build()
-            .user_data(self.token(Step::Connect as u8, slot));
+        let connect =
+            opcode::Connect::new(Fixed(file), self.target.as_ptr() as *const libc::sockaddr, self.target.len())
+                .build()
+                .user_data(self.token(Step::Connect as u8, slot));
         if with_timeout {
             entries.push(connect.flags(link));
-            entries.push(opcode::LinkTimeout::new(&*self.connect_timeout).build().user_data(self.token(Step::Timeout as u8, slot)));
+            entries.push(
+                opcode::LinkTimeout::new(&*self.connect_timeout)
+                    .build()
+                    .user_data(self.token(Step::Timeout as u8, slot)),
+            );
         } else {
             entries.push(connect);
         }

@@ -9,9 +9,9 @@ use nix::errno::Errno;
 
 use super::{LoadWorker, phase, record};
 use crate::engine::{Op, RingSet};
+use crate::load::chat::Delivery;
 use crate::load::config::Workload;
 use crate::load::conn::{self, Conn, ConnState, flag, state};
-use crate::load::chat::Delivery;
 use crate::proto::{self, Frame, GROUP_BIT};
 
 impl LoadWorker {
@@ -25,7 +25,10 @@ impl LoadWorker {
         let entry = if self.cfg.recv_on_demand() {
             // One buffer's worth (length 0: the buffer's size); it waits in the kernel only
             // while a reply is owed.
-            opcode::Recv::new(Fixed(file), std::ptr::null_mut(), 0).buf_group(bgid).build().flags(squeue::Flags::BUFFER_SELECT)
+            opcode::Recv::new(Fixed(file), std::ptr::null_mut(), 0)
+                .buf_group(bgid)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
         } else {
             opcode::RecvMulti::new(Fixed(file), bgid).build()
         };
@@ -62,7 +65,10 @@ impl LoadWorker {
         let c = self.slab.header(slot);
         // On demand, a receive is armed again only while a reply is still owed (or the last
         // one found no buffer); a send that expects one arms it (see `flush`).
-        let owed = !self.cfg.recv_on_demand() || c.s.state == state::HELLO_SENT || c.s.outstanding > 0 || res == -libc::ENOBUFS;
+        let owed = !self.cfg.recv_on_demand()
+            || c.s.state == state::HELLO_SENT
+            || c.s.outstanding > 0
+            || res == -libc::ENOBUFS;
         if !more && res != 0 && owed && matches!(c.s.state, state::HELLO_SENT | state::LOGGED_IN) {
             self.rearm.push(slot);
         }
@@ -87,8 +93,8 @@ impl LoadWorker {
         let receipts = &mut self.receipts_waiting;
         let mut touch = view.touch;
         let (st, outstanding) = (&mut c.state, &mut c.outstanding);
-        let result = conn::take_bytes(&mut c.partial_len, &mut partial[..max_frame], data, max_frame, |frame| {
-            match frame {
+        let result =
+            conn::take_bytes(&mut c.partial_len, &mut partial[..max_frame], data, max_frame, |frame| match frame {
                 Frame::Welcome { .. } if *st == state::HELLO_SENT => {
                     *st = state::LOGGED_IN;
                     logged_in = true;
@@ -171,8 +177,7 @@ impl LoadWorker {
                     outcome = Some(format!("unexpected {} from server", other.kind().name()));
                     false
                 }
-            }
-        });
+            });
         if c.partial_len > 0 {
             touch.upto(c.partial_len as usize);
         }
@@ -200,7 +205,10 @@ impl LoadWorker {
         self.stats.established_total.inc();
         self.stats.established.add(1);
         self.wheel.cancel(slot);
-        if self.cfg.workload != Workload::Idle && self.cfg.in_flight == 0 && self.control.phase.load(Ordering::Relaxed) < phase::HOLD {
+        if self.cfg.workload != Workload::Idle
+            && self.cfg.in_flight == 0
+            && self.control.phase.load(Ordering::Relaxed) < phase::HOLD
+        {
             // A random phase within one interval, so connections do not send in step; on the
             // tick grid, so a message is not counted late for waiting for the next tick.
             let jitter = self.rand_below(self.interval_ns);
