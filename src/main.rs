@@ -150,10 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..defaults
     };
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask); this thread waits for them.
-    let mut signals = nix::sys::signal::SigSet::empty();
-    signals.add(nix::sys::signal::Signal::SIGINT);
-    signals.add(nix::sys::signal::Signal::SIGTERM);
-    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    let signals = c2m::host::signal::block_stop_signals().context("blocking SIGINT/SIGTERM")?;
     let server = Server::start(cfg.clone()).context("starting the server")?;
     let layout = server.layout();
     let metrics = match args.metrics {
@@ -175,9 +172,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         layout.features.kernel,
         metrics.map(|m| format!(" | metrics http://{m}/metrics")).unwrap_or_default(),
     );
-    let signal = signals.wait().context("waiting for a signal")?;
-    println!("c2m serve: {signal:?}: saying BYE and draining (at most {} ms)", cfg.drain_timeout_ms);
+    // Between waits, watch the workers: one that ended on its own failed, and its sessions are
+    // unreachable; the server then stops rather than serve on without them.
+    let signal = loop {
+        if let Some(signal) = c2m::host::signal::wait_signal(&signals, std::time::Duration::from_millis(200)) {
+            break Some(signal);
+        }
+        if server.ended_worker().is_some() {
+            break None;
+        }
+    };
     let stats = server.stats();
+    let Some(signal) = signal else {
+        let worker = server.ended_worker().unwrap_or_default();
+        eprintln!("c2m serve: worker {worker} stopped; stopping the server");
+        server.stop();
+        let why = server.join().err().map(|e| e.to_string()).unwrap_or_else(|| "it ended without an error".into());
+        anyhow::bail!("worker {worker} stopped while serving: {why}");
+    };
+    println!("c2m serve: {signal:?}: saying BYE and draining (at most {} ms)", cfg.drain_timeout_ms);
     server.stop();
     server.join().context("a worker failed")?;
     let left: u64 = stats.iter().map(|s| s.active()).sum();

@@ -1,12 +1,13 @@
 //! What this host says about itself: memory (/proc/meminfo, /proc/net/sockstat), one process's
 //! memory and CPU (/proc/PID/smaps_rollup, /proc/PID/stat, wait4), the machine (uname, cpuinfo,
-//! limits, sysctls), the git commit of the checkout, and UTC time stamps.
+//! limits, sysctls), the git commit of the checkout, UTC time stamps, and stop signals.
 
 pub mod clock;
 pub mod git;
 pub mod machine;
 pub mod memory;
 pub mod process;
+pub mod signal;
 
 /// Why something could not be read from the host.
 #[derive(Debug, thiserror::Error)]

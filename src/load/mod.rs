@@ -1,19 +1,20 @@
-//! `c2m load`: the load generator, a second user of the engine. One pinned worker per core
-//! opens its share of the connections with io_uring (socket, options, bind and connect linked
-//! in one chain into a fixed-file slot, so no socket enters the fd table), logs them in, sends
-//! messages on an open-loop schedule and records latency in HdrHistograms. The main thread
-//! moves the run through its phases, prints the live line, writes the interval log and builds
-//! the report.
+//! `c2m load`: the load generator, a second user of the engine and the transport seam. One
+//! pinned worker per core opens its share of the connections through its data plane (the
+//! kernel one: socket, options, bind and connect linked in one io_uring chain into a fixed-file
+//! slot, so no socket enters the fd table), logs them in, sends messages on an open-loop
+//! schedule and records latency in HdrHistograms (`conns/`). The main thread moves the run
+//! through its phases, prints the live line, writes the interval log and builds the report.
 
 pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod conns;
 pub mod progress;
 pub mod report;
 pub mod run;
 pub mod sources;
-pub mod worker;
+pub mod stats;
 
 pub use config::{LoadConfig, Workload};
 pub use run::{RunOptions, run};

@@ -6,24 +6,24 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::{Receiver, bounded};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriter, IntervalLogWriterBuilder, Tag};
-use nix::sys::signal::{SigSet, Signal};
 
 use super::LoadError;
 use super::config::LoadConfig;
+use super::conns::Conns;
 use super::progress::Progress;
 use super::report::*;
-use super::worker::{Control, Interval, LoadStats, LoadWorker, RunHistograms, WorkerOutcome, phase};
+use super::stats::{Control, Interval, LoadStats, Phase, RunHistograms, WorkerOutcome};
 use crate::engine::probe::probe;
 use crate::engine::ring_set::{rings_needed, table_limit};
-use crate::engine::{RingConfig, RingSet, run_worker, worker::spawn_pinned};
+use crate::engine::{PoolConfig, RingConfig, WorkerPool};
+use crate::host::signal::{block_stop_signals, wait_signal};
+use crate::transport::kernel::{self, ConnectPlan, KernelConfig, KernelTransport};
 
 /// How long the sends stop before the close (when there is no hold) for the last replies.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
@@ -49,18 +49,11 @@ fn sum(stats: &[Arc<LoadStats>], f: impl Fn(&LoadStats) -> u64) -> u64 {
     stats.iter().map(|s| f(s)).sum()
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM (blocked in every thread of the process).
-fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts =
-        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
-    // SAFETY: `set` is a valid sigset_t, the info pointer may be null, and `ts` lives across the
-    // call.
-    let signo = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-    (signo > 0).then(|| Signal::try_from(signo).ok()).flatten()
-}
+/// One load worker: the kernel data plane driving its connections.
+type Worker = KernelTransport<Conns, LoadStats>;
 
 struct Workers {
-    handles: Vec<JoinHandle<Result<WorkerOutcome, LoadError>>>,
+    pool: WorkerPool<Worker>,
     stats: Vec<Arc<LoadStats>>,
     intervals: Receiver<Interval>,
     rings: usize,
@@ -72,69 +65,49 @@ fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Worker
     if files < 64 {
         return Err(LoadError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
     }
-    // The load keeps no reserve: it picks every slot itself.
+    // The load keeps no reserve: it picks every descriptor itself.
     let rings = rings_needed(cfg.connections_of(0) as usize, files, 0);
     if rings > crate::engine::token::MAX_RINGS {
         return Err(LoadError::Config(format!(
             "{rings} rings per worker needed; use more workers or raise RLIMIT_NOFILE"
         )));
     }
-    let ring_cfg = RingConfig {
-        sq_entries: 2048,
-        cq_entries: 16384,
-        files,
-        recv_buffers: cfg.recv_buffers,
-        recv_buffer_size: cfg.recv_buffer_size,
-    };
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (interval_tx, intervals) = bounded(cfg.workers * 64);
-    let (ready_tx, ready_rx) = bounded::<(usize, Result<(), String>)>(cfg.workers);
-    let mut handles = Vec::new();
-    let mut stats = Vec::new();
-    for id in 0..cfg.workers {
-        let worker_stats = Arc::new(LoadStats::default());
-        stats.push(worker_stats.clone());
-        let (cfg, control, tx, ready) = (cfg.clone(), control.clone(), interval_tx.clone(), ready_tx.clone());
+    let pool_cfg = PoolConfig {
+        workers: cfg.workers,
+        name: "c2m-load",
         // Worker i goes on the core after the server's first worker would, so on a small box the
         // two processes' busiest threads do not start on one core.
-        let core = (!cores.is_empty()).then(|| cores[(id + cores.len() / 2) % cores.len()]);
-        let body = move || -> Result<WorkerOutcome, LoadError> {
-            let setup = (|| {
-                let mut set = RingSet::new(rings, &ring_cfg)?;
-                let mut w = LoadWorker::new(id, cfg, control, worker_stats, files, tx)?;
-                w.start(&mut set);
-                Ok::<_, LoadError>((set, w))
-            })();
-            let (mut set, mut w) = match setup {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = ready.send((id, Err(e.to_string())));
-                    return Err(e);
-                }
-            };
-            let _ = ready.send((id, Ok(())));
-            let result = run_worker(&mut set, &mut w);
-            // The rings go first: their teardown ends what is still in flight, which points into
-            // the worker's slab.
-            drop(set);
-            result.map_err(|e| LoadError::io(format!("worker {id} event loop"), e))?;
-            Ok(w.into_outcome())
+        core_offset: core_affinity::get_core_ids().map_or(0, |c| c.len() / 2),
+        ring: RingConfig {
+            sq_entries: 2048,
+            cq_entries: 16384,
+            files,
+            recv_buffers: cfg.recv_buffers,
+            recv_buffer_size: cfg.recv_buffer_size,
+        },
+        rings,
+    };
+    let (interval_tx, intervals) = bounded(cfg.workers * 64);
+    let stats: Vec<Arc<LoadStats>> = (0..cfg.workers).map(|_| Arc::new(LoadStats::default())).collect();
+    let (worker_cfg, worker_control, worker_stats) = (cfg.clone(), control.clone(), stats.clone());
+    let pool = WorkerPool::start(&pool_cfg, move |id, io, _shared| {
+        let cfg = worker_cfg.clone();
+        let stats = worker_stats[id].clone();
+        let conns = Conns::new(id, cfg.clone(), worker_control.clone(), stats.clone(), interval_tx.clone())
+            .map_err(|e| e.to_string())?;
+        let kernel_cfg = KernelConfig {
+            recv: if cfg.recv_on_demand() { kernel::RecvArm::OnDemand } else { kernel::RecvArm::Multishot },
+            slots: cfg.connections_of(id).max(1) as usize,
+            listen: None,
+            connect: Some(ConnectPlan {
+                concurrency: Conns::concurrency(&cfg) as usize,
+                timeout: cfg.connect_timeout,
+                max_rings: rings,
+            }),
         };
-        let handle =
-            spawn_pinned(format!("c2m-load{id}"), core, body).map_err(|e| LoadError::io("spawning a worker", e))?;
-        handles.push(handle);
-    }
-    for _ in 0..cfg.workers {
-        match ready_rx.recv() {
-            Ok((_, Ok(()))) => {}
-            Ok((id, Err(e))) => {
-                control.phase.store(phase::CLOSE, Ordering::Relaxed);
-                return Err(LoadError::Worker(id, e));
-            }
-            Err(_) => return Err(LoadError::Worker(usize::MAX, "a worker exited during start-up".into())),
-        }
-    }
-    Ok(Workers { handles, stats, intervals, rings, files })
+        KernelTransport::new(io, kernel_cfg, conns, stats).map_err(|e| e.to_string())
+    })?;
+    Ok(Workers { pool, stats, intervals, rings, files })
 }
 
 /// The interval log: HdrHistogram's format, values in nanoseconds.
@@ -184,10 +157,7 @@ fn us(ns: u64) -> f64 {
 pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> {
     cfg.validate()?;
     probe()?;
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().map_err(|e| LoadError::io("blocking SIGINT/SIGTERM", e.into()))?;
+    let signals = block_stop_signals().map_err(|e| LoadError::io("blocking SIGINT/SIGTERM", e.into()))?;
 
     let started_wall = SystemTime::now();
     let ledger = (cfg.workload == super::Workload::Chat).then(|| {
@@ -195,8 +165,7 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
             crate::proto::GroupLayout { users: cfg.chat.users, groups: cfg.chat.groups, size: cfg.chat.group_size };
         Arc::new(super::chat::Ledger::new(cfg.first_user, cfg.connections, layout))
     });
-    let control =
-        Arc::new(Control { ledger: ledger.clone(), phase: AtomicU8::new(phase::CONNECT), base: Instant::now() });
+    let control = Arc::new(Control::new(ledger.clone()));
     let cfg = Arc::new(cfg);
     let workers = start_workers(&cfg, &control)?;
     let mut hlog_out = match &opts.hlog {
@@ -210,19 +179,9 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
         Some(out) => Some(begin_hlog(out, &mut serializer, started_wall)?),
         None => None,
     };
-    let params = params(&cfg, workers.rings, workers.files);
     let mut progress = Progress::new(opts.progress, opts.events, cfg.connections);
     progress.phase("connect", 0.0, 0);
-
-    let t = || control.base.elapsed().as_secs_f64();
-    let mut phases: Vec<Phase> = vec![Phase { name: "connect".into(), start: 0.0, end: 0.0 }];
-    let mut phase_started = Instant::now();
-    let mut timeline: Vec<Sample> = Vec::new();
-    let mut abort: Option<String> = None;
-    let mut peak = 0u64;
-    let mut at_end = 0u64;
-    let mut received_at = (0u64, 0u64);
-    let mut connect_seconds = 0.0;
+    let mut course = Course::new(&cfg);
     let mut sampler = Sampler {
         last_at: Instant::now(),
         last_connected: 0,
@@ -232,214 +191,50 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
     };
     let stats = workers.stats.clone();
     let mut next_sample = Instant::now() + Duration::from_secs(1);
-    let mut closing = false;
-
     loop {
-        if let Some(sig) = wait_signal(&signals, Duration::from_millis(100))
-            && !closing
-        {
-            abort.get_or_insert_with(|| format!("interrupted by {sig:?}"));
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(100)) {
+            course.abort(format!("interrupted by {sig:?}"));
         }
-        if workers.handles.iter().any(|h| h.is_finished()) && !closing {
-            abort.get_or_insert_with(|| "a worker stopped early".into());
+        if workers.pool.ended().is_some() {
+            course.abort("a worker stopped early".into());
         }
-        let current = control.phase.load(Ordering::Relaxed);
-        let established = sum(&stats, |s| s.established.get());
-        peak = peak.max(established);
-
         if Instant::now() >= next_sample {
             next_sample += Duration::from_secs(1);
-            let sample = take_sample(&mut sampler, &stats, &workers.intervals, &mut hlog, &control, t())?;
-            if sample.mem_free < cfg.keep_free && !closing {
-                abort.get_or_insert_with(|| {
-                    format!(
-                        "MemFree fell to {} (below --keep-free {}) with {} connections established",
-                        crate::units::human_bytes(sample.mem_free as f64),
-                        crate::units::human_bytes(cfg.keep_free as f64),
-                        sample.established
-                    )
-                });
+            let sample =
+                take_sample(&mut sampler, &stats, &workers.intervals, &mut hlog, &control, course.t(&control))?;
+            if sample.mem_free < cfg.keep_free {
+                course.abort(format!(
+                    "MemFree fell to {} (below --keep-free {}) with {} connections established",
+                    crate::units::human_bytes(sample.mem_free as f64),
+                    crate::units::human_bytes(cfg.keep_free as f64),
+                    sample.established
+                ));
             }
             progress.sample(&sample);
-            timeline.push(sample);
+            course.timeline.push(sample);
         }
-
-        let mut next_phase: Option<u8> = None;
-        let elapsed = phase_started.elapsed();
-        if abort.is_some() && !closing {
-            next_phase = Some(phase::CLOSE);
-        } else {
-            match current {
-                phase::CONNECT => {
-                    let resolved = sum(&stats, |s| s.established_total.get() + s.failed.get());
-                    if resolved >= cfg.connections {
-                        connect_seconds = elapsed.as_secs_f64();
-                        if sum(&stats, |s| s.established_total.get()) == 0 {
-                            abort = Some("no connection was established (see errors)".into());
-                            next_phase = Some(phase::CLOSE);
-                        } else {
-                            next_phase = Some(phase::MESSAGES);
-                        }
-                    } else if elapsed > cfg.connect_phase_limit() {
-                        connect_seconds = elapsed.as_secs_f64();
-                        abort = Some(format!(
-                            "the connect phase did not finish within {:.0} s ({resolved} of {} connects resolved)",
-                            cfg.connect_phase_limit().as_secs_f64(),
-                            cfg.connections
-                        ));
-                        next_phase = Some(phase::CLOSE);
-                    }
-                }
-                phase::MESSAGES if elapsed >= cfg.duration => next_phase = Some(phase::HOLD),
-                // Without a hold, the sends stop for a moment before the close so the last
-                // replies arrive instead of being counted unanswered.
-                phase::HOLD if cfg.hold.is_zero() => {
-                    let answered = sum(&stats, |s| s.received.get()) >= sum(&stats, |s| s.sent.get());
-                    // Chat also waits for every delivery and its receipt.
-                    let settled = cfg.workload != super::Workload::Chat || {
-                        let delivered = sum(&stats, |s| s.chat.delivered.get());
-                        delivered >= sum(&stats, |s| s.chat.expected.get())
-                            && sum(&stats, |s| s.chat.receipted.get()) >= delivered
-                    };
-                    let limit = if cfg.workload == super::Workload::Chat { CHAT_DRAIN_LIMIT } else { DRAIN_LIMIT };
-                    if (answered && settled) || elapsed >= limit {
-                        next_phase = Some(phase::CLOSE);
-                    }
-                }
-                phase::HOLD if elapsed >= cfg.hold => next_phase = Some(phase::CLOSE),
-                _ => {}
-            }
+        let current = control.phase();
+        if let Some(next) = course.next_phase(current, &stats) {
+            let name = course.enter(next, current, &stats, &control);
+            progress.phase(name, course.t(&control), sum(&stats, |s| s.established.get()));
+            control.set_phase(next);
         }
-        if let Some(next) = next_phase {
-            let now = t();
-            if current == phase::MESSAGES {
-                received_at.1 = sum(&stats, |s| s.received.get());
-            }
-            if next == phase::CLOSE {
-                at_end = established;
-                closing = true;
-            }
-            if next == phase::MESSAGES {
-                received_at.0 = sum(&stats, |s| s.received.get());
-            }
-            if let Some(last) = phases.last_mut() {
-                last.end = now;
-            }
-            let name = match next {
-                phase::HOLD if cfg.hold.is_zero() => "drain",
-                _ => ["connect", "messages", "hold", "close"][next as usize],
-            };
-            phases.push(Phase { name: name.into(), start: now, end: now });
-            progress.phase(name, now, established);
-            control.phase.store(next, Ordering::Relaxed);
-            phase_started = Instant::now();
-        }
-        if closing && workers.handles.iter().all(|h| h.is_finished()) {
+        if course.closing && workers.pool.all_ended() {
             break;
         }
     }
 
-    let mut histograms = RunHistograms::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for (id, handle) in workers.handles.into_iter().enumerate() {
-        match handle.join() {
-            Ok(Ok(outcome)) => {
-                histograms.add(&outcome.histograms);
-                for (k, v) in outcome.errors {
-                    *errors.entry(k).or_insert(0) += v;
-                }
-            }
-            Ok(Err(e)) => {
-                abort.get_or_insert_with(|| format!("worker {id} failed: {e}"));
-            }
-            Err(_) => {
-                abort.get_or_insert_with(|| format!("worker {id} panicked"));
-            }
-        }
-    }
-    let end = t();
-    if let Some(last) = phases.last_mut() {
-        last.end = end;
-    }
-    let messages_seconds = phases.iter().find(|p| p.name == "messages").map(|p| p.end - p.start).unwrap_or(0.0);
-    let established_total = sum(&stats, |s| s.established_total.get());
-    let chat = ledger.as_ref().map(|l| {
-        let (lost, unreceipted) = l.settle();
-        let c = |f: fn(&super::worker::ChatCounts) -> &crate::stats::Counter| sum(&stats, |s| f(&s.chat).get());
-        let sent = sum(&stats, |s| s.sent.get());
-        let (acked, n7, n8, nx) =
-            (c(|x| &x.acked), c(|x| &x.nacked_unknown), c(|x| &x.nacked_full), c(|x| &x.nacked_other));
-        ChatCounts {
-            sent,
-            acked,
-            nacked_unknown_recipient: n7,
-            nacked_offline_full: n8,
-            nacked_other: nx,
-            unanswered: sent.saturating_sub(acked + n7 + n8 + nx),
-            expected: c(|x| &x.expected),
-            delivered: c(|x| &x.delivered),
-            receipted: c(|x| &x.receipted),
-            duplicates: c(|x| &x.duplicates),
-            lost,
-            unreceipted,
-            unknown: c(|x| &x.unknown),
-            window_full: c(|x| &x.window_full),
-            delivered_rate: if messages_seconds > 0.0 {
-                histograms.deliver.len() as f64 / messages_seconds
-            } else {
-                0.0
-            },
-        }
-    });
-    let report = LoadReport {
-        params,
-        status: if abort.is_some() { RunStatus::Aborted } else { RunStatus::Complete },
-        abort_reason: abort,
-        started_unix_ms: started_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        elapsed_seconds: end,
-        connections: ConnectionCounts {
-            requested: cfg.connections,
-            connected: sum(&stats, |s| s.connected.get()),
-            established: established_total,
-            established_peak: peak,
-            established_at_end: at_end,
-            failed: sum(&stats, |s| s.failed.get()),
-            lost: sum(&stats, |s| s.lost.get()),
-            connect_seconds,
-            connect_rate_achieved: if connect_seconds > 0.0 { established_total as f64 / connect_seconds } else { 0.0 },
-        },
+    let (histograms, errors) = gather(workers.pool.join(), &mut course);
+    let report = course.report(
+        &cfg,
+        &stats,
+        histograms,
         errors,
-        messages: MessageCounts {
-            sent: sum(&stats, |s| s.sent.get()),
-            received: sum(&stats, |s| s.received.get()),
-            // Replies still arrive while the close goes out, so this is taken at the very end.
-            unanswered: sum(&stats, |s| s.sent.get()).saturating_sub(sum(&stats, |s| s.received.get())),
-            late: sum(&stats, |s| s.late.get()),
-            bytes_sent: sum(&stats, |s| s.bytes_sent.get()),
-            bytes_received: sum(&stats, |s| s.bytes_received.get()),
-            rate_requested: cfg.message_rate(),
-            recv_buffer_shortfalls: sum(&stats, |s| s.recv_no_buffers.get()),
-            rate_achieved: if messages_seconds > 0.0 {
-                received_at.1.saturating_sub(received_at.0) as f64 / messages_seconds
-            } else {
-                0.0
-            },
-        },
-        latency: Latencies {
-            connect: LatencySummary::from_ns(&histograms.connect),
-            connect_corrected: LatencySummary::from_ns(&histograms.connect_corrected),
-            login: LatencySummary::from_ns(&histograms.login),
-            rtt_corrected: LatencySummary::from_ns(&histograms.rtt_corrected),
-            rtt_uncorrected: LatencySummary::from_ns(&histograms.rtt_uncorrected),
-            schedule_lag: LatencySummary::from_ns(&histograms.schedule_lag),
-            chat_ack: LatencySummary::from_ns(&histograms.ack),
-            chat_deliver: LatencySummary::from_ns(&histograms.deliver),
-            chat_receipt: LatencySummary::from_ns(&histograms.receipt),
-        },
-        phases,
-        timeline,
-        chat,
-    };
+        ledger.as_deref(),
+        params(&cfg, workers.rings, workers.files),
+        started_wall,
+        &control,
+    );
     drop(hlog);
     if let Some(mut out) = hlog_out {
         out.flush().map_err(|e| LoadError::io("writing the interval log", e))?;
@@ -451,6 +246,272 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
     }
     progress.done(&report);
     Ok(report)
+}
+
+/// Every worker's histograms and errors, merged; a worker that failed aborts the run.
+fn gather(
+    outcomes: Vec<Result<Worker, crate::engine::EngineError>>,
+    course: &mut Course,
+) -> (RunHistograms, BTreeMap<String, u64>) {
+    let mut histograms = RunHistograms::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(worker) => {
+                let WorkerOutcome { histograms: h, errors: e } = worker.into_handler().into_outcome();
+                histograms.add(&h);
+                for (k, v) in e {
+                    *errors.entry(k).or_insert(0) += v;
+                }
+            }
+            Err(e) => course.abort(e.to_string()),
+        }
+    }
+    (histograms, errors)
+}
+
+/// The run's course through its phases: when each began and ended, why it stopped early, and
+/// the figures taken at the transitions.
+struct Course {
+    workload: super::Workload,
+    connections: u64,
+    duration: Duration,
+    hold: Duration,
+    connect_limit: Duration,
+    phases: Vec<super::report::Phase>,
+    phase_started: Instant,
+    timeline: Vec<Sample>,
+    abort: Option<String>,
+    closing: bool,
+    peak: u64,
+    at_end: u64,
+    /// Replies received when the message phase began and ended.
+    received_at: (u64, u64),
+    connect_seconds: f64,
+}
+
+impl Course {
+    fn new(cfg: &LoadConfig) -> Course {
+        Course {
+            workload: cfg.workload,
+            connections: cfg.connections,
+            duration: cfg.duration,
+            hold: cfg.hold,
+            connect_limit: cfg.connect_phase_limit(),
+            phases: vec![super::report::Phase { name: "connect".into(), start: 0.0, end: 0.0 }],
+            phase_started: Instant::now(),
+            timeline: Vec::new(),
+            abort: None,
+            closing: false,
+            peak: 0,
+            at_end: 0,
+            received_at: (0, 0),
+            connect_seconds: 0.0,
+        }
+    }
+
+    fn t(&self, control: &Control) -> f64 {
+        control.base.elapsed().as_secs_f64()
+    }
+
+    /// Stops the run early (the first reason is kept); ignored once it is closing anyway.
+    fn abort(&mut self, why: String) {
+        if !self.closing {
+            self.abort.get_or_insert(why);
+        }
+    }
+
+    /// The phase to move to now, if any.
+    fn next_phase(&mut self, current: Phase, stats: &[Arc<LoadStats>]) -> Option<Phase> {
+        self.peak = self.peak.max(sum(stats, |s| s.established.get()));
+        if self.closing {
+            return None;
+        }
+        if self.abort.is_some() {
+            return Some(Phase::Close);
+        }
+        let elapsed = self.phase_started.elapsed();
+        match current {
+            Phase::Connect => self.connect_over(stats, elapsed),
+            Phase::Messages => (elapsed >= self.duration).then_some(Phase::Hold),
+            // Without a hold, the sends stop for a moment before the close so the last replies
+            // arrive instead of being counted unanswered.
+            Phase::Hold if self.hold.is_zero() => self.drained(stats, elapsed).then_some(Phase::Close),
+            Phase::Hold => (elapsed >= self.hold).then_some(Phase::Close),
+            Phase::Close => None,
+        }
+    }
+
+    /// Every connect resolved (on to the messages), or the connect phase ran out of time.
+    fn connect_over(&mut self, stats: &[Arc<LoadStats>], elapsed: Duration) -> Option<Phase> {
+        let resolved = sum(stats, |s| s.established_total.get() + s.failed.get());
+        if resolved >= self.connections {
+            self.connect_seconds = elapsed.as_secs_f64();
+            if sum(stats, |s| s.established_total.get()) == 0 {
+                self.abort = Some("no connection was established (see errors)".into());
+                return Some(Phase::Close);
+            }
+            return Some(Phase::Messages);
+        }
+        if elapsed > self.connect_limit {
+            self.connect_seconds = elapsed.as_secs_f64();
+            self.abort = Some(format!(
+                "the connect phase did not finish within {:.0} s ({resolved} of {} connects resolved)",
+                self.connect_limit.as_secs_f64(),
+                self.connections
+            ));
+            return Some(Phase::Close);
+        }
+        None
+    }
+
+    /// Every message answered (chat: every delivery made and receipted), or the drain's limit.
+    fn drained(&self, stats: &[Arc<LoadStats>], elapsed: Duration) -> bool {
+        let chat = self.workload == super::Workload::Chat;
+        let answered = sum(stats, |s| s.received.get()) >= sum(stats, |s| s.sent.get());
+        let settled = !chat || {
+            let delivered = sum(stats, |s| s.chat.delivered.get());
+            delivered >= sum(stats, |s| s.chat.expected.get()) && sum(stats, |s| s.chat.receipted.get()) >= delivered
+        };
+        let limit = if chat { CHAT_DRAIN_LIMIT } else { DRAIN_LIMIT };
+        (answered && settled) || elapsed >= limit
+    }
+
+    /// Records the move from `current` to `next`; returns the new phase's name.
+    fn enter(&mut self, next: Phase, current: Phase, stats: &[Arc<LoadStats>], control: &Control) -> &'static str {
+        let now = self.t(control);
+        if current == Phase::Messages {
+            self.received_at.1 = sum(stats, |s| s.received.get());
+        }
+        if next == Phase::Messages {
+            self.received_at.0 = sum(stats, |s| s.received.get());
+        }
+        if next == Phase::Close {
+            self.at_end = sum(stats, |s| s.established.get());
+            self.closing = true;
+        }
+        if let Some(last) = self.phases.last_mut() {
+            last.end = now;
+        }
+        let name = match next {
+            Phase::Connect => "connect",
+            Phase::Messages => "messages",
+            Phase::Hold if self.hold.is_zero() => "drain",
+            Phase::Hold => "hold",
+            Phase::Close => "close",
+        };
+        self.phases.push(super::report::Phase { name: name.into(), start: now, end: now });
+        self.phase_started = Instant::now();
+        name
+    }
+
+    /// The report: counts from the workers' counters, latencies from their histograms.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        cfg: &LoadConfig,
+        stats: &[Arc<LoadStats>],
+        histograms: RunHistograms,
+        errors: BTreeMap<String, u64>,
+        ledger: Option<&super::chat::Ledger>,
+        params: LoadParams,
+        started_wall: SystemTime,
+        control: &Control,
+    ) -> LoadReport {
+        let end = self.t(control);
+        if let Some(last) = self.phases.last_mut() {
+            last.end = end;
+        }
+        let messages_seconds =
+            self.phases.iter().find(|p| p.name == "messages").map(|p| p.end - p.start).unwrap_or(0.0);
+        let established_total = sum(stats, |s| s.established_total.get());
+        let chat = ledger.map(|l| chat_counts(l, stats, &histograms, messages_seconds));
+        let (connect_seconds, received_at) = (self.connect_seconds, self.received_at);
+        LoadReport {
+            params,
+            status: if self.abort.is_some() { RunStatus::Aborted } else { RunStatus::Complete },
+            abort_reason: self.abort.take(),
+            started_unix_ms: started_wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            elapsed_seconds: end,
+            connections: ConnectionCounts {
+                requested: cfg.connections,
+                connected: sum(stats, |s| s.connected.get()),
+                established: established_total,
+                established_peak: self.peak,
+                established_at_end: self.at_end,
+                failed: sum(stats, |s| s.failed.get()),
+                lost: sum(stats, |s| s.lost.get()),
+                connect_seconds,
+                connect_rate_achieved: if connect_seconds > 0.0 {
+                    established_total as f64 / connect_seconds
+                } else {
+                    0.0
+                },
+            },
+            errors,
+            messages: MessageCounts {
+                sent: sum(stats, |s| s.sent.get()),
+                received: sum(stats, |s| s.received.get()),
+                // Replies still arrive while the close goes out, so this is taken at the very end.
+                unanswered: sum(stats, |s| s.sent.get()).saturating_sub(sum(stats, |s| s.received.get())),
+                late: sum(stats, |s| s.late.get()),
+                bytes_sent: sum(stats, |s| s.transport.bytes_out.get()),
+                bytes_received: sum(stats, |s| s.transport.bytes_in.get()),
+                rate_requested: cfg.message_rate(),
+                recv_buffer_shortfalls: sum(stats, |s| s.transport.recv_no_buffers.get()),
+                rate_achieved: if messages_seconds > 0.0 {
+                    received_at.1.saturating_sub(received_at.0) as f64 / messages_seconds
+                } else {
+                    0.0
+                },
+            },
+            latency: Latencies {
+                connect: LatencySummary::from_ns(&histograms.connect),
+                connect_corrected: LatencySummary::from_ns(&histograms.connect_corrected),
+                login: LatencySummary::from_ns(&histograms.login),
+                rtt_corrected: LatencySummary::from_ns(&histograms.rtt_corrected),
+                rtt_uncorrected: LatencySummary::from_ns(&histograms.rtt_uncorrected),
+                schedule_lag: LatencySummary::from_ns(&histograms.schedule_lag),
+                chat_ack: LatencySummary::from_ns(&histograms.ack),
+                chat_deliver: LatencySummary::from_ns(&histograms.deliver),
+                chat_receipt: LatencySummary::from_ns(&histograms.receipt),
+            },
+            phases: std::mem::take(&mut self.phases),
+            timeline: std::mem::take(&mut self.timeline),
+            chat,
+        }
+    }
+}
+
+/// The chat ledger's accounting at the end of the run.
+fn chat_counts(
+    l: &super::chat::Ledger,
+    stats: &[Arc<LoadStats>],
+    histograms: &RunHistograms,
+    messages_seconds: f64,
+) -> ChatCounts {
+    let (lost, unreceipted) = l.settle();
+    let c = |f: fn(&super::stats::ChatCounts) -> &crate::stats::Counter| sum(stats, |s| f(&s.chat).get());
+    let sent = sum(stats, |s| s.sent.get());
+    let (acked, n7, n8, nx) =
+        (c(|x| &x.acked), c(|x| &x.nacked_unknown), c(|x| &x.nacked_full), c(|x| &x.nacked_other));
+    ChatCounts {
+        sent,
+        acked,
+        nacked_unknown_recipient: n7,
+        nacked_offline_full: n8,
+        nacked_other: nx,
+        unanswered: sent.saturating_sub(acked + n7 + n8 + nx),
+        expected: c(|x| &x.expected),
+        delivered: c(|x| &x.delivered),
+        receipted: c(|x| &x.receipted),
+        duplicates: c(|x| &x.duplicates),
+        lost,
+        unreceipted,
+        unknown: c(|x| &x.unknown),
+        window_full: c(|x| &x.window_full),
+        delivered_rate: if messages_seconds > 0.0 { histograms.deliver.len() as f64 / messages_seconds } else { 0.0 },
+    }
 }
 
 fn take_sample(

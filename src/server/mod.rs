@@ -1,13 +1,14 @@
-//! `c2m serve`: protocol v1 sessions on the io_uring engine, one pinned worker per core.
+//! `c2m serve`: protocol v1 sessions, one pinned worker per core. The session logic
+//! (`sessions.rs`, `session.rs`, `route.rs`) sits on the transport seam; today's data plane is the
+//! kernel one (io_uring over kernel sockets).
 
 mod budget;
 pub mod directory;
-mod held;
 pub mod mailbox;
 pub mod offline;
 pub mod route;
 pub mod session;
-pub mod worker;
+pub mod sessions;
 
 #[cfg(test)]
 mod session_tests;
@@ -15,19 +16,16 @@ mod session_tests;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-
-use socket2::{Domain, Protocol, Socket, Type};
+use std::time::Duration;
 
 use crate::engine::probe::{Features, probe};
 use crate::engine::ring_set::rings_needed;
-use crate::engine::worker::spawn_pinned;
-use crate::engine::{EngineError, RingConfig, RingSet, Waker, run_worker};
+use crate::engine::{EngineError, PoolConfig, RingConfig, WorkerPool};
 use crate::proto;
 use crate::slab::SlabError;
 use crate::stats::WorkerStats;
-use worker::{ServerWorker, accept_margin};
+use crate::transport::kernel::{self, KernelConfig, KernelTransport, Listen, listener};
+use sessions::Sessions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -114,7 +112,17 @@ impl Default for ServeConfig {
     }
 }
 
+/// Free table slots a ring keeps in reserve: one accept run can take a whole listen backlog.
+pub fn accept_margin(cfg: &ServeConfig, files: u32) -> u32 {
+    cfg.backlog.saturating_add(64).min(files / 4)
+}
+
 impl ServeConfig {
+    /// The sessions' clock: a tenth of the shortest deadline, between 10 and 100 ms.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis((self.hello_timeout_ms.min(self.heartbeat_ms) as u64 / 10).clamp(10, 100))
+    }
+
     fn validate(&self) -> Result<(), ServerError> {
         let bad = |m: String| Err(ServerError::Config(m));
         if self.workers == 0 {
@@ -154,40 +162,6 @@ impl ServeConfig {
     }
 }
 
-fn listener(addr: SocketAddr, backlog: u32) -> Result<Socket, ServerError> {
-    let io = |what: &str| {
-        let what = format!("{what} {addr}");
-        move |source| ServerError::Io { what, source }
-    };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))
-        .map_err(io("socket for"))?;
-    socket.set_reuse_address(true).map_err(io("SO_REUSEADDR on"))?;
-    socket.set_reuse_port(true).map_err(io("SO_REUSEPORT on"))?;
-    // Accepted sockets inherit TCP_NODELAY: replies are small and must not wait for Nagle.
-    socket.set_tcp_nodelay(true).map_err(io("TCP_NODELAY on"))?;
-    socket.bind(&addr.into()).map_err(io("bind"))?;
-    socket.listen(backlog as i32).map_err(io("listen on"))?;
-    Ok(socket)
-}
-
-/// Connections waiting in a listener's accept queue (TCP_INFO's `tcpi_unacked` on a listener).
-pub fn accept_queue_len(listener: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u32> {
-    use std::os::fd::AsRawFd;
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: tcp_info is plain integers, so all zeroes is a valid value; `info` is live and
-    // writable and `len` says its size: the kernel writes at most `len` bytes into it.
-    let (rc, info) = unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let rc =
-            libc::getsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
-        (rc, info)
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(info.tcpi_unacked)
-}
-
 /// How the server laid itself out; printed at start-up.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Layout {
@@ -202,13 +176,14 @@ pub struct Layout {
     pub features: Features,
 }
 
+/// One worker: the kernel data plane driving the sessions.
+type Worker = KernelTransport<Sessions, WorkerStats>;
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     layout: Layout,
-    stop: Arc<AtomicBool>,
-    wakers: Vec<Waker>,
-    handles: Vec<JoinHandle<Result<(), ServerError>>>,
+    pool: WorkerPool<Worker>,
     stats: Vec<Arc<WorkerStats>>,
 }
 
@@ -234,94 +209,68 @@ impl Server {
             )));
         }
         let rings = rings_needed(cfg.max_sessions.div_ceil(cfg.workers), files, margin);
-        let budget = Arc::new(budget::SessionBudget::new(cfg.max_sessions));
-        let first = listener(cfg.listen, cfg.backlog)?;
+        let max_sessions = cfg.max_sessions;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| ServerError::Io { what, source }
+        };
+        let first = listener(cfg.listen, cfg.backlog).map_err(io("listening"))?;
         let addr = first
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
             .ok_or_else(|| ServerError::Config("listener has no address".into()))?;
-        let mut listeners = vec![first];
+        let mut listeners = vec![Some(OwnedFd::from(first))];
         for _ in 1..cfg.workers {
-            listeners.push(listener(addr, cfg.backlog)?);
+            listeners.push(Some(OwnedFd::from(listener(addr, cfg.backlog).map_err(io("listening"))?)));
         }
-        let ring_cfg = RingConfig {
-            sq_entries: cfg.sq_entries,
-            cq_entries: cfg.cq_entries,
-            files,
-            recv_buffers: cfg.recv_buffers,
-            recv_buffer_size: cfg.recv_buffer_size,
+        let pool_cfg = PoolConfig {
+            workers: cfg.workers,
+            name: "c2m-w",
+            core_offset: 0,
+            ring: RingConfig {
+                sq_entries: cfg.sq_entries,
+                cq_entries: cfg.cq_entries,
+                files,
+                recv_buffers: cfg.recv_buffers,
+                recv_buffer_size: cfg.recv_buffer_size,
+            },
+            rings,
         };
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::new(WorkerStats::default())).collect();
         let cfg = Arc::new(cfg);
         let chat = Arc::new(route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline));
-        let (ready_tx, ready_rx) = crossbeam::channel::unbounded::<(usize, Result<(Waker, i32), String>)>();
-        let mut handles = Vec::new();
-        let mut stats = Vec::new();
-        for (id, socket) in listeners.into_iter().enumerate() {
-            let worker_stats = Arc::new(WorkerStats::default());
-            stats.push(worker_stats.clone());
-            let (cfg, stop, ready, chat, budget) =
-                (cfg.clone(), stop.clone(), ready_tx.clone(), chat.clone(), budget.clone());
-            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            let body = move || -> Result<(), ServerError> {
-                let fd: OwnedFd = socket.into();
-                let setup = (|| {
-                    let mut set = RingSet::new(rings, &ring_cfg)?;
-                    let mut w = ServerWorker::new(id, cfg, worker_stats, fd, budget, max_rings, margin, stop, chat)?;
-                    w.start(&mut set);
-                    Ok::<_, ServerError>((set, w))
-                })();
-                let (mut set, mut w) = match setup {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let _ = ready.send((id, Err(e.to_string())));
-                        return Err(e);
-                    }
-                };
-                let _ = ready.send((id, Ok((set.waker(), set.rings[0].ring_fd()))));
-                let result = run_worker(&mut set, &mut w);
-                // The rings go first: operations still in flight at a drain deadline point into
-                // the worker's slab, which must outlive them.
-                drop(set);
-                drop(w);
-                result.map_err(|source| ServerError::Io { what: format!("worker {id} event loop"), source })
+        let budget = Arc::new(budget::SessionBudget::new(cfg.max_sessions));
+        let listeners = std::sync::Mutex::new(listeners);
+        let worker_stats = stats.clone();
+        let recv = match cfg.recv_arm {
+            RecvArm::Poll => kernel::RecvArm::Poll,
+            RecvArm::Multishot => kernel::RecvArm::Multishot,
+        };
+        let pool = WorkerPool::start(&pool_cfg, move |id, io, shared| {
+            let fd = listeners.lock().map_err(|_| "listener table poisoned".to_string())?[id]
+                .take()
+                .ok_or_else(|| format!("no listener for worker {id}"))?;
+            let stats = worker_stats[id].clone();
+            let sessions = Sessions::new(id, cfg.clone(), stats.clone(), budget.clone(), chat.clone(), shared.clone())
+                .map_err(|e| e.to_string())?;
+            let kernel_cfg = KernelConfig {
+                recv,
+                slots: budget.limit(),
+                listen: Some(Listen { fd, margin, max_rings }),
+                connect: None,
             };
-            let handle = spawn_pinned(format!("c2m-w{id}"), core, body)
-                .map_err(|source| ServerError::Io { what: "spawning a worker".into(), source })?;
-            handles.push(handle);
-        }
-        drop(ready_tx);
-        let mut wakers = vec![None; handles.len()];
-        let mut ring_fds = vec![-1; handles.len()];
-        for _ in 0..handles.len() {
-            match ready_rx.recv() {
-                Ok((id, Ok((waker, fd)))) => {
-                    wakers[id] = Some(waker);
-                    ring_fds[id] = fd;
-                }
-                Ok((id, Err(e))) => {
-                    stop.store(true, Ordering::Relaxed);
-                    for w in wakers.iter().flatten() {
-                        w.wake();
-                    }
-                    return Err(ServerError::Worker(id, e));
-                }
-                Err(_) => return Err(ServerError::Worker(usize::MAX, "a worker exited during start-up".into())),
-            }
-        }
-        // From here on workers wake each other with MSG_RING (before, mail waited for a tick).
-        let _ = chat.ring_fds.set(ring_fds);
+            KernelTransport::new(io, kernel_cfg, sessions, stats).map_err(|e| e.to_string())
+        })?;
         let layout = Layout {
-            workers: handles.len(),
-            max_sessions: cfg.max_sessions,
+            workers: pool.len(),
+            max_sessions,
             rings_per_worker: rings,
             max_rings_per_worker: max_rings,
             files_per_ring: files,
             features,
         };
-        Ok(Server { addr, layout, stop, wakers: wakers.into_iter().flatten().collect(), handles, stats })
+        Ok(Server { addr, layout, pool, stats })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -338,20 +287,21 @@ impl Server {
 
     /// Asks every worker to stop accepting, say BYE to its sessions, drain and exit.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in &self.wakers {
-            w.wake();
-        }
+        self.pool.stop();
+    }
+
+    /// A worker that has ended, if one has: before `stop` that means it failed, and its
+    /// sessions are unreachable.
+    pub fn ended_worker(&self) -> Option<usize> {
+        self.pool.ended()
     }
 
     /// Waits for every worker to finish.
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
-        for (id, h) in self.handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(ServerError::Worker(id, "panicked".into())),
+        for outcome in self.pool.join() {
+            if let Err(e) = outcome {
+                result = Err(ServerError::Engine(e));
             }
         }
         result
@@ -365,6 +315,7 @@ mod tests {
 
     #[test]
     fn accept_queue_len_counts_connections_not_yet_accepted() {
+        use crate::transport::kernel::accept_queue_len;
         use std::os::fd::AsFd;
         let socket = listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let addr = socket.local_addr().unwrap().as_socket().unwrap();
@@ -520,7 +471,7 @@ mod tests {
             }
         }
         assert_eq!(stats[0].slots_in_use.get(), 140);
-        assert!(stats[0].rings.get() > start_rings, "worker 0 grew past its {start_rings} rings");
+        assert!(stats[0].transport.rings.get() > start_rings, "worker 0 grew past its {start_rings} rings");
         // The budget is spent at 150, wherever the last ten land.
         let mut rest: Vec<BlockingClient> = (0..10)
             .map(|i| {
@@ -568,7 +519,7 @@ mod tests {
             clients.push(c);
         }
         let stats = server.stats();
-        assert_eq!(stats[0].fixed_files_in_use.get(), 200);
+        assert_eq!(stats[0].transport.fixed_files_in_use.get(), 200);
         let mut extra = BlockingClient::connect(server.local_addr()).unwrap();
         match extra.read_frame(Duration::from_secs(5)).unwrap().map(|f| f.0) {
             Some(bytes) => assert!(matches!(
@@ -582,6 +533,6 @@ mod tests {
         server.stop();
         server.join().unwrap();
         assert_eq!(stats[0].slots_in_use.get(), 0);
-        assert_eq!(stats[0].fixed_files_in_use.get(), 0);
+        assert_eq!(stats[0].transport.fixed_files_in_use.get(), 0);
     }
 }

@@ -2,36 +2,23 @@
 //! MSG_RING), to the offline store, or to a group's members (one mailbox item per destination
 //! worker); RECEIPT relayed back to the sender the same way; logins published in the directory.
 
-use std::os::fd::RawFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
-
-use io_uring::opcode;
-use io_uring::squeue::Flags;
-use io_uring::types::Fd;
 
 use super::directory::{Directory, GEN_MASK, Place};
 use super::mailbox::{Mailbox, Routed};
 use super::offline::{Offer, OfflineLimits, OfflineStore, SHARDS};
 use super::session::{self, Request, chat, flag, state};
-use super::worker::ServerWorker;
-use crate::engine::{RingSet, Token};
+use super::sessions::Sessions;
 use crate::proto::{self, ErrorCode, Frame, GroupLayout, Kind};
 use crate::stats::CloseReason;
-
-/// Token op of the MSG_RING completion a worker finds on its ring 0: "read your mailbox".
-pub const OP_MAIL: u8 = crate::engine::Op::FIRST_USER;
-/// Token op of a failed MSG_RING send (successes post nothing: CQE_SKIP_SUCCESS).
-pub const OP_MAIL_SENT: u8 = crate::engine::Op::FIRST_USER + 1;
+use crate::transport::Requests;
 
 /// What every worker shares for routing.
 pub struct ChatShared {
     pub dir: Directory,
     pub store: OfflineStore,
     pub mail: Vec<Mailbox>,
-    /// Each worker's ring 0, known once every worker has started; until then mail waits for
-    /// the destination's next tick.
-    pub ring_fds: OnceLock<Vec<RawFd>>,
     pub groups: GroupLayout,
 }
 
@@ -41,7 +28,6 @@ impl ChatShared {
             dir: Directory::new(users),
             store: OfflineStore::new(limits),
             mail: (0..workers).map(|_| Mailbox::default()).collect(),
-            ring_fds: OnceLock::new(),
             groups: GroupLayout { users, groups, size: group_size },
         }
     }
@@ -60,26 +46,26 @@ fn kind_of(frame: &[u8]) -> Option<Kind> {
     frame.get(2).and_then(|&k| Kind::from_u8(k))
 }
 
-impl ServerWorker {
+impl Sessions {
     fn place_of(&self, slot: u32) -> Place {
         Place { worker: self.id as u8, generation: self.slab.generation(slot) & GEN_MASK, slot }
     }
 
     /// Routes what the session's input asked for (see [`session::Request`]) and queues the
     /// sender's ACKs and NACKs, for which `on_bytes` kept room.
-    pub(super) fn route_requests(&mut self, rings: &mut RingSet, slot: u32) {
-        let list = std::mem::take(&mut *self.requests.list.borrow_mut());
+    pub(super) fn route_requests(&mut self, q: &mut Requests, slot: u32) {
+        let list = std::mem::take(&mut *self.routing.list.borrow_mut());
         if list.is_empty() {
             return;
         }
-        let frames = std::mem::take(&mut *self.requests.frames.borrow_mut());
-        self.requests.reserved.set(0);
+        let frames = std::mem::take(&mut *self.routing.frames.borrow_mut());
+        self.routing.reserved.set(0);
         let user = self.slab.header(slot).user_id;
         for request in &list {
             match *request {
-                Request::Login { user } => self.login(rings, slot, user),
+                Request::Login { user } => self.login(q, slot, user),
                 Request::Send { to_user, msg_id, ref frame } => {
-                    let reply = match self.route_send(rings, user, to_user, &frames[frame.clone()]) {
+                    let reply = match self.route_send(q, user, to_user, &frames[frame.clone()]) {
                         Ok(()) => Frame::Ack { msg_id },
                         Err(code) => {
                             self.stats.protocol_errors[code.index()].inc();
@@ -93,7 +79,7 @@ impl ServerWorker {
                 }
                 Request::Receipt { from_user, msg_id } => {
                     let notice = proto::encode_vec(&Frame::ReceiptNotice { to_user: user, msg_id });
-                    if self.route_frame(rings, from_user, &notice) != Outcome::Delivered {
+                    if self.route_frame(q, from_user, &notice) != Outcome::Delivered {
                         self.stats.chat.notices_dropped.inc();
                     }
                 }
@@ -103,19 +89,19 @@ impl ServerWorker {
         let (mut list, mut frames) = (list, frames);
         list.clear();
         frames.clear();
-        *self.requests.list.borrow_mut() = list;
-        *self.requests.frames.borrow_mut() = frames;
+        *self.routing.list.borrow_mut() = list;
+        *self.routing.frames.borrow_mut() = frames;
     }
 
-    fn route_send(&mut self, rings: &mut RingSet, from: u64, to: u64, frame: &[u8]) -> Result<(), ErrorCode> {
+    fn route_send(&mut self, q: &mut Requests, from: u64, to: u64, frame: &[u8]) -> Result<(), ErrorCode> {
         if let Some(group) = self.chat.groups.group_of(to) {
-            self.fan_out(rings, from, group, frame);
+            self.fan_out(q, from, group, frame);
             return Ok(());
         }
         if !self.chat.dir.contains(to) {
             return Err(ErrorCode::UnknownRecipient);
         }
-        match self.route_frame(rings, to, frame) {
+        match self.route_frame(q, to, frame) {
             Outcome::Delivered | Outcome::Stored => Ok(()),
             Outcome::Refused => Err(ErrorCode::OfflineQueueFull),
             Outcome::Dropped => Ok(()),
@@ -124,18 +110,18 @@ impl ServerWorker {
 
     /// Sends `frame` to `user` wherever the user is: a session here, another worker, or (a
     /// DELIVER only) the offline store.
-    fn route_frame(&mut self, rings: &mut RingSet, user: u64, frame: &[u8]) -> Outcome {
+    fn route_frame(&mut self, q: &mut Requests, user: u64, frame: &[u8]) -> Outcome {
         let storable = kind_of(frame) == Some(Kind::Deliver);
         let mut place = self.chat.dir.get(user);
         // Bounded: each round follows a login that happened meanwhile.
         for _ in 0..4 {
             match place {
-                Some(p) if p.worker as usize == self.id && self.deliver_local(rings, user, p, frame) => {
+                Some(p) if p.worker as usize == self.id && self.deliver_local(q, user, p, frame) => {
                     return Outcome::Delivered;
                 }
                 Some(p) if p.worker as usize == self.id => {}
                 Some(p) => {
-                    self.post(rings, p.worker as usize, Routed::ToSession { user, place: p, frame: frame.into() });
+                    self.post(q, p.worker as usize, Routed::ToSession { user, place: p, frame: frame.into() });
                     return Outcome::Delivered;
                 }
                 None => {}
@@ -161,7 +147,7 @@ impl ServerWorker {
 
     /// A group message: members here get it now; each other worker gets one mailbox item with
     /// its members; offline members' copies go to the store.
-    fn fan_out(&mut self, rings: &mut RingSet, from: u64, group: u64, frame: &[u8]) {
+    fn fan_out(&mut self, q: &mut Requests, from: u64, group: u64, frame: &[u8]) {
         self.stats.chat.group_sends.inc();
         let mut per_worker = std::mem::take(&mut self.fanout);
         per_worker.resize_with(self.chat.mail.len(), Vec::new);
@@ -172,7 +158,7 @@ impl ServerWorker {
                 Some(p) if p.worker as usize == self.id => local.push((m, p)),
                 Some(p) => per_worker[p.worker as usize].push((m, p)),
                 None => {
-                    if self.route_frame(rings, m, frame) != Outcome::Stored {
+                    if self.route_frame(q, m, frame) != Outcome::Stored {
                         // Online meanwhile (delivered) or refused by a bound.
                         if self.chat.dir.get(m).is_none() {
                             self.stats.chat.group_member_dropped.inc();
@@ -186,17 +172,17 @@ impl ServerWorker {
             if !members.is_empty() {
                 let item =
                     Routed::Group { members: std::mem::take(members), frame: shared.clone().expect("made above") };
-                self.post(rings, w, item);
+                self.post(q, w, item);
             }
         }
         self.fanout = per_worker;
         for (m, p) in local {
-            self.deliver_member(rings, m, p, frame);
+            self.deliver_member(q, m, p, frame);
         }
     }
 
-    fn deliver_member(&mut self, rings: &mut RingSet, user: u64, place: Place, frame: &[u8]) {
-        if !self.deliver_local(rings, user, place, frame) && self.route_frame(rings, user, frame) == Outcome::Refused {
+    fn deliver_member(&mut self, q: &mut Requests, user: u64, place: Place, frame: &[u8]) {
+        if !self.deliver_local(q, user, place, frame) && self.route_frame(q, user, frame) == Outcome::Refused {
             self.stats.chat.group_member_dropped.inc();
         }
     }
@@ -204,19 +190,18 @@ impl ServerWorker {
     /// Queues `frame` to the session at `place` if it is still `user`'s and logged in here.
     /// A session whose out area is full is closed as a slow consumer (its user's messages then
     /// go to the offline store until it logs in again).
-    fn deliver_local(&mut self, rings: &mut RingSet, user: u64, place: Place, frame: &[u8]) -> bool {
+    fn deliver_local(&mut self, q: &mut Requests, user: u64, place: Place, frame: &[u8]) -> bool {
         let slot = place.slot;
         if slot >= self.slab.high_water() || self.slab.generation(slot) & GEN_MASK != place.generation {
             return false;
         }
         let s = self.slab.header(slot);
-        if s.state != state::LOGGED_IN || s.user_id != user || s.has(flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
+        if s.state != state::LOGGED_IN || s.user_id != user || s.has(flag::CLOSED | flag::CLOSE_AFTER_SEND) {
             return false;
         }
         let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
         if !out.push_encoded(frame) {
-            self.unlist(slot);
-            self.teardown(rings, slot, CloseReason::SlowConsumer);
+            self.close_now(q, slot, CloseReason::SlowConsumer);
             return false;
         }
         if let Some(kind) = kind_of(frame) {
@@ -225,39 +210,32 @@ impl ServerWorker {
                 self.stats.chat.delivered.inc();
             }
         }
-        self.flush(rings, slot);
+        q.send(slot);
         true
     }
 
-    /// Hands `item` to worker `to` and wakes it with a MSG_RING from our ring 0, unless a
-    /// wake-up is already on its way.
-    fn post(&mut self, rings: &mut RingSet, to: usize, item: Routed) {
+    /// Hands `item` to worker `to` and wakes it (IORING_OP_MSG_RING from our ring 0), unless a
+    /// wake-up is already on its way. Before every worker has started, mail waits for the
+    /// destination's next tick.
+    fn post(&mut self, q: &mut Requests, to: usize, item: Routed) {
         self.stats.chat.forwarded.inc();
         if !self.chat.mail[to].post(item) {
             return;
         }
-        let Some(fds) = self.chat.ring_fds.get() else { return };
         self.stats.chat.wakes_sent.inc();
-        let entry = opcode::MsgRingData::new(Fd(fds[to]), 0, Token::new(OP_MAIL, 0, 0, 0).0, None)
-            .build()
-            .flags(Flags::SKIP_SUCCESS)
-            .user_data(Token::new(OP_MAIL_SENT, 0, 0, 0).0);
-        // SAFETY: a MSG_RING entry points at no memory of ours; the target descriptor is
-        // another worker's ring, which lives until the server stops (a closed one only fails
-        // the request with EBADF).
-        unsafe { rings.rings[0].push(entry) }
+        q.wake(to);
     }
 
     /// Takes this worker's mail (on a MSG_RING completion, and at every tick as a safety net).
-    pub(super) fn take_mail(&mut self, rings: &mut RingSet) {
+    pub(super) fn take_mail(&mut self, q: &mut Requests) {
         let mut items = std::mem::take(&mut self.mail_buf);
         self.chat.mail[self.id].take(&mut items);
         self.stats.chat.mail_taken.add(items.len() as u64);
         for item in items.drain(..) {
             match item {
                 Routed::ToSession { user, place, frame } => {
-                    if !self.deliver_local(rings, user, place, &frame) {
-                        let outcome = self.route_frame(rings, user, &frame);
+                    if !self.deliver_local(q, user, place, &frame) {
+                        let outcome = self.route_frame(q, user, &frame);
                         if outcome == Outcome::Refused
                             || (outcome == Outcome::Dropped && kind_of(&frame) == Some(Kind::Deliver))
                         {
@@ -269,10 +247,10 @@ impl ServerWorker {
                 }
                 Routed::Group { members, frame } => {
                     for (m, p) in members {
-                        self.deliver_member(rings, m, p, &frame);
+                        self.deliver_member(q, m, p, &frame);
                     }
                 }
-                Routed::Replaced { user, place } => self.replaced(rings, user, place),
+                Routed::Replaced { user, place } => self.replaced(q, user, place),
             }
         }
         self.mail_buf = items;
@@ -280,25 +258,25 @@ impl ServerWorker {
 
     /// Publishes a login in the directory (closing an older session of the same user) and
     /// hands the session what was stored for it.
-    fn login(&mut self, rings: &mut RingSet, slot: u32, user: u64) {
+    fn login(&mut self, q: &mut Requests, slot: u32, user: u64) {
         if !self.chat.dir.contains(user) {
             return;
         }
         let place = self.place_of(slot);
         if let Some(old) = self.chat.dir.publish(user, place) {
             if old.worker as usize == self.id {
-                self.replaced(rings, user, old);
+                self.replaced(q, user, old);
             } else {
-                self.post(rings, old.worker as usize, Routed::Replaced { user, place: old });
+                self.post(q, old.worker as usize, Routed::Replaced { user, place: old });
             }
         }
         self.slab.header_mut(slot).chat |= chat::LISTED;
-        self.drain_offline(rings, slot);
+        self.drain_offline(q, slot);
     }
 
     /// Moves stored messages into the session's out area, as many as fit; the rest follow as
     /// sends make room.
-    pub(super) fn drain_offline(&mut self, rings: &mut RingSet, slot: u32) {
+    pub(super) fn drain_offline(&mut self, q: &mut Requests, slot: u32) {
         let user = self.slab.header(slot).user_id;
         let mut frames = std::mem::take(&mut self.offline_buf);
         let (_, out) = session::split(self.slab.session(slot), self.cfg.max_frame);
@@ -322,17 +300,19 @@ impl ServerWorker {
         } else {
             s.chat &= !chat::OFFLINE_PENDING;
         }
-        self.flush(rings, slot);
+        if self.slab.header(slot).has_output() {
+            q.send(slot);
+        }
     }
 
     /// A newer session of `user` logged in: this one says ERROR 9 and closes.
-    fn replaced(&mut self, rings: &mut RingSet, user: u64, place: Place) {
+    fn replaced(&mut self, q: &mut Requests, user: u64, place: Place) {
         let slot = place.slot;
         if slot >= self.slab.high_water() || self.slab.generation(slot) & GEN_MASK != place.generation {
             return;
         }
         let s = self.slab.header_mut(slot);
-        if s.state != state::LOGGED_IN || s.user_id != user || s.has(flag::TEARDOWN | flag::CLOSE_AFTER_SEND) {
+        if s.state != state::LOGGED_IN || s.user_id != user || s.has(flag::CLOSED | flag::CLOSE_AFTER_SEND) {
             return;
         }
         // The directory already names the new session.
@@ -343,7 +323,7 @@ impl ServerWorker {
         if out.push(&Frame::error(code, code.name())) {
             self.stats.frames_out[Kind::Error.index()].inc();
         }
-        self.apply(rings, slot, session::Verdict::CloseAfterSend(CloseReason::Replaced));
+        self.apply(q, slot, session::Verdict::CloseAfterSend(CloseReason::Replaced));
     }
 
     /// The session stops receiving messages: new ones for its user go elsewhere (a newer
@@ -360,8 +340,8 @@ impl ServerWorker {
     }
 
     /// Per tick: expire one shard of the offline store; worker 0 publishes the store's totals.
-    pub(super) fn chat_tick(&mut self, rings: &mut RingSet) {
-        self.take_mail(rings);
+    pub(super) fn chat_tick(&mut self, q: &mut Requests) {
+        self.take_mail(q);
         self.sweep_shard = (self.sweep_shard + 1) % SHARDS;
         if self.sweep_shard % self.chat.mail.len() == self.id {
             self.chat.store.sweep(self.sweep_shard, Instant::now());

@@ -27,25 +27,15 @@ pub mod state {
 
 /// Bits of the `flags` byte.
 pub mod flag {
-    /// A multishot receive (or, with poll arming, a multishot poll) is armed.
-    pub const RECV_ARMED: u8 = 1;
-    /// Input is ignored; the session closes once its output has been sent.
+    /// Input is ignored; the session closes once its output has been sent (a graceful close
+    /// was asked of the transport).
     pub const CLOSE_AFTER_SEND: u8 = 2;
-    /// Cancel/shutdown/close have been issued; the slot is freed when nothing is in flight.
-    pub const TEARDOWN: u8 = 4;
-    /// The last words are sent and the write side is shut (FIN); input is read and dropped until
-    /// the peer closes, so the final close never meets unread data (which would turn it into RST).
-    pub const WRITE_SHUT: u8 = 8;
-    /// Its replies filled the out area: its receive is cancelled and the input it could not
-    /// handle waits in held buffers until sends make room (backpressure).
+    /// The session is closed (or broke): nothing more is said or read; its slot is freed when
+    /// the transport lets go of it.
+    pub const CLOSED: u8 = 4;
+    /// Its replies filled the out area: the input it could not handle waits in the transport
+    /// until sends make room (backpressure).
     pub const PAUSED: u8 = 16;
-    /// Poll arming: a one-shot receive is in flight.
-    pub const READING: u8 = 32;
-    /// Poll arming: there may be more input than the last receive took (it filled its buffer,
-    /// found no buffer, or the poll fired while it was in flight): receive again.
-    pub const READ_AGAIN: u8 = 64;
-    /// The peer's input ended (a receive returned 0): nothing more will be read.
-    pub const INPUT_ENDED: u8 = 128;
 }
 
 /// Bits of the `chat` byte.
@@ -56,13 +46,12 @@ pub mod chat {
     pub const OFFLINE_PENDING: u8 = 2;
 }
 
-/// The hot per-session state, 128 bytes, in the slab's dense header array.
+/// The hot per-session state, 128 bytes, in the slab's dense header array. What the transport
+/// needs per connection (descriptor, armed receives, ...) it keeps in its own array.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct Session {
     pub user_id: u64,
-    /// Direct descriptor (index in its ring's fixed-file table).
-    pub file: u32,
     /// Tick of the last whole frame received (heartbeat deadline base).
     pub last_frame_tick: u32,
     /// Tick of the accept (hello deadline base).
@@ -70,24 +59,18 @@ pub struct Session {
     /// Bytes queued in the slot's out area, and how many of them are sent.
     pub slot_out_len: u32,
     pub slot_out_sent: u32,
-    /// Bytes of the send in flight (0: none). One send in flight per session.
+    /// Bytes the transport is sending in place (0: none): they must not move until `sent`.
     pub send_len: u32,
     /// Bytes of a partial frame kept in the slot's in area.
     pub in_len: u16,
-    pub ring: u16,
     pub state: u8,
     pub flags: u8,
-    /// Operations in flight with this slot's token (receive, send, cancel, shutdown, close).
-    pub inflight: u8,
     pub inline_len: u8,
     pub inline_sent: u8,
     pub close_reason: u8,
-    /// Poll arming: a poll saw the peer's FIN or an error, so input is read until a receive
-    /// returns 0 or fails (one poll completion may stand for several wake-ups).
-    pub peer_hup: u8,
     /// Chat bits (see [`chat`]).
     pub chat: u8,
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 12],
     pub inline_out: [u8; INLINE_OUT],
 }
 
@@ -131,7 +114,7 @@ pub struct Env<'a> {
     /// Wall-clock nanoseconds, read only when a WELCOME needs them (not per completion).
     pub wall_ns: fn() -> u64,
     /// Chat frames handled here, for the worker to route once the input is consumed.
-    pub requests: &'a Requests,
+    pub requests: &'a RouteRequests,
 }
 
 /// Largest reply a routed request may need (NACK).
@@ -157,7 +140,7 @@ pub enum Request {
 }
 
 #[derive(Default)]
-pub struct Requests {
+pub struct RouteRequests {
     pub list: RefCell<Vec<Request>>,
     pub frames: RefCell<Vec<u8>>,
     /// Out-area bytes promised to the ACKs/NACKs of the requests listed.
@@ -257,21 +240,33 @@ pub fn next_send<'a>(s: &'a Session, slot: &'a [u8], max_frame: usize) -> Option
     None
 }
 
-/// Accounts for `n` bytes of the send in flight having gone out.
+/// The queued output after its first `skip` bytes, one contiguous piece (the inline bytes, then
+/// the slot's): what a transport that keeps unacknowledged bytes reads, without pinning them.
+pub fn peek_output<'a>(s: &'a Session, slot: &'a [u8], max_frame: usize, skip: usize) -> &'a [u8] {
+    let inline = &s.inline_out[s.inline_sent as usize..s.inline_len as usize];
+    if skip < inline.len() {
+        return &inline[skip..];
+    }
+    let start = max_frame + s.slot_out_sent as usize + (skip - inline.len());
+    let end = max_frame + s.slot_out_len as usize;
+    slot.get(start..end).unwrap_or(&[])
+}
+
+/// Accounts for `n` bytes from the head of the output having gone out (or been acknowledged):
+/// inline bytes first, then the slot's. Unpins the send in flight.
 pub fn sent(s: &mut Session, n: u32) {
     s.send_len = 0;
-    if s.inline_sent < s.inline_len {
-        s.inline_sent += n as u8;
-        if s.inline_sent >= s.inline_len {
-            s.inline_sent = 0;
-            s.inline_len = 0;
-        }
-    } else {
-        s.slot_out_sent += n;
-        if s.slot_out_sent >= s.slot_out_len {
-            s.slot_out_sent = 0;
-            s.slot_out_len = 0;
-        }
+    let inline_left = (s.inline_len - s.inline_sent) as u32;
+    let from_inline = n.min(inline_left);
+    s.inline_sent += from_inline as u8;
+    if s.inline_sent >= s.inline_len {
+        s.inline_sent = 0;
+        s.inline_len = 0;
+    }
+    s.slot_out_sent += n - from_inline;
+    if s.slot_out_sent >= s.slot_out_len {
+        s.slot_out_sent = 0;
+        s.slot_out_len = 0;
     }
 }
 
@@ -385,69 +380,34 @@ fn answer(out: &mut Outbox<'_>, env: &Env<'_>, frame: Frame<'_>) -> Verdict {
 }
 
 /// Consumes received bytes: completes a partial frame kept in the slot, handles whole frames in
-/// place in `data`, and keeps an incomplete tail in the slot. (Byte counts are the caller's: the
-/// same bytes may be fed again after a `Blocked`.)
+/// place in `data`, and keeps an incomplete tail in the slot (see `proto::reassemble`). (Byte
+/// counts are the caller's: the same bytes may be fed again after a `Blocked`.)
 pub fn on_bytes(view: SlotView<'_, Session>, env: &Env<'_>, data: &[u8]) -> Verdict {
-    let max = env.max_frame;
-    let (in_area, mut out) = split(view, max);
-    if out.s.has(flag::CLOSE_AFTER_SEND | flag::TEARDOWN) {
+    let (in_area, mut out) = split(view, env.max_frame);
+    if out.s.has(flag::CLOSE_AFTER_SEND | flag::CLOSED) {
         return Verdict::Open;
     }
-    let mut rest = data;
-    if out.s.in_len > 0 {
-        // Finish the frame whose start arrived earlier: first its header, then its body.
-        loop {
-            let have = out.s.in_len as usize;
-            let parsed = match proto::parse(&in_area[..have], max) {
-                Ok(p) => p,
-                Err(e) => return protocol_error(&mut out, env, e),
-            };
-            match parsed {
-                proto::Parsed::Incomplete { need } => {
-                    let take = (need - have).min(rest.len());
-                    in_area[have..have + take].copy_from_slice(&rest[..take]);
-                    out.touch.upto(have + take);
-                    out.s.in_len += take as u16;
-                    rest = &rest[take..];
-                    if take == 0 {
-                        return Verdict::Open;
-                    }
-                }
-                proto::Parsed::Frame { frame, .. } => {
-                    let verdict = handle(&mut out, env, frame);
-                    if let Verdict::Blocked(_) = verdict {
-                        // The whole frame stays in the in area for the next try.
-                        return Verdict::Blocked(data.len() - rest.len());
-                    }
-                    out.s.in_len = 0;
-                    if verdict != Verdict::Open {
-                        return verdict;
-                    }
-                    break;
-                }
+    let mut in_len = out.s.in_len;
+    let mut last = Verdict::Open;
+    let fed =
+        proto::reassemble(in_area, &mut in_len, data, env.max_frame, |frame| match handle(&mut out, env, frame) {
+            Verdict::Open => proto::Step::Continue,
+            Verdict::Blocked(_) => proto::Step::Block,
+            verdict => {
+                last = verdict;
+                proto::Step::Stop
             }
+        });
+    out.s.in_len = in_len;
+    match fed {
+        Err(e) => {
+            // Bytes may have gone into the in area before the bad ones: give all of it back.
+            out.touch.upto(env.max_frame);
+            protocol_error(&mut out, env, e)
+        }
+        Ok(fed) => {
+            out.touch.upto(fed.touched);
+            if fed.blocked { Verdict::Blocked(fed.consumed) } else { last }
         }
     }
-    let base = data.len() - rest.len();
-    let mut frames = proto::FrameIter::new(rest, max);
-    loop {
-        let at = frames.consumed();
-        let Some(result) = frames.next() else { break };
-        let verdict = match result {
-            Ok(frame) => handle(&mut out, env, frame),
-            Err(e) => protocol_error(&mut out, env, e),
-        };
-        match verdict {
-            Verdict::Open => {}
-            Verdict::Blocked(_) => return Verdict::Blocked(base + at),
-            other => return other,
-        }
-    }
-    let tail = frames.remaining();
-    if !tail.is_empty() {
-        in_area[..tail.len()].copy_from_slice(tail);
-        out.touch.upto(tail.len());
-        out.s.in_len = tail.len() as u16;
-    }
-    Verdict::Open
 }

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::session::{
-    self, Env, INLINE_OUT, Request, Requests, Session, Verdict, flag, next_send, on_bytes, sent, state,
+    self, Env, INLINE_OUT, Request, RouteRequests, Session, Verdict, flag, next_send, on_bytes, sent, state,
 };
 use crate::proto::{self, ErrorCode, Frame, FrameIter, HEADER_LEN, Kind, encode_vec};
 use crate::slab::SessionSlab;
@@ -25,7 +25,7 @@ const BIG_REPLY: usize = HEADER_LEN + BIG;
 
 // ---- harness ----
 
-fn test_env<'a>(stats: &'a WorkerStats, requests: &'a Requests, now_tick: u32) -> Env<'a> {
+fn test_env<'a>(stats: &'a WorkerStats, requests: &'a RouteRequests, now_tick: u32) -> Env<'a> {
     Env {
         stats,
         max_frame: MAX_FRAME,
@@ -44,7 +44,7 @@ struct Harness {
     stats: WorkerStats,
     /// Routing requests the session made (the worker drains them after every call; a test
     /// keeps them for the whole test).
-    requests: Requests,
+    requests: RouteRequests,
     now_tick: u32,
 }
 
@@ -54,7 +54,7 @@ impl Harness {
         let mut slab: SessionSlab<Session> = SessionSlab::new(4, SLOT_BYTES).unwrap();
         let i = slab.alloc().unwrap();
         slab.header_mut(i).state = state::OPEN;
-        Harness { slab, i, stats: WorkerStats::default(), requests: Requests::default(), now_tick: 1 }
+        Harness { slab, i, stats: WorkerStats::default(), requests: RouteRequests::default(), now_tick: 1 }
     }
 
     /// A session that said HELLO and whose WELCOME has been sent.
@@ -316,7 +316,7 @@ fn largest_echo_allowed_by_max_frame_is_answered() {
 #[test]
 fn send_becomes_a_routing_request_with_its_deliver_encoded() {
     let mut h = Harness::logged_in();
-    let requests = Requests::default();
+    let requests = RouteRequests::default();
     {
         let env = test_env(&h.stats, &requests, 5);
         assert_eq!(on_bytes(h.slab.session(h.i), &env, &send(4242)), Verdict::Open);
@@ -339,7 +339,7 @@ fn send_becomes_a_routing_request_with_its_deliver_encoded() {
 fn receipt_is_accepted_silently() {
     let mut h = Harness::logged_in();
     let receipt = encode_vec(&Frame::Receipt { from_user: 3, msg_id: 4 });
-    let requests = Requests::default();
+    let requests = RouteRequests::default();
     let env = test_env(&h.stats, &requests, 5);
     assert_eq!(on_bytes(h.slab.session(h.i), &env, &receipt), Verdict::Open);
     assert_eq!(*env.requests.list.borrow(), [Request::Receipt { from_user: 3, msg_id: 4 }]);
@@ -658,7 +658,7 @@ fn input_is_ignored_after_a_fatal_error_in_a_completed_partial_frame() {
 #[test]
 fn input_is_ignored_during_teardown() {
     let mut h = Harness::logged_in();
-    h.s_mut().flags |= flag::TEARDOWN;
+    h.s_mut().flags |= flag::CLOSED;
     assert_eq!(h.feed(&ping(1)), Verdict::Open);
     assert!(h.drain().is_empty());
     assert_eq!(h.frames_in(Kind::Ping), 0);

@@ -95,28 +95,45 @@ pub struct WorkerStats {
     pub frames_in: [Counter; Kind::ALL.len()],
     pub frames_out: [Counter; Kind::ALL.len()],
     pub protocol_errors: [Counter; ErrorCode::ALL.len()],
+    /// Times a session's replies filled its out area and its input was paused.
+    pub backpressure_pauses: Counter,
+    /// Slab slots held (sessions plus those still closing); returns to 0 when all are gone.
+    pub slots_in_use: Counter,
+    /// Address ranges of this worker's slab (headers, bookkeeping, slots), for resident bytes.
+    pub slab_ranges: [(AtomicUsize, AtomicUsize); 3],
+    pub chat: ChatStats,
+    pub transport: TransportStats,
+}
+
+/// Counters of a worker's data plane (both the server's and the load generator's).
+#[derive(Default)]
+pub struct TransportStats {
+    /// Bytes received and sent on the worker's connections.
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub accept_errors: Counter,
     /// Accepts re-armed because connections waited in the listener's queue for a whole tick.
     pub accept_rearms: Counter,
-    /// Multishot receives that ended for lack of a provided buffer and were re-armed.
+    /// Receives that found the provided-buffer ring empty and were re-armed.
     pub recv_no_buffers: Counter,
-    /// Times a session's replies filled its out area and its input was paused.
-    pub backpressure_pauses: Counter,
-    /// Receive buffers held by paused sessions right now.
+    /// Receive buffers held by paused connections right now.
     pub held_buffers: Counter,
     pub rings: Counter,
-    /// Slab slots held (sessions plus those still closing); returns to 0 when all are gone.
-    pub slots_in_use: Counter,
     pub fixed_files_in_use: Counter,
+    /// Entries waiting for room in a full submission queue.
     pub sq_backlog: Counter,
-    /// Address ranges of this worker's slab (headers, bookkeeping, slots), for resident bytes.
-    pub slab_ranges: [(AtomicUsize, AtomicUsize); 3],
-    /// Address ranges of the worker's provided receive buffers are many small mappings; their
-    /// total mapped size is reported instead.
+    /// Provided receive buffers are many small mappings; their total mapped size is reported.
     pub recv_buffer_bytes: Counter,
-    pub chat: ChatStats,
+    /// Completions the engine dropped as stale (made for an earlier user of a slot), and final
+    /// completions for a slot with nothing in flight: both should stay 0.
+    pub stale_completions: Counter,
+    pub unexpected_completions: Counter,
+}
+
+impl AsRef<TransportStats> for WorkerStats {
+    fn as_ref(&self) -> &TransportStats {
+        &self.transport
+    }
 }
 
 /// Routing counters of one worker. Every message the server ACKed ends in exactly one of
@@ -244,24 +261,24 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
             );
         }
     }
-    per_worker(&mut out, "c2m_bytes_in_total", "counter", "Payload bytes received.", &|s| s.bytes_in.get());
-    per_worker(&mut out, "c2m_bytes_out_total", "counter", "Bytes sent.", &|s| s.bytes_out.get());
+    per_worker(&mut out, "c2m_bytes_in_total", "counter", "Payload bytes received.", &|s| s.transport.bytes_in.get());
+    per_worker(&mut out, "c2m_bytes_out_total", "counter", "Bytes sent.", &|s| s.transport.bytes_out.get());
     per_worker(&mut out, "c2m_accept_errors_total", "counter", "Accept completions that failed.", &|s| {
-        s.accept_errors.get()
+        s.transport.accept_errors.get()
     });
     per_worker(
         &mut out,
         "c2m_accept_rearms_total",
         "counter",
         "Accepts re-armed because connections waited a whole tick unaccepted.",
-        &|s| s.accept_rearms.get(),
+        &|s| s.transport.accept_rearms.get(),
     );
     per_worker(
         &mut out,
         "c2m_recv_no_buffers_total",
         "counter",
         "Receives re-armed after the buffer ring ran dry.",
-        &|s| s.recv_no_buffers.get(),
+        &|s| s.transport.recv_no_buffers.get(),
     );
     per_worker(
         &mut out,
@@ -271,7 +288,7 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         &|s| s.backpressure_pauses.get(),
     );
     per_worker(&mut out, "c2m_held_buffers", "gauge", "Receive buffers held by paused sessions.", &|s| {
-        s.held_buffers.get()
+        s.transport.held_buffers.get()
     });
     per_worker(
         &mut out,
@@ -281,14 +298,14 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         &|s| crate::slab::resident_bytes(&s.slab_ranges()).unwrap_or(0),
     );
     per_worker(&mut out, "c2m_recv_buffer_bytes", "gauge", "Bytes mapped for provided receive buffers.", &|s| {
-        s.recv_buffer_bytes.get()
+        s.transport.recv_buffer_bytes.get()
     });
     per_worker(&mut out, "c2m_slab_slots_in_use", "gauge", "Session slots held, closing ones included.", &|s| {
         s.slots_in_use.get()
     });
-    per_worker(&mut out, "c2m_rings", "gauge", "io_uring instances.", &|s| s.rings.get());
+    per_worker(&mut out, "c2m_rings", "gauge", "io_uring instances.", &|s| s.transport.rings.get());
     per_worker(&mut out, "c2m_fixed_files_in_use", "gauge", "Direct descriptors in use.", &|s| {
-        s.fixed_files_in_use.get()
+        s.transport.fixed_files_in_use.get()
     });
     for (name, kind, help, get) in [
         (
@@ -332,8 +349,22 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         per_worker(&mut out, name, kind, help, &get);
     }
     per_worker(&mut out, "c2m_sq_backlog", "gauge", "SQEs waiting for room in a full submission queue.", &|s| {
-        s.sq_backlog.get()
+        s.transport.sq_backlog.get()
     });
+    per_worker(
+        &mut out,
+        "c2m_stale_completions_total",
+        "counter",
+        "Completions dropped by the engine as made for an earlier user of a slot (expected 0).",
+        &|s| s.transport.stale_completions.get(),
+    );
+    per_worker(
+        &mut out,
+        "c2m_unexpected_completions_total",
+        "counter",
+        "Final completions for a slot with nothing in flight (expected 0).",
+        &|s| s.transport.unexpected_completions.get(),
+    );
     out
 }
 

@@ -13,6 +13,10 @@
 //! input buffer, so the server can parse straight out of a connection's read
 //! buffer without allocating.
 
+mod reassembly;
+
+pub use reassembly::{Fed, Step, reassemble};
+
 use thiserror::Error;
 
 /// Size of the frame header (`len`, `kind`, `flags`).
@@ -490,15 +494,26 @@ pub fn encode(frame: &Frame<'_>, out: &mut [u8]) -> usize {
     })
 }
 
+/// Writes a frame header (`len` is the whole frame's, header included) into `out[..4]`. The
+/// payload is the caller's: for frames built in place, such as the load generator's timed
+/// messages.
+///
+/// # Panics
+/// If `out` is shorter than [`HEADER_LEN`].
+pub fn write_header(out: &mut [u8], kind: Kind, len: u16) {
+    out[..2].copy_from_slice(&len.to_le_bytes());
+    out[2] = kind as u8;
+    out[3] = 0;
+}
+
 /// Like [`encode`], but returns `None` instead of panicking (and writes
 /// nothing) when `out` is too short or the frame is too long.
 pub fn try_encode(frame: &Frame<'_>, out: &mut [u8]) -> Option<usize> {
     let total = frame.encoded_len();
     let len = u16::try_from(total).ok()?;
     let out = out.get_mut(..total)?;
-    let mut w = Writer(out);
-    w.put(&len.to_le_bytes());
-    w.put(&[frame.kind() as u8, 0]);
+    write_header(out, frame.kind(), len);
+    let mut w = Writer(&mut out[HEADER_LEN..]);
     match *frame {
         Frame::Hello { user_id: a, client_time_ns: b }
         | Frame::Ping { seq: a, t_ns: b }
