@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::host::{HostError, machine, memory};
-use crate::load::report::RunStatus;
-use crate::results::{BenchResult, SCHEMA_NAME};
+use crate::schema::bench::{BenchResult, SCHEMA_NAME};
+use crate::schema::load::RunStatus;
 use crate::units::{human_bytes, thousands};
 
 /// Head room on a measured cost: MemFree moves with page-cache activity and with what earlier
@@ -391,8 +391,8 @@ mod tests {
     }
 
     fn bench_result(connections: u64, total: f64, status: RunStatus, started_utc: &str) -> BenchResult {
-        use crate::load::report::{LoadParams, LoadReport};
-        use crate::results::{Build, Machine, MemoryMeasurement, PerConnection, ScenarioInfo};
+        use crate::schema::bench::{Build, Machine, MemoryMeasurement, PerConnection, ScenarioInfo};
+        use crate::schema::load::{LoadParams, LoadReport};
         let params = LoadParams {
             target: "127.0.0.1:7700".into(),
             connections,
@@ -417,7 +417,7 @@ mod tests {
         };
         BenchResult {
             schema: SCHEMA_NAME.into(),
-            schema_version: crate::results::SCHEMA_VERSION,
+            schema_version: crate::schema::bench::SCHEMA_VERSION,
             c2m: Build { version: "0".into(), git_commit: "unknown".into() },
             machine: Machine {
                 host: "t".into(),

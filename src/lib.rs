@@ -7,6 +7,7 @@ pub mod host;
 pub mod load;
 pub mod proto;
 pub mod results;
+pub mod schema;
 pub mod server;
 pub mod slab;
 pub mod stats;

@@ -214,7 +214,7 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
         events: args.events,
     };
     let report = c2m::load::run(cfg, &opts).context("running the load")?;
-    if report.status == c2m::load::report::RunStatus::Aborted {
+    if report.status == c2m::schema::load::RunStatus::Aborted {
         // The report is written; the exit status still tells a script the run fell short.
         std::process::exit(3);
     }

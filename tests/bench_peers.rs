@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use c2m::bench::peers::result::PeersResult;
-use c2m::load::report::RunStatus;
+use c2m::schema::load::RunStatus;
+use c2m::schema::peers::PeersResult;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_c2m");

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use c2m::bench::scenario::{self, AutoOr};
-use c2m::load::report::RunStatus;
-use c2m::results::BenchResult;
+use c2m::schema::bench::BenchResult;
+use c2m::schema::load::RunStatus;
 
 const BIN: &str = env!("CARGO_BIN_EXE_c2m");
 const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/scenarios");

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output, Stdio};
 
-use c2m::load::report::{Event, LoadReport, RunStatus};
+use c2m::schema::load::{Event, LoadReport, RunStatus};
 use common::{BIN, ServerProcess};
 
 fn load(server: SocketAddr, args: &[&str]) -> (Output, LoadReport) {

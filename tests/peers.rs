@@ -15,8 +15,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use c2m::load::report::{LoadReport, RunStatus};
 use c2m::proto::{ErrorCode, Frame, encode_vec};
+use c2m::schema::load::{LoadReport, RunStatus};
 use common::{BIN, code, expect_closed, expect_error, expect_frame};
 
 const PEERS: [&str; 4] = ["tokio", "monoio", "epoll-c", "erlang"];

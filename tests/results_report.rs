@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use c2m::load::report::{
-    ConnectionCounts, Latencies, LatencySummary, LoadParams, LoadReport, MessageCounts, Phase, RunStatus, Sample,
-};
 use c2m::results::report::{format_micros, render_report};
-use c2m::results::{
+use c2m::schema::bench::{
     BenchResult, Build, Machine, MemoryMeasurement, PerConnection, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION,
     ScenarioInfo, SystemMemory,
+};
+use c2m::schema::load::{
+    ConnectionCounts, Latencies, LatencySummary, LoadParams, LoadReport, MessageCounts, Phase, RunStatus, Sample,
 };
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};

@@ -18,8 +18,8 @@ use super::progress::{Progress, Status};
 use super::{server, signals};
 use crate::host::process::Exit;
 use crate::host::{memory, process};
-use crate::load::report::{Event, Phase, RunStatus, Sample};
-use crate::results::SystemMemory;
+use crate::schema::bench::SystemMemory;
+use crate::schema::load::{Event, Phase, RunStatus, Sample};
 use crate::units::human_bytes;
 
 const TICK: Duration = Duration::from_secs(1);

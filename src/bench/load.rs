@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::child::{ChildProcess, read_lines};
 use super::progress::Progress;
 use super::scenario::{HumanDuration, LoadSettings, Workload};
-use crate::load::report::Event;
+use crate::schema::load::Event;
 
 /// What the load is asked to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,7 +137,7 @@ pub fn parse_event(line: &str) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::report::RunStatus;
+    use crate::schema::load::RunStatus;
     use std::time::Duration;
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::host::process::ProcessMemory;
 use crate::host::{HostError, memory, process};
-use crate::results::{PerConnection, SystemMemory};
+use crate::schema::bench::{PerConnection, SystemMemory};
 
 /// System and both processes' memory at one moment with `established` connections up.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -1,7 +1,7 @@
 //! `c2m bench`: runs a scenario end to end on this box. It checks that the connections fit,
 //! starts `c2m serve` and `c2m load` as children, follows the load's `--events`, measures memory
 //! while the connections are held, stops everything within bounded waits, and writes
-//! `results/<scenario>/<stamp>-<host>.json` (a [`crate::results::BenchResult`]) with the load's
+//! `results/<scenario>/<stamp>-<host>.json` (a [`crate::schema::bench::BenchResult`]) with the load's
 //! `.hlog` beside it.
 
 pub mod child;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::follow::Followed;
 use super::load::LoadPlan;
-use crate::load::report::{ConnectionCounts, LoadParams, LoadReport, RunStatus};
-use crate::results::BenchResult;
+use crate::schema::bench::BenchResult;
+use crate::schema::load::{ConnectionCounts, LoadParams, LoadReport, RunStatus};
 use crate::units::{human_bytes, thousands};
 
 /// `results/<scenario>/<stamp>-<host>` with no `.json` or `.hlog` there yet (`-2`, `-3`, ... if

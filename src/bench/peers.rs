@@ -12,9 +12,7 @@
 
 pub mod load_run;
 pub mod manifest;
-pub mod result;
 pub mod server;
-pub mod table;
 pub mod trials;
 
 use std::path::{Path, PathBuf};
@@ -23,16 +21,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use self::manifest::Server;
-use self::result::{PEERS_SCHEMA_NAME, PEERS_SCHEMA_VERSION, PeersResult, PeersSettings, Round, ServerInfo, Turn};
 use self::trials::Setup;
 use super::output::{result_base, with_ext};
 use super::{BenchArgs, signals};
 use crate::host::{clock, git, machine};
-use crate::load::report::RunStatus;
+use crate::schema::load::RunStatus;
+use crate::schema::peers::{
+    PEERS_RESULTS_DIR, PEERS_SCHEMA_NAME, PEERS_SCHEMA_VERSION, PeersResult, PeersSettings, Round, ServerInfo, Turn,
+};
 use crate::units::{human_bytes, parse_bytes, parse_count, parse_duration, thousands};
 
 /// Where peers results go, under the results directory.
-pub const PEERS_RESULTS_DIR: &str = "peers";
 /// Connections one process of a descriptor-per-connection peer is given at most: under the
 /// fixed RLIMIT_NOFILE of 20,000 here, with room for the reuseport hash's unevenness.
 pub const CONNECTIONS_PER_SHARD: u64 = 18_000;
@@ -140,7 +139,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let result = PeersResult {
         schema: PEERS_SCHEMA_NAME.into(),
         schema_version: PEERS_SCHEMA_VERSION,
-        c2m: crate::results::Build {
+        c2m: crate::schema::bench::Build {
             version: env!("CARGO_PKG_VERSION").into(),
             git_commit: git::commit(Path::new(".")),
         },
@@ -169,7 +168,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rounds,
     };
     let path = write_result(&args.results_dir, &result, started_unix)?;
-    println!("\n{}", table::markdown(&result));
+    println!("\n{}", crate::results::peers_table::markdown(&result));
     println!(
         "c2m bench --peers: {} in {:.0} s; result {}",
         status_word(&result),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::load::report::Sample;
+use crate::schema::load::Sample;
 use crate::units::{human_bytes, thousands};
 
 /// A plain (non-terminal) progress line at most this often.

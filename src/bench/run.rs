@@ -17,8 +17,10 @@ use super::server::ServerChild;
 use super::signals;
 use crate::fit::{self, CostModel};
 use crate::host::{clock, git, machine, memory, process};
-use crate::load::report::RunStatus;
-use crate::results::{BenchResult, Build, MemoryMeasurement, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION, ScenarioInfo};
+use crate::schema::bench::{
+    BenchResult, Build, MemoryMeasurement, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION, ScenarioInfo,
+};
+use crate::schema::load::RunStatus;
 use crate::units::{human_bytes, thousands};
 
 /// How long the server has to drain and exit after SIGTERM before SIGKILL.
@@ -111,7 +113,7 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     scenario: &'a Scenario,
     scenario_path: &'a Path,
-    machine: crate::results::Machine,
+    machine: crate::schema::bench::Machine,
     model: CostModel,
     connections: u64,
     progress: Progress,
@@ -301,7 +303,7 @@ impl Bench<'_> {
 }
 
 fn memory_measurement(
-    baseline: &crate::results::SystemMemory,
+    baseline: &crate::schema::bench::SystemMemory,
     server_rss_start: u64,
     followed: &Followed,
     held: &Held,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{HostError, memory, read_text};
-use crate::results::Machine;
+use crate::schema::bench::Machine;
 
 /// Sysctls recorded with every result: each one can stop connections before memory does.
 pub const SYSCTLS: &[&str] = &[

@@ -4,7 +4,7 @@
 //! and dentries as reclaimable and overstates what is free (see DESIGN.md).
 
 use super::{HostError, read_text};
-use crate::results::SystemMemory;
+use crate::schema::bench::SystemMemory;
 
 const MEMINFO: &str = "/proc/meminfo";
 const SOCKSTAT: &str = "/proc/net/sockstat";

@@ -11,7 +11,6 @@ pub mod config;
 pub mod conn;
 pub mod conns;
 pub mod progress;
-pub mod report;
 pub mod run;
 pub mod sources;
 pub mod stats;

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::report::{Event, LoadReport, Sample};
+use crate::schema::load::{Event, LoadReport, Sample};
 use crate::units::thousands;
 
 pub struct Progress {

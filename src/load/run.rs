@@ -17,12 +17,12 @@ use super::LoadError;
 use super::config::LoadConfig;
 use super::conns::Conns;
 use super::progress::Progress;
-use super::report::*;
 use super::stats::{Control, Interval, LoadStats, Phase, RunHistograms, WorkerOutcome};
 use crate::engine::probe::probe;
 use crate::engine::ring_set::{rings_needed, table_limit};
 use crate::engine::{PoolConfig, RingConfig, WorkerPool};
 use crate::host::signal::{block_stop_signals, wait_signal};
+use crate::schema::load::*;
 use crate::transport::kernel::{self, ConnectPlan, KernelConfig, KernelTransport};
 
 /// How long the sends stop before the close (when there is no hold) for the last replies.
@@ -278,7 +278,7 @@ struct Course {
     duration: Duration,
     hold: Duration,
     connect_limit: Duration,
-    phases: Vec<super::report::Phase>,
+    phases: Vec<crate::schema::load::Phase>,
     phase_started: Instant,
     timeline: Vec<Sample>,
     abort: Option<String>,
@@ -298,7 +298,7 @@ impl Course {
             duration: cfg.duration,
             hold: cfg.hold,
             connect_limit: cfg.connect_phase_limit(),
-            phases: vec![super::report::Phase { name: "connect".into(), start: 0.0, end: 0.0 }],
+            phases: vec![crate::schema::load::Phase { name: "connect".into(), start: 0.0, end: 0.0 }],
             phase_started: Instant::now(),
             timeline: Vec::new(),
             abort: None,
@@ -400,7 +400,7 @@ impl Course {
             Phase::Hold => "hold",
             Phase::Close => "close",
         };
-        self.phases.push(super::report::Phase { name: name.into(), start: now, end: now });
+        self.phases.push(crate::schema::load::Phase { name: name.into(), start: now, end: now });
         self.phase_started = Instant::now();
         name
     }

@@ -10,8 +10,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::load::report::{Phase, Sample};
 use crate::results::report::{format_bytes_exact, format_micros};
+use crate::schema::load::{Phase, Sample};
 use crate::units::human_bytes;
 
 /// Width and height of every chart, in pixels.

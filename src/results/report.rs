@@ -9,9 +9,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::load::report::{LatencySummary, Phase, RunStatus};
 use crate::results::chart::{self, Bar, ChartError, Spectrum};
-use crate::results::{BenchResult, SCHEMA_NAME, SCHEMA_VERSION, SystemMemory};
+use crate::schema::bench::{BenchResult, SCHEMA_NAME, SCHEMA_VERSION, SystemMemory};
+use crate::schema::load::{LatencySummary, Phase, RunStatus};
 use crate::units::{human_bytes, thousands};
 
 /// The report's file name, in the results directory.
@@ -30,10 +30,7 @@ pub enum ReportError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} says it is a {SCHEMA_NAME} but does not parse as one: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
-    #[error(
-        "{path} says it is a {} but does not parse as one: {source}",
-        crate::bench::peers::result::PEERS_SCHEMA_NAME
-    )]
+    #[error("{path} says it is a {} but does not parse as one: {source}", crate::schema::peers::PEERS_SCHEMA_NAME)]
     PeersParse { path: PathBuf, source: serde_json::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -430,7 +427,8 @@ fn link_target(rel_path: &str) -> String {
 /// The latest peers comparison's section (file names are UTC stamps, so the last sorts
 /// latest); nothing when there is none.
 fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
-    use crate::bench::peers::{PEERS_RESULTS_DIR, result::PEERS_SCHEMA_NAME, result::PeersResult, table};
+    use crate::results::peers_table as table;
+    use crate::schema::peers::{PEERS_RESULTS_DIR, PEERS_SCHEMA_NAME, PeersResult};
     let dir = results_dir.join(PEERS_RESULTS_DIR);
     if !dir.is_dir() {
         return Ok(());

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::TuneError;
 use crate::fit::round_down_3_digits;
-use crate::results::BenchResult;
+use crate::schema::bench::BenchResult;
 use crate::units::{human_bytes, thousands};
 
 /// MemFree c2m's guards keep free (`--keep-free` default).

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use crate::bench::child::{ChildProcess, read_lines};
 use crate::bench::load::{followed_args, parse_event};
 use crate::bench::signals;
-use crate::load::report::{Event, LoadReport};
+use crate::schema::load::{Event, LoadReport};
 
 /// From SIGTERM to SIGKILL for the load (it closes its connections and writes its report).
 const STOP_GRACE: Duration = Duration::from_secs(60);

@@ -10,13 +10,15 @@ use anyhow::{Context, bail};
 
 use super::load_run::{self, LoadEnd, LoadSpec, Work};
 use super::manifest::Server;
-use super::result::{CapacityMeasurement, CapacitySample, EchoMeasurement, LatencyMeasurement, LoadOutcome, ServerRun};
 use super::server::{RunningServer, Shape, Stopped, shape};
 use crate::bench::measure::{Held, per_connection};
 use crate::host::memory;
 use crate::host::process::{self, CpuTimes, ProcessMemory};
-use crate::load::report::{Event, LoadReport};
-use crate::results::SystemMemory;
+use crate::schema::bench::SystemMemory;
+use crate::schema::load::{Event, LoadReport};
+use crate::schema::peers::{
+    CapacityMeasurement, CapacitySample, EchoMeasurement, LatencyMeasurement, LoadOutcome, ServerRun,
+};
 
 /// Between a server's readiness and its baseline: its threads finish setting up.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -98,7 +100,7 @@ fn outcome(end: &LoadEnd) -> LoadOutcome {
     let mut reasons: Vec<String> = end.stopped.iter().cloned().collect();
     reasons.extend(r.abort_reason.iter().cloned());
     LoadOutcome {
-        status: if reasons.is_empty() && r.status == crate::load::report::RunStatus::Complete {
+        status: if reasons.is_empty() && r.status == crate::schema::load::RunStatus::Complete {
             "complete"
         } else {
             "aborted"

@@ -4,9 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::report::RunStatus;
-use crate::results::{Build, Machine, PerConnection};
+use super::bench::{Build, Machine, PerConnection};
+use super::load::RunStatus;
 
+/// Where peers results go, under the results directory.
+pub const PEERS_RESULTS_DIR: &str = "peers";
 /// The `schema` field of every peers result.
 pub const PEERS_SCHEMA_NAME: &str = "c2m-peers-result";
 /// Bumped whenever a field changes meaning or is removed.

@@ -2,7 +2,7 @@
 //! round, minutes apart), then the median, least and greatest of those ratios over the rounds;
 //! and each server's median value. Written into results/REPORT.md and printed after a run.
 
-use super::result::{PeersResult, Turn};
+use crate::schema::peers::{PeersResult, Turn};
 use crate::units::{human_bytes, thousands};
 
 /// One compared figure.
@@ -17,15 +17,15 @@ fn complete<T>(m: &Option<T>, status: impl Fn(&T) -> &str) -> Option<&T> {
     m.as_ref().filter(|m| status(m) == "complete")
 }
 
-fn echo(t: &Turn) -> Option<&super::result::EchoMeasurement> {
+fn echo(t: &Turn) -> Option<&crate::schema::peers::EchoMeasurement> {
     complete(&t.echo, |m| &m.load.status)
 }
 
-fn latency(t: &Turn) -> Option<&super::result::LatencyMeasurement> {
+fn latency(t: &Turn) -> Option<&crate::schema::peers::LatencyMeasurement> {
     complete(&t.latency, |m| &m.load.status)
 }
 
-fn capacity(t: &Turn) -> Option<&super::result::CapacityMeasurement> {
+fn capacity(t: &Turn) -> Option<&crate::schema::peers::CapacityMeasurement> {
     t.capacity.as_ref().filter(|m| m.measured_connections > 0)
 }
 
@@ -250,7 +250,7 @@ pub fn markdown(result: &PeersResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::peers::result::{EchoMeasurement, LoadOutcome, Round};
+    use crate::schema::peers::{EchoMeasurement, LoadOutcome, Round};
 
     fn turn(server: &str, rate: f64, status: &str) -> Turn {
         Turn {
@@ -265,7 +265,7 @@ mod tests {
     }
 
     fn result(rounds: Vec<Vec<Turn>>) -> PeersResult {
-        let machine = crate::results::Machine {
+        let machine = crate::schema::bench::Machine {
             host: "h".into(),
             kernel: "k".into(),
             cpu_model: "c".into(),
@@ -275,7 +275,7 @@ mod tests {
             rlimit_nofile: [1, 1],
             sysctls: Default::default(),
         };
-        let settings = crate::bench::peers::result::PeersSettings {
+        let settings = crate::schema::peers::PeersSettings {
             rounds: 1,
             order: "rotated".into(),
             connections: 1,
@@ -300,11 +300,11 @@ mod tests {
         PeersResult {
             schema: "c2m-peers-result".into(),
             schema_version: 1,
-            c2m: crate::results::Build { version: "0".into(), git_commit: "x".into() },
+            c2m: crate::schema::bench::Build { version: "0".into(), git_commit: "x".into() },
             machine,
             started_utc: String::new(),
             elapsed_seconds: 0.0,
-            status: crate::load::report::RunStatus::Complete,
+            status: crate::schema::load::RunStatus::Complete,
             abort_reason: None,
             settings,
             servers: Vec::new(),
