@@ -2,7 +2,10 @@
 # The test command: unit, property and loopback integration tests (README.md, second line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins --examples
+# Formatting and lints first: they fail fast and say where.
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+cargo build --release --bins
 # The peer servers (tokio, monoio, epoll-c, Erlang/OTP) that tests/peers.rs checks against the
 # protocol. Without them (no apt, no network) those tests are skipped, loudly; CI sets
 # C2M_PEERS_STRICT=1 so that a failed peer build fails the run.
