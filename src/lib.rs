@@ -12,3 +12,4 @@ pub mod slab;
 pub mod stats;
 pub mod tune;
 pub mod units;
+pub mod xdp;
