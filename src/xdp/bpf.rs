@@ -220,6 +220,25 @@ mod tests {
         assert_eq!(std::mem::offset_of!(TestRunAttr, batch_size), 72);
     }
 
+    /// Needs root (CAP_BPF): the kernel's verifier is what is tested.
+    #[test]
+    fn a_refused_program_comes_with_the_verifiers_log() {
+        use crate::xdp::asm::{Asm, R0, R1, R2};
+        // Reads the first packet byte without checking it against data_end.
+        let mut a = Asm::new();
+        a.ldx_w(R2, R1, 0);
+        a.ldx_b(R0, R2, 0);
+        a.exit();
+        let e = load_xdp("c2m_bad", &a.finish().unwrap()).expect_err("the verifier must refuse an unchecked read");
+        assert_ne!(
+            e.source.raw_os_error(),
+            Some(libc::EPERM),
+            "bpf() needs root (CAP_BPF and CAP_NET_ADMIN) for this test: {}",
+            e.source
+        );
+        assert!(e.log.contains("invalid access to packet"), "log: {}", e.log);
+    }
+
     #[test]
     fn names_are_cut_to_fifteen_bytes() {
         assert_eq!(&obj_name("c2m")[..4], b"c2m\0");

@@ -112,12 +112,19 @@ fn assemble(filters: &[Filter], map_fd: i32) -> Vec<Insn> {
     a.ldx_h(R5, R4, 0); // source port
     a.ldx_h(R7, R4, 2); // destination port
 
+    // A filter that matches anything makes the ones after it unreachable, and the verifier
+    // refuses unreachable instructions: stop there and fall through to the redirect.
+    let mut catch_all = false;
     for filter in filters {
-        let next = a.new_label();
         let (addr, port_reg, want) = match filter {
             Filter::TcpTo(want) => (R9, R7, want),
             Filter::TcpFrom(want) => (R8, R5, want),
         };
+        if want.ip().is_unspecified() && want.port() == 0 {
+            catch_all = true;
+            break;
+        }
+        let next = a.new_label();
         if !want.ip().is_unspecified() {
             a.jne32_imm(addr, be32(*want.ip()), next);
         }
@@ -127,7 +134,9 @@ fn assemble(filters: &[Filter], map_fd: i32) -> Vec<Insn> {
         a.ja(redirect);
         a.label(next);
     }
-    a.ja(pass);
+    if !catch_all {
+        a.ja(pass);
+    }
 
     // bpf_redirect_map(xsks, ctx->rx_queue_index, XDP_PASS): the low bits of the flags are the
     // verdict when no socket sits at that key, so a queue without an XSK still reaches the kernel.
@@ -222,9 +231,14 @@ impl XdpProgram {
         match mode {
             XdpMode::Native => try_mode(AttachMode::Native).map_err(|e| fail(AttachMode::Native, e)),
             XdpMode::Generic => try_mode(AttachMode::Generic).map_err(|e| fail(AttachMode::Generic, e)),
-            XdpMode::Auto => try_mode(AttachMode::Native)
-                .or_else(|_| try_mode(AttachMode::Generic))
-                .map_err(|e| fail(AttachMode::Generic, e)),
+            // Generic only where native is not to be had: not when the interface is taken.
+            XdpMode::Auto => match try_mode(AttachMode::Native) {
+                Ok(link) => Ok(link),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EEXIST | libc::EPERM)) => {
+                    Err(fail(AttachMode::Native, e))
+                }
+                Err(_) => try_mode(AttachMode::Generic).map_err(|e| fail(AttachMode::Generic, e)),
+            },
         }
     }
 
@@ -342,6 +356,9 @@ mod tests {
         // A full filter is 3 instructions (address, port, goto), an any-port one 2.
         assert_eq!(two.len(), one.len() + 2);
         assert!(one.iter().any(|i| i.code == 0x18 && i.imm == 3), "the map fd is loaded");
+        // Anything after a catch-all filter is left out, and so is the jump to "pass".
+        let all = assemble(&[Filter::TcpTo(sa("0.0.0.0:0")), Filter::TcpFrom(sa("198.18.0.1:1"))], 3);
+        assert_eq!(all.len(), one.len() - 4);
         assert!(one.iter().any(|i| i.code == 0x56 && i.imm as u32 == be32(Ipv4Addr::new(198, 18, 0, 1))));
     }
 }

@@ -99,20 +99,17 @@ pub(crate) fn wake_rx(fd: BorrowedFd<'_>) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// `poll(2)` on one descriptor: true when one of `events` is ready within `timeout`.
-pub(crate) fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+/// `poll(2)`: how many of `fds` have one of their events ready within `timeout` (0 when
+/// interrupted by a signal: the caller's loop is bounded by time anyway).
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is one live pollfd and the count passed is 1.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: `fds` is a live, exclusively borrowed slice of pollfd and its length is passed.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(e);
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
     }
-    Ok(r > 0 && (pfd.revents & events) != 0)
+    Ok(r as usize)
 }
 
 /// An `ifreq` naming interface `name` (at most 15 bytes).

@@ -447,7 +447,15 @@ impl Xsk {
     /// Blocks until a frame is on the RX ring or `timeout` passes: true if one is. (A data plane
     /// on io_uring polls [`Xsk::as_fd`] instead.)
     pub fn wait_rx(&self, timeout: Duration) -> Result<bool, XdpError> {
-        sys::poll_one(self.fd.as_fd(), libc::POLLIN, timeout).map_err(|e| syscall("poll (AF_XDP RX)", e))
+        Xsk::wait_rx_any(&[self], timeout)
+    }
+
+    /// Blocks until one of `sockets` has a frame on its RX ring or `timeout` passes: true if one
+    /// does (one thread serving several queues).
+    pub fn wait_rx_any(sockets: &[&Xsk], timeout: Duration) -> Result<bool, XdpError> {
+        let mut fds: Vec<libc::pollfd> =
+            sockets.iter().map(|x| libc::pollfd { fd: x.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        sys::poll(&mut fds, timeout).map(|n| n > 0).map_err(|e| syscall("poll (AF_XDP RX)", e))
     }
 
     /// Where every UMEM frame is: free, with the kernel, or with the user.
