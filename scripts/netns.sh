@@ -66,7 +66,7 @@ check_args() {
 }
 
 require_root_and_tools() {
-  [[ $(id -u) == 0 ]] || die "must run as root (it makes network namespaces and veth devices)"
+  [[ $EUID == 0 ]] || die "must run as root (it makes network namespaces and veth devices)"
   command -v ip >/dev/null || die "'ip' is missing: apt-get install -y iproute2"
   if command -v ethtool >/dev/null; then
     OFFLOAD_TOOL=ethtool

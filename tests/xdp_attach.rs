@@ -6,7 +6,7 @@ mod xdp_common;
 
 use std::net::SocketAddrV4;
 
-use c2m::xdp::{AttachMode, Filter, Interface, XdpMode, XdpProgram, netns};
+use c2m::xdp::{AttachMode, BindMode, BindPolicy, Filter, Interface, XdpMode, XdpProgram, Xsk, XskConfig, netns};
 use xdp_common::{SRV_IP, Topology, VETH_SRV, require_root};
 
 fn sa(s: &str) -> SocketAddrV4 {
@@ -57,4 +57,13 @@ fn attaches_natively_and_generically_and_goes_with_its_link() {
         drop(link);
         assert!(!shown().contains("prog/xdp"), "{mode:?}: still attached after the link dropped: {}", shown());
     }
+
+    // AF_XDP on veth: zero-copy is refused, Auto falls back to copy mode and says so.
+    let zc = XskConfig { bind: BindPolicy::ZeroCopy, ..Default::default() };
+    let e = Xsk::bind(&iface, 0, &zc).err().expect("veth has no zero-copy AF_XDP");
+    assert!(e.to_string().contains("XDP_ZEROCOPY"), "{e}");
+    eprintln!("zero-copy bind on veth: {e}");
+    let auto = Xsk::bind(&iface, 0, &XskConfig::default()).expect("bind");
+    assert_eq!(auto.mode(), BindMode::Copy);
+    assert_eq!(auto.mode().to_string(), "copy mode");
 }

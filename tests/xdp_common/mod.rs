@@ -6,6 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
+use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const SRV_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -26,10 +27,24 @@ pub struct Topology {
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+static SWEEP: Once = Once::new();
+
+/// Removes the namespaces of test processes that are gone (killed before their guards ran).
+fn remove_stale_namespaces() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("c2mt-").and_then(|r| r.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
 
 impl Topology {
     pub fn up(tag: &str) -> Topology {
         require_root();
+        SWEEP.call_once(remove_stale_namespaces);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let topo = Topology { ns_srv: format!("c2mt-{pid}-{n}-{tag}-s"), ns_cli: format!("c2mt-{pid}-{n}-{tag}-c") };
