@@ -14,3 +14,4 @@ pub mod stats;
 pub mod transport;
 pub mod tune;
 pub mod units;
+pub mod xdp;
