@@ -10,5 +10,6 @@ pub mod results;
 pub mod server;
 pub mod slab;
 pub mod stats;
+pub mod tcp;
 pub mod tune;
 pub mod units;
