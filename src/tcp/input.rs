@@ -32,6 +32,12 @@ impl Endpoint {
         }
         let h = seg.hdr;
         let t = *self.tcbs.get(id);
+        // A SYN on a synchronized connection, whatever its sequence number: challenge ACK
+        // (RFC 5961 §4; an RST with it was dropped as a bad flag combination).
+        if h.has(flags::SYN) {
+            self.stats.challenge_acks += 1;
+            return self.send_ack(id, tx);
+        }
         // 1. Sequence number: does any of the segment fall in the receive window?
         let wnd = self.rcv_window(id) as u32;
         let len = seg.seq_len();
@@ -64,11 +70,6 @@ impl Endpoint {
             }
             return;
         }
-        // 3. A SYN on a synchronized connection: challenge ACK (RFC 5961 §4).
-        if h.has(flags::SYN) {
-            self.stats.challenge_acks += 1;
-            return self.send_ack(id, tx);
-        }
         // 4. ACK.
         if !h.has(flags::ACK) {
             return;
@@ -82,19 +83,25 @@ impl Endpoint {
                 return;
             }
         } else if h.ack == t.snd_una {
+            // A duplicate ACK (RFC 5681 §2): nothing new, same window, data outstanding. With a
+            // zero window the peer is not asking for anything: it holds back, not loses.
             let t = self.tcbs.get_mut(id);
-            if t.in_flight() > 0 && seg.payload.is_empty() && !h.has(flags::FIN) && h.window == t.snd_wnd {
+            if t.in_flight() > 0 && seg.payload.is_empty() && !h.has(flags::FIN) && h.window == t.snd_wnd && h.window > 0 {
                 t.dupacks = t.dupacks.saturating_add(1);
                 if t.dupacks == 3 {
                     self.fast_retransmit(now, id);
                 }
-            } else if t.in_flight() == 0 {
-                // An answer to a window probe: the peer is there.
-                t.retries = 0;
             }
         }
         if seq::ge(h.ack, t.snd_una) {
-            self.tcbs.get_mut(id).snd_wnd = h.window;
+            let t = self.tcbs.get_mut(id);
+            let reopened = t.snd_wnd == 0 && h.window > 0 && t.in_flight() > 0;
+            t.snd_wnd = h.window;
+            if reopened {
+                // What was sent into the closed window was not taken: send it again now rather
+                // than at the (backed-off) timer.
+                self.go_back(id);
+            }
         }
         let mut ack_now = false;
         // 5. Payload: in order only; what starts before rcv_nxt is trimmed, what starts after it
@@ -276,8 +283,8 @@ impl Endpoint {
         }
         let (rto_min, rto_max) = (self.cfg.rto_min_ms as u16, self.cfg.rto_max_ms as u16);
         let mut n = t;
+        // RFC 6298 §5.7: the RTO backed off by SYN retries does not carry over to the data.
         self.init_tcb(&mut n, h.mss.unwrap_or(536));
-        n.rto = t.rto;
         n.set_state(State::Established);
         n.rcv_nxt = h.seq.wrapping_add(1);
         n.snd_una = h.ack;

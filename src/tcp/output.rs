@@ -77,8 +77,9 @@ impl Endpoint {
             }
             t.snd_nxt = t.snd_nxt.wrapping_add(n + fin as u32);
             t.set(flag::FIN_SENT, fin || t.has(flag::FIN_SENT));
-            t.set(flag::ACK_DELAYED, false);
             t.time_segment(t.snd_nxt, now32(now));
+            self.ack_sent(id);
+            let t = self.tcbs.get(id);
             if !t.has(flag::TIMER) {
                 let at = now + t.rto as u64;
                 self.arm(now, id, at);
@@ -96,7 +97,19 @@ impl Endpoint {
         let (local, remote) = addrs(&t);
         let window = self.rcv_window(id);
         self.send_ctl(tx, local, remote, t.snd_nxt, t.rcv_nxt, flags::ACK, window, None);
-        self.tcbs.get_mut(id).set(flag::ACK_DELAYED, false);
+        self.ack_sent(id);
+    }
+
+    /// A segment carried the ACK: a delayed one is no longer due, and its wheel item goes unless
+    /// the deadline still needs it (then it may fire early, and is put back where it belongs).
+    fn ack_sent(&mut self, id: u32) {
+        let t = self.tcbs.get_mut(id);
+        if t.has(flag::ACK_DELAYED) {
+            t.set(flag::ACK_DELAYED, false);
+            if !t.has(flag::TIMER) {
+                self.wheel.cancel(id);
+            }
+        }
     }
 
     /// Sets the connection's deadline (retransmission, probe or TIME-WAIT) to `at`.
