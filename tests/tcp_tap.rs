@@ -453,7 +453,8 @@ fn a_kernel_rst_refuses_a_connect() {
     let ns = Netns::enter();
     let mut d = Driver::new(open_tap(&ns), None);
     let mut owner = Owner { conns: vec![Conn::default()], ..Owner::default() };
-    let tcb = d.ep.connect(d.now(), SocketAddrV4::new(EP_IP, 40_100), SocketAddrV4::new(KERNEL_IP, 9), 0, &mut d.tx).unwrap();
+    let tcb =
+        d.ep.connect(d.now(), SocketAddrV4::new(EP_IP, 40_100), SocketAddrV4::new(KERNEL_IP, 9), 0, &mut d.tx).unwrap();
     owner.conns[0].tcb = Some(tcb);
     d.pump(&mut owner, "refused", |o, _| o.conns[0].failed.is_some());
     assert_eq!(owner.conns[0].failed, Some(ConnectError::Refused));

@@ -284,7 +284,8 @@ impl Endpoint {
 
     /// The control block of the connection `local` <-> `remote`.
     pub fn find(&self, local: SocketAddrV4, remote: SocketAddrV4) -> Option<TcbId> {
-        let key = Key { local_ip: ip(&local), remote_ip: ip(&remote), local_port: local.port(), remote_port: remote.port() };
+        let key =
+            Key { local_ip: ip(&local), remote_ip: ip(&remote), local_port: local.port(), remote_port: remote.port() };
         self.tcbs.lookup(&key).map(TcbId)
     }
 
@@ -333,7 +334,8 @@ impl Endpoint {
             self.stats.bad_flags += 1;
             return;
         }
-        let key = Key { local_ip: ip(&h.dst), remote_ip: ip(&h.src), local_port: h.dst.port(), remote_port: h.src.port() };
+        let key =
+            Key { local_ip: ip(&h.dst), remote_ip: ip(&h.src), local_port: h.dst.port(), remote_port: h.src.port() };
         if let Some(id) = self.tcbs.lookup(&key) {
             self.segment_in_tcb(now_ms, id, &seg, app, tx);
         } else if let Some(id) = self.syn.table.lookup(&key) {
@@ -413,13 +415,28 @@ impl Endpoint {
         self.send_synack(tx, h.dst, h.src, iss, h.seq.wrapping_add(1));
     }
 
-    pub(super) fn send_synack<T: Tx>(&mut self, tx: &mut T, local: SocketAddrV4, remote: SocketAddrV4, iss: u32, ack: u32) {
+    pub(super) fn send_synack<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        iss: u32,
+        ack: u32,
+    ) {
         let (wnd, mss) = (self.cfg.rcv_wnd, self.cfg.mss);
         self.send_ctl(tx, local, remote, iss, ack, flags::SYN | flags::ACK, wnd, Some(mss));
     }
 
     /// A segment for a half-open passive connection.
-    fn segment_in_syn<A: App, T: Tx>(&mut self, now: u64, key: Key, id: u32, seg: &Segment<'_>, app: &mut A, tx: &mut T) {
+    fn segment_in_syn<A: App, T: Tx>(
+        &mut self,
+        now: u64,
+        key: Key,
+        id: u32,
+        seg: &Segment<'_>,
+        app: &mut A,
+        tx: &mut T,
+    ) {
         let h = &seg.hdr;
         let e = *self.syn.table.get(id);
         if h.has(flags::RST) {
@@ -531,7 +548,8 @@ impl Endpoint {
         if self.peer_mac.is_none() {
             return Err(ConnectError::NoRoute);
         }
-        let key = Key { local_ip: ip(&local), remote_ip: ip(&remote), local_port: local.port(), remote_port: remote.port() };
+        let key =
+            Key { local_ip: ip(&local), remote_ip: ip(&remote), local_port: local.port(), remote_port: remote.port() };
         if self.tcbs.lookup(&key).is_some() || self.syn.table.lookup(&key).is_some() {
             return Err(ConnectError::InUse);
         }
@@ -733,7 +751,11 @@ impl Endpoint {
             }
             let timed = t.has(flag::TIMER) || t.has(flag::ACK_DELAYED);
             if timed != self.wheel.is_scheduled(id) {
-                return Err(format!("tcb {id} {:?} flags {:#x}: timer flags disagree with the wheel", t.state(), t.flags));
+                return Err(format!(
+                    "tcb {id} {:?} flags {:#x}: timer flags disagree with the wheel",
+                    t.state(),
+                    t.flags
+                ));
             }
             if t.state() == State::TimeWait && !(t.has(flag::DETACHED) && t.has(flag::TIMER)) {
                 return Err(format!("tcb {id} in TIME-WAIT still attached or without its timer"));

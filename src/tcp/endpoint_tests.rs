@@ -361,7 +361,8 @@ fn an_immediate_reply_carries_the_ack() {
 
 #[test]
 fn exact_streams_under_loss_reordering_duplication_and_corruption() {
-    let faults = FaultConfig { drop: 50, corrupt: 10, duplicate: 20, delay: 30, reorder: 30, max_delay_ms: 20, max_held: 64 };
+    let faults =
+        FaultConfig { drop: 50, corrupt: 10, duplicate: 20, delay: 30, reorder: 30, max_delay_ms: 20, max_held: 64 };
     let mut net = Net::new(faults);
     let mut conns = vec![];
     for i in 0..4u16 {
@@ -373,7 +374,9 @@ fn exact_streams_under_loss_reordering_duplication_and_corruption() {
     for (&(c, _), d) in conns.iter().zip(&data) {
         net.client_send(c, d);
     }
-    net.run_until(600_000, "all echoed", |n| conns.iter().zip(&data).all(|(&(c, _), d)| n.oc.c(c).input.len() >= d.len()));
+    net.run_until(600_000, "all echoed", |n| {
+        conns.iter().zip(&data).all(|(&(c, _), d)| n.oc.c(c).input.len() >= d.len())
+    });
     for (&(c, _), d) in conns.iter().zip(&data) {
         assert_eq!(&net.oc.c(c).input, d, "client {c} got its bytes back exactly");
     }
@@ -398,7 +401,9 @@ fn exact_streams_under_loss_reordering_duplication_and_corruption() {
     }
     net.assert_empty();
     let (cs, ss) = (net.c.stats(), net.s.stats());
-    let bad = |s: &super::TcpStats| s.bad_frames[WireError::TcpChecksum.index()] + s.bad_frames[WireError::IpChecksum.index()];
+    let bad = |s: &super::TcpStats| {
+        s.bad_frames[WireError::TcpChecksum.index()] + s.bad_frames[WireError::IpChecksum.index()]
+    };
     assert!(bad(cs) + bad(ss) > 0, "corrupted frames were caught: {cs:?} {ss:?}");
     assert!(cs.retransmits > 0 && ss.retransmits > 0);
     assert!(net.fc.stats().dropped > 0 && net.fc.stats().reordered > 0 && net.fc.stats().duplicated > 0);
@@ -526,7 +531,10 @@ fn connect_refuses_a_tuple_in_use_and_a_full_table() {
     net.connect(43_004);
     let conn = net.oc.new_conn();
     assert_eq!(net.c.connect(net.now, client_addr(43_004), server_addr(), conn, &mut net.tc), Err(ConnectError::InUse));
-    assert_eq!(net.c.connect(net.now, client_addr(43_005), server_addr(), conn, &mut net.tc), Err(ConnectError::NoRoom));
+    assert_eq!(
+        net.c.connect(net.now, client_addr(43_005), server_addr(), conn, &mut net.tc),
+        Err(ConnectError::NoRoom)
+    );
     let mut lone = Endpoint::new(cfg(), MAC_C);
     assert_eq!(lone.connect(0, client_addr(1), server_addr(), 0, &mut net.tc), Err(ConnectError::NoRoute));
 }

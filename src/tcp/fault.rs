@@ -51,7 +51,13 @@ pub struct FaultInjector {
 
 impl FaultInjector {
     pub fn new(cfg: FaultConfig, seed: u64) -> FaultInjector {
-        FaultInjector { cfg, rng: seed ^ 0x9e37_79b9_7f4a_7c15, held: VecDeque::new(), swapped: None, stats: FaultStats::default() }
+        FaultInjector {
+            cfg,
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            held: VecDeque::new(),
+            swapped: None,
+            stats: FaultStats::default(),
+        }
     }
 
     pub fn stats(&self) -> &FaultStats {
@@ -170,7 +176,15 @@ mod tests {
 
     #[test]
     fn rates_are_near_their_per_mille_and_counted() {
-        let cfg = FaultConfig { drop: 50, corrupt: 20, duplicate: 30, delay: 40, reorder: 60, max_delay_ms: 10, max_held: 64 };
+        let cfg = FaultConfig {
+            drop: 50,
+            corrupt: 20,
+            duplicate: 30,
+            delay: 40,
+            reorder: 60,
+            max_delay_ms: 10,
+            max_held: 64,
+        };
         let (got, s) = run(cfg, 7, 20_000);
         assert!((800..1200).contains(&s.dropped), "{s:?}");
         assert!((250..550).contains(&s.corrupted), "{s:?}");
@@ -185,7 +199,15 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_run() {
-        let cfg = FaultConfig { drop: 100, corrupt: 100, duplicate: 100, delay: 100, reorder: 100, max_delay_ms: 5, max_held: 8 };
+        let cfg = FaultConfig {
+            drop: 100,
+            corrupt: 100,
+            duplicate: 100,
+            delay: 100,
+            reorder: 100,
+            max_delay_ms: 5,
+            max_held: 8,
+        };
         assert_eq!(run(cfg, 3, 1000), run(cfg, 3, 1000));
         assert_ne!(run(cfg, 3, 1000).0, run(cfg, 4, 1000).0);
     }

@@ -86,7 +86,12 @@ impl Endpoint {
             // A duplicate ACK (RFC 5681 §2): nothing new, same window, data outstanding. With a
             // zero window the peer is not asking for anything: it holds back, not loses.
             let t = self.tcbs.get_mut(id);
-            if t.in_flight() > 0 && seg.payload.is_empty() && !h.has(flags::FIN) && h.window == t.snd_wnd && h.window > 0 {
+            if t.in_flight() > 0
+                && seg.payload.is_empty()
+                && !h.has(flags::FIN)
+                && h.window == t.snd_wnd
+                && h.window > 0
+            {
                 t.dupacks = t.dupacks.saturating_add(1);
                 if t.dupacks == 3 {
                     self.fast_retransmit(now, id);

@@ -129,7 +129,8 @@ impl Endpoint {
     /// off the wheel when neither is pending).
     pub(super) fn reschedule(&mut self, now: u64, id: u32) {
         let t = *self.tcbs.get(id);
-        let deadline = t.has(flag::TIMER).then(|| now.saturating_add_signed(t.timer_at.wrapping_sub(now32(now)) as i32 as i64));
+        let deadline =
+            t.has(flag::TIMER).then(|| now.saturating_add_signed(t.timer_at.wrapping_sub(now32(now)) as i32 as i64));
         let delack = t.has(flag::ACK_DELAYED).then(|| now + self.cfg.delayed_ack_ms as u64);
         match (deadline, delack) {
             (None, None) => self.wheel.cancel(id),

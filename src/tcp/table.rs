@@ -48,7 +48,7 @@ pub struct Table<T: Linked> {
 
 impl<T: Linked> Table<T> {
     pub fn new(capacity: u32, seed: u64) -> Table<T> {
-        assert!(size_of::<T>() % 8 == 0 && align_of::<T>() <= 8, "entries are whole u64s");
+        assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() <= 8, "entries are whole u64s");
         let buckets = (capacity.max(1) as usize).next_power_of_two();
         Table {
             raw: vec![0u64; capacity as usize * size_of::<T>() / 8],

@@ -136,7 +136,12 @@ const _: () = assert!(TCB_SIZE == 64);
 
 impl Linked for Tcb {
     fn key(&self) -> Key {
-        Key { local_ip: self.local_ip, remote_ip: self.remote_ip, local_port: self.local_port, remote_port: self.remote_port }
+        Key {
+            local_ip: self.local_ip,
+            remote_ip: self.remote_ip,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+        }
     }
     fn link(&self) -> u32 {
         self.link

@@ -424,7 +424,7 @@ mod tests {
         let tcp_len = f.len() - 34;
         f[16..18].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
         refix_ip(&mut f);
-        f[34 + 12] = ((20 + opts.len()) / 4 << 4) as u8;
+        f[34 + 12] = (((20 + opts.len()) / 4) << 4) as u8;
         f[34 + 16..34 + 18].fill(0);
         let c = !fold(sum(&f[34..], pseudo(*h.src.ip(), *h.dst.ip(), tcp_len)));
         f[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
