@@ -290,6 +290,35 @@ impl Net {
         self.s.find(server_addr(), client_addr(port))
     }
 
+    /// Closes every connection still open, both sides, waits out TIME-WAIT, and checks that
+    /// nothing is left: every test ends here or with [`Net::assert_empty`].
+    fn finish(&mut self) {
+        self.oc.paused = false;
+        self.os.paused = false;
+        self.os.take_at_most = None;
+        for _ in 0..300_000 {
+            if self.c.connections() == 0 && self.s.connections() == 0 && self.s.syn_queue_len() == 0 {
+                break;
+            }
+            for i in 0..self.oc.conns.len() {
+                let c = &self.oc.conns[i];
+                if let (Some(tcb), None, None) = (c.tcb, c.closed, c.failed) {
+                    self.c.close(self.now, tcb, &mut self.oc, &mut self.tc);
+                }
+            }
+            for i in 0..self.os.conns.len() {
+                let c = &self.os.conns[i];
+                if let (Some(tcb), None) = (c.tcb, c.closed) {
+                    self.s.set_input_paused(tcb, false, &mut self.ts);
+                    self.s.close(self.now, tcb, &mut self.os, &mut self.ts);
+                }
+            }
+            self.step();
+        }
+        assert!(self.os.conns.iter().all(|c| c.closed.is_some()), "every accepted connection was told it closed");
+        self.assert_empty();
+    }
+
     /// Both sides closed and out of TIME-WAIT: nothing left anywhere.
     fn assert_empty(&self) {
         self.check();
@@ -339,6 +368,7 @@ fn handshake_then_echo() {
     net.run(100);
     assert!(net.oc.c(conn).out.is_empty() && net.os.conns[0].out.is_empty(), "all output acknowledged");
     assert_eq!(net.c.stats().retransmits + net.s.stats().retransmits, 0);
+    net.finish();
 }
 
 /// A PING answered at once: the reply carries the ACK, no pure ACK goes before it.
@@ -357,6 +387,7 @@ fn an_immediate_reply_carries_the_ack() {
     let before = net.seen_cs.len();
     net.run(100);
     assert_eq!(net.seen_cs.len(), before + 1, "one delayed ACK");
+    net.finish();
 }
 
 #[test]
@@ -475,6 +506,7 @@ fn close_sends_fin_after_queued_output() {
     net.c.close(net.now, tcb, &mut net.oc, &mut net.tc);
     net.run_until(120_000, "server saw FIN", |n| n.os.conns[0].ended);
     assert_eq!(net.os.conns[0].input, data, "every byte before the FIN");
+    net.finish();
 }
 
 #[test]
@@ -537,6 +569,7 @@ fn connect_refuses_a_tuple_in_use_and_a_full_table() {
     );
     let mut lone = Endpoint::new(cfg(), MAC_C);
     assert_eq!(lone.connect(0, client_addr(1), server_addr(), 0, &mut net.tc), Err(ConnectError::NoRoute));
+    net.finish();
 }
 
 /// The owner takes nothing for a while: the window goes to 0, the sender probes, nothing is
@@ -561,6 +594,7 @@ fn backpressure_closes_the_window_and_loses_nothing() {
     net.run_until(120_000, "all delivered", |n| n.os.conns[0].input.len() == data.len());
     assert_eq!(net.os.conns[0].input, data);
     assert_eq!(net.oc.c(conn).closed, None, "the connection survived the pause");
+    net.finish();
 }
 
 /// The owner never reads: the sender's retransmissions stop at the cap, and it gives up.
@@ -595,6 +629,7 @@ fn one_byte_at_a_time() {
     net.run_until(60_000, "all echoed", |n| n.oc.c(conn).input.len() == data.len());
     assert_eq!(net.os.conns[0].input, data);
     assert_eq!(net.oc.c(conn).input, data);
+    net.finish();
 }
 
 /// Input taken one byte per call: the rest of each segment waits (paused), and resumes.
@@ -616,6 +651,7 @@ fn an_owner_taking_one_byte_per_call() {
     }
     net.run_until(60_000, "all delivered", |n| n.os.conns[0].input.len() == data.len());
     assert_eq!(net.os.conns[0].input, data);
+    net.finish();
 }
 
 /// A frame from `src` to the server, built by hand.
@@ -680,6 +716,7 @@ fn a_syn_flood_is_bounded_and_a_real_client_still_connects() {
     assert_eq!(net.s.stats().synack_retransmits, 4096 * 5);
     assert_eq!(net.os.conns[0].closed, None);
     net.check();
+    net.finish();
 }
 
 /// A forged cookie ACK is refused with an RST and makes nothing.
@@ -694,6 +731,7 @@ fn a_forged_cookie_ack_is_reset() {
     let rst = wire::parse(&sink.frames[0]).unwrap();
     assert_eq!((rst.hdr.flags, rst.hdr.seq), (flags::RST, 0xdead_beef));
     assert_eq!(net.s.connections(), 0);
+    net.finish();
 }
 
 /// Bad segments: counted, answered as the RFCs say or dropped; no crash, no leak.
@@ -767,6 +805,7 @@ fn bad_segments_are_counted_and_dropped() {
     net.check();
     net.client_send(conn, b"fine");
     net.run_until(100, "echo", |n| n.oc.c(conn).input == b"fine");
+    net.finish();
 }
 
 /// An RST with exactly the next sequence number resets; TIME-WAIT answers a retransmitted FIN.
@@ -810,6 +849,7 @@ fn a_full_transmit_ring_delays_but_loses_nothing() {
     net.client_send(conn, b"later");
     assert!(net.c.stats().tx_full > 0);
     net.run_until(10_000, "echo", |n| n.oc.c(conn).input == b"later");
+    net.finish();
 }
 
 #[test]
