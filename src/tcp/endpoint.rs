@@ -723,7 +723,8 @@ impl Endpoint {
             self.stats.syn_queue_timeouts += 1;
             return self.free_syn(id);
         }
-        let rto = ((self.cfg.rto_initial_ms as u64) << (e.retries + 1)).min(self.cfg.rto_max_ms as u64);
+        // Exponential backoff; 2^20 x the initial RTO is past any rto_max (the shift stays small).
+        let rto = ((self.cfg.rto_initial_ms as u64) << (e.retries as u32 + 1).min(20)).min(self.cfg.rto_max_ms as u64);
         let e = self.syn.table.get_mut(id);
         e.retries += 1;
         e.timer_at = now32(now).wrapping_add(rto as u32);
