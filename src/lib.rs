@@ -11,6 +11,7 @@ pub mod schema;
 pub mod server;
 pub mod slab;
 pub mod stats;
+pub mod tcp;
 pub mod transport;
 pub mod tune;
 pub mod units;
