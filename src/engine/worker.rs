@@ -59,11 +59,17 @@ pub fn run<S: Service>(io: &mut Io<S::Op>, service: &mut S) -> io::Result<()> {
                 dispatch(io, service, index, cqe);
             }
         }
-        service.after_batch(io);
+        // Buffers handed back during the round go to the kernel before anything is re-armed:
+        // a receive armed on an empty buffer ring ends at once with ENOBUFS.
         for ring in io.rings_mut().iter_mut() {
             ring.bufs_mut().commit();
         }
+        service.after_batch(io);
         release_quiet(io, service);
+        // And those handed back by after_batch (a resumed connection's held input).
+        for ring in io.rings_mut().iter_mut() {
+            ring.bufs_mut().commit();
+        }
         if service.done() {
             return Ok(());
         }

@@ -647,10 +647,31 @@ mod tests {
                 report.abort_reason,
                 report.errors
             );
-            assert_eq!(report.connections.established, 200);
+            let server_view = || {
+                let text = crate::stats::render_prometheus(&server.stats());
+                text.lines()
+                    .filter(|l| l.contains("closed_total") || l.contains("rejected") || l.contains("errors_total"))
+                    .filter(|l| !l.ends_with(" 0") && !l.starts_with('#'))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(
+                report.connections.established,
+                200,
+                "{workload:?}: {:?}\nserver:\n{}",
+                report.errors,
+                server_view()
+            );
             assert_eq!(report.params.rings_per_worker, 2);
             assert!(report.messages.received > 0);
             assert!(report.errors.is_empty(), "{:?}", report.errors);
+            // Every session of this run is gone before the next run starts.
+            let stats = server.stats();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while stats.iter().map(|s| s.slots_in_use.get()).sum::<u64>() > 0 {
+                assert!(std::time::Instant::now() < deadline, "{workload:?}: sessions left on the server");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         server.stop();
         server.join().unwrap();

@@ -155,7 +155,7 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
             return self.submit(io, ring, KernelOp::RejectSend, file, entry);
         };
         io.open(conn);
-        self.socks[conn as usize] = Sock { file, send_len: 0, ring: ring as u16, flags: flag::OPEN };
+        self.socks[conn as usize] = Sock { file, send_len: 0, ring: ring as u16, flags: flag::OPEN | flag::FILE };
         self.handler.opened(&mut self.q, conn);
         self.arm_input(io, conn);
     }
@@ -190,6 +190,7 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
 
     fn reject_close(&mut self, io: &mut Io<KernelOp>, ring: usize, file: u32) {
         self.submit(io, ring, KernelOp::RejectClose, file, opcode::Close::new(Fixed(file)).build());
+        self.closes += 1;
     }
 
     pub(super) fn on_reject(&mut self, io: &mut Io<KernelOp>, c: Completion<KernelOp>) {
@@ -200,7 +201,10 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
                 self.submit(io, ring, KernelOp::RejectShutdown, file, entry);
             }
             KernelOp::RejectShutdown => self.reject_close(io, ring, file),
-            _ => self.file_released(io, ring, file),
+            _ => {
+                self.closes -= 1;
+                self.file_released(io, ring, file);
+            }
         }
     }
 

@@ -135,7 +135,8 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
         p.ok = false;
         p.timed_out = false;
         p.left = 1 + self.connects.has_timeout as u8;
-        self.socks[conn as usize] = Sock { file, send_len: record, ring: ring as u16, flags: flag::CONNECTING };
+        self.socks[conn as usize] =
+            Sock { file, send_len: record, ring: ring as u16, flags: flag::CONNECTING | flag::FILE };
         if !self.connects.deferred.is_empty() || !self.submit_connect(io, conn) {
             self.connects.deferred.push_back(conn);
         }

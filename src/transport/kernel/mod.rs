@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytemuck::{Pod, Zeroable};
+use io_uring::opcode;
 use io_uring::squeue;
+use io_uring::types::Fixed;
 
 use self::accept::AcceptState;
 use self::connect::ConnectPool;
@@ -50,7 +52,10 @@ crate::service_ops! {
         HalfClose: slot,
         /// Shutdown before the close of a connection that did not half-close.
         Shutdown: slot,
-        Close: slot,
+        /// The descriptor's close, once nothing else is in flight on it (payload: the
+        /// descriptor): an operation still queued on a closed index would hit the next
+        /// connection given that index.
+        Close: free,
         /// Steps of a connect chain that post a completion only when they fail
         /// (CQE_SKIP_SUCCESS), so they cannot be counted in flight (payload: the slot).
         Socket: free,
@@ -140,6 +145,8 @@ mod flag {
     pub const TEARDOWN: u16 = 1 << 11;
     /// Closed while its connect chain was in flight: close when the chain ends.
     pub const CLOSE_WANTED: u16 = 1 << 12;
+    /// A descriptor slot is held (closed once the connection is quiet).
+    pub const FILE: u16 = 1 << 13;
 }
 
 impl Sock {
@@ -182,6 +189,9 @@ pub struct KernelTransport<H, S> {
     /// the next tick.
     recancel: Vec<ConnId>,
     tick_plan: Option<TickPlan>,
+    /// Descriptor closes in flight: the worker stops only once they are done, so every
+    /// descriptor it opened is closed and counted back.
+    closes: u32,
     q: Requests,
     pending: Vec<Request>,
     scratch: Vec<held::Held>,
@@ -223,6 +233,7 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
             rearm: Vec::new(),
             recancel: Vec::new(),
             tick_plan: None,
+            closes: 0,
             q: Requests::default(),
             pending: Vec::new(),
             scratch: Vec::new(),
@@ -324,8 +335,11 @@ impl<H: Handler, S: AsRef<TransportStats>> Service for KernelTransport<H, S> {
                 }
             }
             KernelOp::HalfClose => {}
-            KernelOp::Shutdown => self.submit_close(io, c.slot),
-            KernelOp::Close => self.file_released(io, c.ring, self.socks[c.slot as usize].file),
+            KernelOp::Shutdown => {}
+            KernelOp::Close => {
+                self.closes -= 1;
+                self.file_released(io, c.ring, c.slot);
+            }
             KernelOp::Socket | KernelOp::SockOpt | KernelOp::Bind => self.on_connect_step(io, c),
             KernelOp::Connect | KernelOp::ConnectTimeout => self.on_connect_step(io, c),
         }
@@ -337,7 +351,13 @@ impl<H: Handler, S: AsRef<TransportStats>> Service for KernelTransport<H, S> {
         self.release_held(io, conn);
         self.rearm.retain(|&c| c != conn);
         self.recancel.retain(|&c| c != conn);
-        self.socks[conn as usize] = Sock::default();
+        let s = std::mem::take(&mut self.socks[conn as usize]);
+        if s.has(flag::FILE) {
+            // Nothing is in flight on the descriptor any more: close it. Its table slot is
+            // free for another connection only once this completes.
+            self.submit(io, s.ring as usize, KernelOp::Close, s.file, opcode::Close::new(Fixed(s.file)).build());
+            self.closes += 1;
+        }
         self.handler.released(&mut self.q, conn);
         self.apply(io);
     }
@@ -385,6 +405,6 @@ impl<H: Handler, S: AsRef<TransportStats>> Service for KernelTransport<H, S> {
     }
 
     fn done(&self) -> bool {
-        self.handler.done()
+        self.handler.done() && self.closes == 0
     }
 }

@@ -349,10 +349,10 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
         }
     }
 
-    /// Closes a connection: cancel its armed receive, shut the write side (FIN after what was
-    /// sent) unless a half-close did already or the close is abortive, then close the direct
-    /// descriptor. The slot is retired here; the engine reports it quiet when all of that has
-    /// completed.
+    /// Closes a connection: cancel its armed receive, and shut the write side (FIN after what
+    /// was sent) unless a half-close did already or the close is abortive. The slot is retired
+    /// here; once the engine reports it quiet (all of that completed), the descriptor is closed
+    /// (see `on_quiet`).
     pub(super) fn teardown(&mut self, io: &mut Io<KernelOp>, conn: ConnId, how: Close) {
         let s = &mut self.socks[conn as usize];
         if s.has(flag::TEARDOWN) {
@@ -364,18 +364,11 @@ impl<H: Handler, S: AsRef<TransportStats>> KernelTransport<H, S> {
         if s.has(flag::RECV_ARMED) {
             self.cancel_recv(io, conn);
         }
-        if how == Close::Abort || s.has(flag::WRITE_SHUT) {
-            self.submit_close(io, conn);
-        } else {
+        if how != Close::Abort && !s.has(flag::WRITE_SHUT) {
             let entry = opcode::Shutdown::new(Fixed(s.file), libc::SHUT_WR).build();
             self.submit(io, s.ring as usize, KernelOp::Shutdown, conn, entry);
         }
         io.retire(conn);
-    }
-
-    pub(super) fn submit_close(&mut self, io: &mut Io<KernelOp>, conn: ConnId) {
-        let s = self.socks[conn as usize];
-        self.submit(io, s.ring as usize, KernelOp::Close, conn, opcode::Close::new(Fixed(s.file)).build());
     }
 
     /// Cancels a connection's armed poll or receive (its final completion still arrives).
