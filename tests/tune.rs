@@ -308,11 +308,25 @@ fn a_copied_binary_applies_the_shipped_profiles_by_name() {
     let copy = dir.path().join("c2m");
     std::fs::copy(env!("CARGO_BIN_EXE_c2m"), &copy).unwrap();
     for name in ["c2m-1m", "c2m-2m", "c2m-10m"] {
-        let out = Command::new(&copy)
-            .args(["tune", "apply", name, "--dry-run", "--proc-sys", s(&root)])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
+        let run = || {
+            Command::new(&copy)
+                .args(["tune", "apply", name, "--dry-run", "--proc-sys", s(&root)])
+                .current_dir(dir.path())
+                .output()
+        };
+        // Another test thread forking while the copy was open for writing leaves the child a
+        // moment with that descriptor: exec then fails with ETXTBSY until it has exec'd.
+        let mut out = run();
+        for _ in 0..50 {
+            match &out {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => break,
+            }
+            out = run();
+        }
+        let out = out.unwrap();
         assert!(out.status.success() && text(&out).contains("net.core.somaxconn: 4096 ->"), "{name}: {}", text(&out));
     }
 }
