@@ -61,7 +61,12 @@ impl ProcSys {
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(&self.root)?;
-        open_beneath(&root, &rel, write).map_err(|e| match e.raw_os_error() {
+        let opened = match open_beneath(&root, &rel, write) {
+            // Before Linux 5.6 (no openat2): the same refusals, checked then opened.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => open_checked(&self.root, &rel, write),
+            other => other,
+        };
+        opened.map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) | Some(libc::EXDEV) => {
                 std::io::Error::new(e.kind(), format!("{e}: a symlink inside the sysctl tree is not followed"))
             }
@@ -103,6 +108,25 @@ impl ProcSys {
 
 fn checked(key: &str) -> Result<PathBuf, TuneError> {
     key_path(key).map_err(|why| TuneError::Key { key: key.into(), why })
+}
+
+/// [`open_beneath`] for kernels without openat2: every directory on the way must not be a
+/// symlink, and the file is opened with O_NOFOLLOW. (A symlink swapped in between the check and
+/// the open would still be followed; in /proc/sys nobody can make one.)
+fn open_checked(root: &Path, rel: &Path, write: bool) -> std::io::Result<File> {
+    let mut dir = root.to_path_buf();
+    for part in rel.parent().into_iter().flat_map(Path::components) {
+        dir.push(part);
+        if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
+            return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .truncate(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(root.join(rel))
 }
 
 /// `open_how` of linux/openat2.h (the kernel ABI: three u64, 24 bytes).
@@ -271,6 +295,20 @@ mod tests {
             assert!(err.contains("symlink"), "{key}: {err}");
             assert!(sys.write(key, "x").is_err(), "{key}");
         }
+        assert_eq!(std::fs::read_to_string(dir.path().join("outside/victim")).unwrap(), "precious\n");
+        // The same refusals where openat2 is missing.
+        for rel in ["net/core/leaf", "net/ipv4/victim"] {
+            for write in [false, true] {
+                let err = open_checked(&root, Path::new(rel), write).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{rel}");
+            }
+        }
+        std::fs::write(root.join("net/core/somaxconn"), "4096\n").unwrap();
+        let mut f = open_checked(&root, Path::new("net/core/somaxconn"), true).unwrap();
+        f.write_all(b"8192\n").unwrap();
+        let mut text = String::new();
+        open_checked(&root, Path::new("net/core/somaxconn"), false).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "8192\n");
         assert_eq!(std::fs::read_to_string(dir.path().join("outside/victim")).unwrap(), "precious\n");
     }
 
