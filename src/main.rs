@@ -87,9 +87,9 @@ struct ServeArgs {
     /// Chat: members per group (K), at most 1024.
     #[arg(long, default_value_t = 0)]
     group_size: u32,
-    /// Chat: how long a message waits for an offline user (default 30 days).
-    #[arg(long, value_parser = c2m::units::parse_duration, default_value = "720h")]
-    offline_ttl: std::time::Duration,
+    /// Chat: how long a message waits for an offline user (default 30 days, at most 87600h).
+    #[arg(long, value_parser = c2m::units::duration_in(Duration::ZERO..=c2m::server::MAX_OFFLINE_TTL), default_value = "720h")]
+    offline_ttl: Duration,
     /// Chat: messages and bytes kept per offline user; over either, the sender gets NACK 8.
     #[arg(long, default_value_t = 1000)]
     offline_user_messages: u32,
@@ -112,12 +112,13 @@ struct HoldArgs {
     /// First source port to bind (with --source); the next connections take the ports above it.
     #[arg(long, default_value_t = 10_000)]
     first_port: u16,
-    #[arg(short = 'c', long, default_value_t = 1000)]
-    connections: usize,
+    /// Connections (one process holds at most 2^20: each is an ordinary fd).
+    #[arg(short = 'c', long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    connections: u64,
     #[arg(long, default_value_t = 1)]
     first_user: u64,
-    /// Seconds to hold at most (also ends when stdin closes).
-    #[arg(long, default_value_t = 60)]
+    /// Seconds to hold at most (also ends when stdin closes); at most a year.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=8760 * 3600))]
     hold_secs: u64,
 }
 
@@ -152,6 +153,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask); this thread waits for them.
     let signals = c2m::host::signal::block_stop_signals().context("blocking SIGINT/SIGTERM")?;
     let server = Server::start(cfg.clone()).context("starting the server")?;
+    if let Some(warning) = c2m::host::memory::read_meminfo().ok().and_then(|m| cfg.memory_warning(m.mem_total)) {
+        eprintln!("{warning}");
+    }
     let layout = server.layout();
     let metrics = match args.metrics {
         Some(addr) => Some(
@@ -242,7 +246,7 @@ fn main() -> anyhow::Result<()> {
                 server: a.server,
                 source: a.source,
                 first_port: a.first_port,
-                connections: a.connections,
+                connections: a.connections as usize,
                 first_user: a.first_user,
                 hold: Duration::from_secs(a.hold_secs),
             };

@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::config::{LoadConfig, RecvMode, Workload};
+use super::config::{LoadConfig, MAX_CONNECTIONS, MAX_RUN_DURATION, RecvMode, Workload};
 use super::sources::{PortPlan, Sources, parse_port_range};
-use crate::units::{parse_bytes, parse_count, parse_duration};
+use crate::units::{duration_in, human_duration, parse_bytes, parse_count, thousands};
 
 fn count(s: &str) -> Result<u64, String> {
     parse_count(s)
 }
 
+/// Every duration of a run is at most [`MAX_RUN_DURATION`] (so it fits the nanosecond clocks
+/// the workers keep, and `Instant` arithmetic never overflows).
 fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
+    duration_in(Duration::ZERO..=MAX_RUN_DURATION)(s)
 }
 
 fn bytes(s: &str) -> Result<u64, String> {
@@ -29,6 +31,26 @@ fn rate(s: &str) -> Result<f64, String> {
         .ok()
         .filter(|r| r.is_finite() && *r >= 0.0)
         .map_or_else(|| parse_count(s.trim_end_matches("/s")).map(|n| n as f64), Ok)
+}
+
+/// Addresses of 127.0.1.1-127.255.255.255, where the default sources are taken from.
+const LOOPBACK_ADDRESSES: u64 = (127 << 24 | 0xff_ffff) - (127 << 24 | 1 << 8 | 1) + 1;
+
+/// The interval between two messages of one connection, for `rate` messages per second spread
+/// over `connections`: above 0 and at most [`MAX_RUN_DURATION`] (10^20 s once panicked).
+fn interval_of(flag: &str, rate: f64, connections: f64, over: &str) -> Result<Duration, String> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(format!("{flag} must be above 0"));
+    }
+    let longest = MAX_RUN_DURATION.as_secs_f64();
+    match Duration::try_from_secs_f64(connections / rate) {
+        Ok(d) if d <= MAX_RUN_DURATION => Ok(d),
+        _ => Err(format!(
+            "{flag} {rate}/s {over} is one message per connection in more than {}: it must be at least {:.3e}/s",
+            human_duration(MAX_RUN_DURATION),
+            connections / longest
+        )),
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -145,6 +167,9 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     pub fn to_config(&self) -> Result<LoadConfig, String> {
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(format!("-c/--connections must be in 1..={MAX_CONNECTIONS}"));
+        }
         let (first_port, last_port) = parse_port_range(&self.source_ports)?;
         let mut plan = PortPlan {
             sources: Sources::loopback_for(1, 1),
@@ -159,6 +184,17 @@ impl LoadArgs {
             ),
             None if self.server.is_ipv6() => (Sources::parse("::1").map_err(|e| e.to_string())?, vec!["::1".into()]),
             None => {
+                let needed = self.connections.div_ceil(plan.ports_per_address().max(1));
+                if needed > LOOPBACK_ADDRESSES {
+                    return Err(format!(
+                        "-c/--connections {} needs {} source addresses at {} ports each, more than the {} of \
+                         127.0.1.1-127.255.255.255: widen --source-ports or pass --sources",
+                        self.connections,
+                        thousands(needed),
+                        plan.ports_per_address(),
+                        thousands(LOOPBACK_ADDRESSES)
+                    ));
+                }
                 let s = Sources::loopback_for(self.connections, plan.ports_per_address());
                 let last = s.nth(s.len() - 1).map(|a| a.to_string()).unwrap_or_default();
                 (s, vec![format!("127.0.1.1-{last}")])
@@ -170,13 +206,9 @@ impl LoadArgs {
             _ => self.connect_rate,
         };
         let message_interval = match (self.msg_rate, self.rate) {
-            (Some(r), _) if r > 0.0 => Duration::from_secs_f64(1.0 / r),
-            (Some(_), _) => return Err("--msg-rate must be above 0".into()),
-            (None, rate) => match rate {
-                Some(r) if r > 0.0 => Duration::from_secs_f64(self.connections as f64 / r),
-                Some(_) => return Err("--rate must be above 0".into()),
-                None => self.ping_interval,
-            },
+            (Some(r), _) => interval_of("--msg-rate", r, 1.0, "per connection")?,
+            (None, Some(r)) => interval_of("--rate", r, self.connections as f64, "over all connections")?,
+            (None, None) => self.ping_interval,
         };
         Ok(LoadConfig {
             target: self.server,
@@ -202,12 +234,80 @@ impl LoadArgs {
             max_frame: self.max_frame,
             keep_free: self.keep_free,
             chat: super::config::ChatParams {
-                users: self.users.unwrap_or(self.first_user + self.connections - 1),
+                // Saturating: a first user this far up is refused by `validate`.
+                users: self.users.unwrap_or(self.first_user.saturating_add(self.connections - 1)),
                 groups: self.groups,
                 group_size: self.group_size,
                 group_fraction: self.group_fraction,
                 body: self.body as usize,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    /// `c2m load ARGS` parsed and turned into a checked config, or the first message refusing it.
+    fn config(args: &str) -> Result<LoadConfig, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("load").chain(args.split_whitespace())).map_err(|e| e.to_string())?;
+        let cfg = cli.load.to_config()?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    fn refused(args: &str, says: &[&str]) {
+        let err = config(args).map(|_| ()).unwrap_err();
+        for s in says {
+            assert!(err.contains(s), "{args}: {err:?} does not say {s:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_values_still_pass() {
+        let cfg = config("-c 10k --rate 50k -d 10s --workers 2").unwrap();
+        assert_eq!(cfg.message_interval, Duration::from_millis(200));
+        let cfg = config("-c 100 --workload chat --msg-rate 0.1 --workers 2").unwrap();
+        assert_eq!(cfg.message_interval, Duration::from_secs(10));
+        assert_eq!(cfg.chat.users, 100);
+        let cfg = config("-c 2m --ramp 60s --hold 60s --workload idle --workers 2").unwrap();
+        assert!((cfg.connect_rate - 2e6 / 60.0).abs() < 1e-6);
+    }
+
+    /// Values that once panicked (`Duration::from_secs_f64` of 10^20 s) or wrapped are refused
+    /// with the flag and what it accepts.
+    #[test]
+    fn values_out_of_range_are_refused() {
+        refused("-c 1 --rate 0.00000000000000000001", &["--rate", "at least 3.171e-8/s"]);
+        refused("-c 2 --workload chat --msg-rate 0.00000000000000000001", &["--msg-rate", "at least"]);
+        refused("-c 1 --rate 0", &["--rate must be above 0"]);
+        refused("-c 2 --connect-rate 0.00000000000000000001", &["--connect-rate", "at least"]);
+        refused("-c 1 -d 100000000000000000000", &["--duration", "must be in 0s..=8760h"]);
+        refused("-c 1 --hold 8761h", &["--hold", "8760h"]);
+        refused("-c 1 --ramp 9000h", &["--ramp", "8760h"]);
+        refused("-c 1 --connect-timeout 1e9", &["--connect-timeout"]);
+        refused("-c 1 --ping-interval 100000000000000000000", &["--ping-interval", "8760h"]);
+        refused("-c 2 --first-user 18446744073709551615", &["--first-user", "2^63"]);
+        refused("-c 2 --first-user 9223372036854775807", &["--first-user", "2^63"]);
+        refused("-c 2 --workload chat --body 18446744073709551615", &["--body does not fit --max-frame"]);
+        refused("-c 4294967296", &["-c/--connections must be in 1..=4294967295"]);
+        refused("-c 99999999999999999999g", &["--connections", "too large"]);
+        refused("-c 4294967295 --source-ports 10000-10000", &["127.0.1.1-127.255.255.255"]);
+        refused("-c 1 --workers 5000", &["--workers must be in 1..=1024"]);
+        refused("-c 1 --recv-buffer-size 0", &["--recv-buffer-size must be in 64..="]);
+        refused("-c 1 --recv-buffers 65536", &["--recv-buffers"]);
+        refused("-c 1 --files-per-ring 4294967295", &["--files-per-ring must be in 64..=1048576"]);
+        refused("-c 1 --keep-free 99999999999999999999GiB", &["--keep-free", "too large"]);
+        refused("-c 1 --connect-rate NaN", &["--connect-rate"]);
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use super::LoadError;
 use super::sources::PortPlan;
 use crate::proto;
+use crate::server::{MAX_FILES_PER_RING, RECV_BUFFER_SIZES};
+use crate::units::{duration_range, human_duration};
 
 /// What each connection does once logged in (as in scenario files: `idle`, `ping`, `echo`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -114,15 +116,52 @@ impl Default for ChatParams {
 
 /// Smallest ECHO frame: a header and the two timestamps.
 pub const MIN_ECHO: usize = proto::HEADER_LEN + 16;
+/// Longest duration of any part of a run (a year): the workers keep time in u64 nanoseconds.
+pub const MAX_RUN_DURATION: Duration = Duration::from_secs(8760 * 3600);
+/// Most connections one load opens: a worker numbers its connections' slots in u32.
+pub const MAX_CONNECTIONS: u64 = u32::MAX as u64;
+/// Most worker threads.
+pub const MAX_WORKERS: usize = 1024;
 
 impl LoadConfig {
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |m: String| Err(LoadError::Config(m));
-        if self.connections == 0 {
-            return bad("-c/--connections must be at least 1".into());
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return bad(format!("-c/--connections must be in 1..={MAX_CONNECTIONS}"));
         }
-        if self.workers == 0 {
-            return bad("--workers must be at least 1".into());
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return bad(format!("--workers must be in 1..={MAX_WORKERS}"));
+        }
+        // User ids from 2^63 on are group ids; and first + connections must not wrap.
+        if self.first_user.checked_add(self.connections).is_none_or(|end| end > proto::GROUP_BIT) {
+            return bad(format!(
+                "--first-user {} + -c/--connections {} passes 2^63 (where group ids start): the last user id must be \
+                 below 2^63",
+                self.first_user, self.connections
+            ));
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            return bad("--connect-rate must be 0 (as fast as --connect-concurrency allows) or above".into());
+        }
+        if self.connect_rate > 0.0 && self.connections as f64 / self.connect_rate > MAX_RUN_DURATION.as_secs_f64() {
+            return bad(format!(
+                "--connect-rate {}/s spreads {} connects over more than {}: it must be at least {:.3e}/s",
+                self.connect_rate,
+                self.connections,
+                human_duration(MAX_RUN_DURATION),
+                self.connections as f64 / MAX_RUN_DURATION.as_secs_f64()
+            ));
+        }
+        for (flag, d) in [
+            ("--connect-timeout", self.connect_timeout),
+            ("--duration", self.duration),
+            ("--ramp", self.ramp),
+            ("--hold", self.hold),
+            ("--ping-interval (or the interval --rate or --msg-rate gives)", self.message_interval),
+        ] {
+            if d > MAX_RUN_DURATION {
+                return bad(format!("{flag} {}", duration_range(&(Duration::ZERO..=MAX_RUN_DURATION))));
+            }
         }
         if self.connect_concurrency < self.workers as u64 {
             return bad(format!("--connect-concurrency must be at least the worker count ({})", self.workers));
@@ -158,7 +197,7 @@ impl LoadConfig {
             if self.connections < 2 && self.chat.group_fraction < 1.0 {
                 return bad("--workload chat needs at least 2 connections (peers)".into());
             }
-            if proto::HEADER_LEN + proto::MSG_FIXED_LEN + self.chat.body > self.max_frame {
+            if (proto::HEADER_LEN + proto::MSG_FIXED_LEN).saturating_add(self.chat.body) > self.max_frame {
                 return bad("--body does not fit --max-frame".into());
             }
         }
@@ -187,8 +226,20 @@ impl LoadConfig {
                     .into(),
             );
         }
-        if !self.recv_buffers.is_power_of_two() {
-            return bad("--recv-buffers must be a power of two".into());
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+            return bad("--recv-buffers must be a power of two up to 32768".into());
+        }
+        if !RECV_BUFFER_SIZES.contains(&self.recv_buffer_size) {
+            return bad(format!(
+                "--recv-buffer-size must be in {}..={}",
+                RECV_BUFFER_SIZES.start(),
+                RECV_BUFFER_SIZES.end()
+            ));
+        }
+        if let Some(files) = self.files_per_ring
+            && !(64..=MAX_FILES_PER_RING).contains(&files)
+        {
+            return bad(format!("--files-per-ring must be in 64..={MAX_FILES_PER_RING}"));
         }
         Ok(())
     }

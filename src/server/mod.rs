@@ -25,6 +25,7 @@ use crate::proto;
 use crate::slab::SlabError;
 use crate::stats::WorkerStats;
 use crate::transport::kernel::{self, KernelConfig, KernelTransport, Listen, listener};
+use crate::units::{duration_range, human_bytes, thousands};
 use sessions::Sessions;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,21 @@ pub fn accept_margin(cfg: &ServeConfig, files: u32) -> u32 {
     cfg.backlog.saturating_add(64).min(files / 4)
 }
 
+/// Largest `--session-bytes`: offsets in a slot are u32 (`Session::slot_out_len`), and frames are
+/// at most `proto::MAX_FRAME_LIMIT`, so a larger slot buys nothing.
+pub const MAX_SESSION_BYTES: usize = 1 << 30;
+/// Address space the session slabs may reserve, all workers together: half of the 128 TiB a
+/// process has on x86-64 (every worker maps room for every session, see `Server::start`).
+pub const MAX_SLAB_ADDRESS_SPACE: u64 = 64 << 40;
+/// Longest `--offline-ttl`: ten years (a `Duration` of 10^20 s once panicked while parsing).
+pub const MAX_OFFLINE_TTL: Duration = Duration::from_secs(87_600 * 3600);
+/// Most fixed-file slots a ring can have (the kernel's limit).
+pub const MAX_FILES_PER_RING: u32 = 1 << 20;
+/// `--recv-buffer-size`: room for a header and more, up to 16 MiB.
+pub const RECV_BUFFER_SIZES: std::ops::RangeInclusive<u32> = 64..=16 << 20;
+/// Largest `--users`: the directory holds ids below 2^32 + 1 (32 GiB of address space).
+pub const MAX_USERS: u64 = 1 << 32;
+
 impl ServeConfig {
     /// The sessions' clock: a tenth of the shortest deadline, between 10 and 100 ms.
     pub fn tick(&self) -> Duration {
@@ -125,40 +141,107 @@ impl ServeConfig {
 
     fn validate(&self) -> Result<(), ServerError> {
         let bad = |m: String| Err(ServerError::Config(m));
-        if self.workers == 0 {
-            return bad("--workers must be at least 1".into());
+        if !(1..=255).contains(&self.workers) {
+            return bad("--workers must be in 1..=255 (the directory packs the worker in a byte)".into());
         }
         if self.max_frame < proto::HEADER_LEN + 16 || self.max_frame > proto::MAX_FRAME_LIMIT {
             return bad(format!("--max-frame must be in {}..={}", proto::HEADER_LEN + 16, proto::MAX_FRAME_LIMIT));
         }
-        if self.session_bytes < 2 * self.max_frame {
+        if self.session_bytes < 2 * self.max_frame || self.session_bytes > MAX_SESSION_BYTES {
             return bad(format!(
-                "--session-bytes {} is too small: a slot holds a partial frame and replies, so it needs at least 2 x --max-frame = {}",
+                "--session-bytes {} is out of range: it must be in {}..={MAX_SESSION_BYTES} (at least 2 x --max-frame: a \
+                 slot holds a partial frame and replies; at most 1 GiB)",
                 self.session_bytes,
                 2 * self.max_frame
             ));
         }
-        if self.max_sessions == 0 {
-            return bad("--max-sessions must be at least 1".into());
+        if self.max_sessions == 0 || self.max_sessions > u32::MAX as usize {
+            return bad(format!("--max-sessions must be in 1..={}", u32::MAX));
+        }
+        let reserved = self.slab_address_space();
+        if reserved > MAX_SLAB_ADDRESS_SPACE as u128 {
+            return bad(format!(
+                "--max-sessions {} x --session-bytes {} x --workers {} needs {} of address space (each worker maps \
+                 room for every session); at most {} fit: lower --max-sessions or --session-bytes",
+                self.max_sessions,
+                self.session_bytes,
+                self.workers,
+                human_bytes(reserved as f64),
+                human_bytes(MAX_SLAB_ADDRESS_SPACE as f64)
+            ));
         }
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
             return bad("--recv-buffers must be a power of two up to 32768".into());
         }
-        if self.heartbeat_ms == 0 || self.hello_timeout_ms == 0 {
-            return bad("timeouts must be positive".into());
+        if !RECV_BUFFER_SIZES.contains(&self.recv_buffer_size) {
+            return bad(format!(
+                "--recv-buffer-size must be in {}..={}",
+                RECV_BUFFER_SIZES.start(),
+                RECV_BUFFER_SIZES.end()
+            ));
         }
-        if self.users >= proto::GROUP_BIT || self.users > 1 << 32 {
-            return bad("--users must be below 2^32".into());
+        if self.heartbeat_ms == 0 {
+            return bad(format!("--heartbeat-ms must be in 1..={}", u32::MAX));
         }
-        if self.workers > 255 {
-            return bad("--workers must be at most 255 (the directory packs the worker in a byte)".into());
+        if self.hello_timeout_ms == 0 {
+            return bad(format!("--hello-timeout must be in 1..={}", u32::MAX));
+        }
+        if self.backlog > i32::MAX as u32 {
+            return bad(format!("--backlog must be in 0..={}", i32::MAX));
+        }
+        if let Some(files) = self.files_per_ring
+            && !(64..=MAX_FILES_PER_RING).contains(&files)
+        {
+            return bad(format!("--files-per-ring must be in 64..={MAX_FILES_PER_RING}"));
+        }
+        if self.users > MAX_USERS || self.users >= proto::GROUP_BIT {
+            return bad(format!("--users must be in 0..={MAX_USERS} (2^32)"));
+        }
+        if self.groups >= proto::GROUP_BIT {
+            return bad("--groups must be below 2^63 (group ids are 2^63 + g)".into());
         }
         if self.groups > 0
             && (self.group_size == 0 || self.group_size > proto::MAX_GROUP_SIZE || self.group_size as u64 > self.users)
         {
             return bad(format!("--group-size must be in 1..={} and at most --users", proto::MAX_GROUP_SIZE));
         }
+        if self.offline.ttl > MAX_OFFLINE_TTL {
+            return bad(format!("--offline-ttl {}", duration_range(&(Duration::ZERO..=MAX_OFFLINE_TTL))));
+        }
         Ok(())
+    }
+
+    /// One slot as the slab lays it out (whole pages), with its header.
+    fn slot_footprint(&self) -> u128 {
+        (self.session_bytes.div_ceil(crate::slab::PAGE) * crate::slab::PAGE) as u128
+            + std::mem::size_of::<session::Session>() as u128
+    }
+
+    /// Address space the session slabs reserve, all workers together.
+    fn slab_address_space(&self) -> u128 {
+        self.workers as u128 * self.max_sessions as u128 * self.slot_footprint()
+    }
+
+    /// Memory the sessions would take if every one admitted filled its slot (the slab is
+    /// MAP_NORESERVE: only slots of sessions that buffer data become resident).
+    pub fn memory_if_every_slot_filled(&self) -> u64 {
+        u64::try_from(self.max_sessions as u128 * self.slot_footprint()).unwrap_or(u64::MAX)
+    }
+
+    /// A warning line when full slots would take more than `mem_total` (the box's MemTotal).
+    pub fn memory_warning(&self, mem_total: u64) -> Option<String> {
+        let full = self.memory_if_every_slot_filled();
+        (full > mem_total).then(|| {
+            format!(
+                "c2m serve: warning: --max-sessions {} with --session-bytes {} could use {} if every slot filled, \
+                 more than this box's MemTotal of {}; slots are MAP_NORESERVE, so only sessions that buffer data \
+                 make theirs resident",
+                thousands(self.max_sessions as u64),
+                self.session_bytes,
+                human_bytes(full as f64),
+                human_bytes(mem_total as f64)
+            )
+        })
     }
 }
 
@@ -534,5 +617,85 @@ mod tests {
         server.join().unwrap();
         assert_eq!(stats[0].slots_in_use.get(), 0);
         assert_eq!(stats[0].transport.fixed_files_in_use.get(), 0);
+    }
+
+    fn refused(cfg: ServeConfig) -> String {
+        match cfg.validate() {
+            Err(ServerError::Config(m)) => m,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    /// Every value that once panicked, wrapped or started a server that could not serve is
+    /// refused, naming its flag and range.
+    #[test]
+    fn values_out_of_range_are_refused_naming_flag_and_range() {
+        let base = || ServeConfig { workers: 1, max_sessions: 16, ..ServeConfig::default() };
+        assert!(base().validate().is_ok());
+        // 16 x 2^60 once wrapped to a zero-byte slab.
+        let m = refused(ServeConfig { session_bytes: 1 << 60, ..base() });
+        assert!(m.starts_with("--session-bytes") && m.contains("8192..=1073741824"), "{m}");
+        let m = refused(ServeConfig { max_sessions: 1 << 32, ..base() });
+        assert_eq!(m, "--max-sessions must be in 1..=4294967295");
+        let m = refused(ServeConfig { workers: 255, max_sessions: 4_000_000_000, ..base() });
+        assert!(
+            m.starts_with("--max-sessions 4000000000 x --session-bytes 40960 x --workers 255")
+                && m.contains("64.0 TiB"),
+            "{m}"
+        );
+        let m = refused(ServeConfig { workers: 256, ..base() });
+        assert!(m.starts_with("--workers must be in 1..=255"), "{m}");
+        let m = refused(ServeConfig {
+            offline: offline::OfflineLimits { ttl: Duration::from_secs(87_601 * 3600), ..Default::default() },
+            ..base()
+        });
+        assert_eq!(m, "--offline-ttl must be in 0s..=87600h");
+        assert!(
+            refused(ServeConfig { recv_buffer_size: 0, ..base() }).starts_with("--recv-buffer-size must be in 64..=")
+        );
+        assert!(refused(ServeConfig { files_per_ring: Some(u32::MAX), ..base() }).contains("64..=1048576"));
+        assert!(refused(ServeConfig { heartbeat_ms: 0, ..base() }).starts_with("--heartbeat-ms must be in 1..="));
+        assert!(refused(ServeConfig { hello_timeout_ms: 0, ..base() }).starts_with("--hello-timeout must be in 1..="));
+        assert!(
+            refused(ServeConfig { backlog: u32::MAX, ..base() }).starts_with("--backlog must be in 0..=2147483647")
+        );
+        assert!(
+            refused(ServeConfig { users: (1 << 32) + 1, ..base() }).starts_with("--users must be in 0..=4294967296")
+        );
+        assert!(refused(ServeConfig { groups: 1 << 63, ..base() }).starts_with("--groups must be below 2^63"));
+        // The largest that is accepted is still accepted.
+        let edge = ServeConfig { session_bytes: MAX_SESSION_BYTES, users: 1 << 32, backlog: i32::MAX as u32, ..base() };
+        assert!(edge.validate().is_ok());
+    }
+
+    proptest::proptest! {
+        /// Whatever the numbers, validate answers (no overflow, no panic), and what it accepts
+        /// fits the address space and the slab's u32 slot count.
+        #[test]
+        fn validate_never_panics(
+            workers in 0usize..300,
+            max_sessions in proptest::prelude::any::<usize>(),
+            session_bytes in proptest::prelude::any::<usize>(),
+            max_frame in 0usize..100_000,
+        ) {
+            let cfg = ServeConfig { workers, max_sessions, session_bytes, max_frame, ..ServeConfig::default() };
+            if cfg.validate().is_ok() {
+                proptest::prop_assert!(cfg.slab_address_space() <= MAX_SLAB_ADDRESS_SPACE as u128);
+                proptest::prop_assert!(max_sessions <= u32::MAX as usize && session_bytes <= MAX_SESSION_BYTES);
+            }
+        }
+    }
+
+    #[test]
+    fn warns_when_full_slots_could_outgrow_the_box() {
+        let cfg = ServeConfig { max_sessions: 1_000_000, session_bytes: 40 * 1024, ..ServeConfig::default() };
+        // 1M x (40 KiB + a 128-byte header).
+        assert_eq!(cfg.memory_if_every_slot_filled(), 1_000_000 * (40 * 1024 + 128));
+        let w = cfg.memory_warning(24 << 30).unwrap();
+        assert!(
+            w.contains("--max-sessions 1,000,000") && w.contains("38.3 GiB") && w.contains("MemTotal of 24.0 GiB"),
+            "{w}"
+        );
+        assert_eq!(cfg.memory_warning(64 << 30), None);
     }
 }

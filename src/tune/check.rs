@@ -246,9 +246,10 @@ fn opt(v: Option<u64>) -> String {
 
 /// A sysctl value to suggest: `need` with head room, rounded up to a round number.
 fn suggest(need: u64) -> u64 {
-    let want = need + need / 4;
+    // Saturating: `c2m tune check -c` takes any count, and its lift commands must not wrap.
+    let want = need.saturating_add(need / 4);
     let unit = 10u64.pow((want.max(1) as f64).log10().floor().max(0.0) as u32).max(1);
-    want.div_ceil(unit) * unit
+    want.div_ceil(unit).saturating_mul(unit)
 }
 
 /// Judges a snapshot.
@@ -329,7 +330,7 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
                 "Processes with CAP_SYS_ADMIN would be exempt".into()
             }
         ),
-        format!("sysctl -w fs.file-max={}", suggest(want * ends)),
+        format!("sysctl -w fs.file-max={}", suggest(want.saturating_mul(ends))),
     ));
     rows.push(row(
         "fs.file-nr",
@@ -494,10 +495,10 @@ fn tcp_mem_row(s: &Snapshot, o: &CheckOptions, want: u64) -> Row {
         return row("net.ipv4.tcp_mem", "missing".into(), None, "no tcp_mem on this kernel".into(), "-");
     };
     let page = s.page_size.max(1);
-    let max_bytes = max * page;
+    let max_bytes = max.saturating_mul(page);
     let value = format!("{lo} {pressure} {max} pages (max {})", human_bytes(max_bytes as f64));
     let per = if o.in_flight > 0 { o.in_flight } else { page };
-    let need_pages = (want * per).div_ceil(page);
+    let need_pages = want.saturating_mul(per).div_ceil(page);
     let lift = format!(
         "sysctl -w net.ipv4.tcp_mem=\"{} {} {}\"",
         suggest(need_pages) / 2,
@@ -865,5 +866,13 @@ mod tests {
         assert!(s.mem_free > 0 && s.file_max.is_some() && s.nofile.0 > 0);
         let r = evaluate(&s, &opts(None));
         assert!(r.rows.len() >= 18);
+    }
+
+    /// Any count and any in-flight size give an answer, not an overflow.
+    #[test]
+    fn huge_counts_and_in_flight_sizes_do_not_overflow() {
+        let r = evaluate(&snapshot(), &CheckOptions { in_flight: u64::MAX, ..opts(Some(u64::MAX)) });
+        assert!(!r.fits);
+        assert_eq!(suggest(u64::MAX), u64::MAX);
     }
 }

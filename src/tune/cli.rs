@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::check::{self, CheckOptions, Snapshot};
-use super::profile::{self, DEFAULT_STATE};
+use super::profile::{self, Plan};
 use super::size::{self, Target};
+use super::state::{DEFAULT_STATE, LOCK_WAIT, StateFile};
 use super::sysctl::ProcSys;
 use crate::units::{parse_bytes, parse_count};
 
@@ -54,12 +55,14 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// A profile name from tuning/ (c2m-1m, c2m-2m, c2m-10m) or a path to a sysctl.d file.
+    /// A built-in profile (c2m-1m, c2m-2m, c2m-10m, the files of tuning/) or a path to a sysctl.d
+    /// file (with a '/' or ending in .conf: ./mine.conf).
     pub profile: String,
     /// Print each key's current -> new value and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Where the replaced values are saved.
+    /// Where the replaced values are saved (created 0600; `<state>.lock` beside it keeps two
+    /// applies or restores from interleaving).
     #[arg(long, default_value = DEFAULT_STATE)]
     pub state: PathBuf,
     /// Overwrite an existing state file (its saved originals are lost).
@@ -131,29 +134,24 @@ fn run_check(a: CheckArgs) -> anyhow::Result<i32> {
 }
 
 fn run_apply(a: ApplyArgs) -> anyhow::Result<i32> {
-    let path = profile::resolve(&a.profile)?;
-    let settings = profile::load(&path)?;
+    let profile = profile::resolve(&a.profile)?;
     let sys = ProcSys::new(&a.proc_sys);
-    let plan = profile::plan(&settings, &sys)?;
-    println!("c2m tune apply {}{}", path.display(), if a.dry_run { " (dry run)" } else { "" });
-    for c in &plan.changes {
-        println!("  {}: {} -> {}", c.key, c.current, c.new);
-    }
-    if !plan.unchanged.is_empty() {
-        println!("  already set: {}", plan.unchanged.join(", "));
-    }
-    if !plan.missing.is_empty() {
-        println!("  not on this kernel (skipped): {}", plan.missing.join(", "));
-    }
     if a.dry_run {
+        let plan = profile::plan(&profile.settings, &sys)?;
+        print_plan(&profile.origin, &plan, true);
         println!("dry run: nothing changed ({} key(s) would change)", plan.changes.len());
         return Ok(0);
     }
+    // The plan is read under the lock too: values another apply or restore is changing are not
+    // taken as the originals.
+    let state = StateFile::lock(&a.state, LOCK_WAIT)?;
+    let plan = profile::plan(&profile.settings, &sys)?;
+    print_plan(&profile.origin, &plan, false);
     if plan.changes.is_empty() {
         println!("nothing to change; no state file written");
         return Ok(0);
     }
-    let adjusted = profile::apply(&plan, &path.display().to_string(), &sys, &a.state, a.force)?;
+    let adjusted = profile::apply(&plan, &profile.origin, &sys, &state, a.force)?;
     for x in &adjusted {
         println!("  note: {} was written as {:?} but reads {:?} (the kernel adjusted it)", x.key, x.written, x.now);
     }
@@ -166,13 +164,27 @@ fn run_apply(a: ApplyArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn print_plan(origin: &str, plan: &Plan, dry_run: bool) {
+    println!("c2m tune apply {origin}{}", if dry_run { " (dry run)" } else { "" });
+    for c in &plan.changes {
+        println!("  {}: {} -> {}", c.key, c.current, c.new);
+    }
+    if !plan.unchanged.is_empty() {
+        println!("  already set: {}", plan.unchanged.join(", "));
+    }
+    if !plan.missing.is_empty() {
+        println!("  not on this kernel (skipped): {}", plan.missing.join(", "));
+    }
+}
+
 fn state_flag(state: &Path) -> String {
     if state == Path::new(DEFAULT_STATE) { String::new() } else { format!(" --state {}", state.display()) }
 }
 
 fn run_restore(a: RestoreArgs) -> anyhow::Result<i32> {
     let sys = ProcSys::new(&a.proc_sys);
-    let restored = profile::restore(&sys, &a.state)?;
+    let state = StateFile::lock(&a.state, LOCK_WAIT)?;
+    let restored = profile::restore(&sys, &state)?;
     for r in &restored {
         println!("  {} = {}", r.key, r.value);
     }

@@ -2,8 +2,9 @@
 //!
 //! - [`check`]: every limit that caps connections, read into a [`check::Snapshot`] and judged
 //!   against a count, so tests can feed fake values.
-//! - [`profile`]: sysctl.d profiles (`tuning/*.conf`) applied to /proc/sys with the old values
-//!   saved first, and restored from that state file.
+//! - [`profile`]: sysctl.d profiles (`tuning/*.conf`, built into the binary) applied to /proc/sys
+//!   with the old values saved first, and restored from that state file.
+//! - [`state`]: the state file (one fixed place, private, locked while an apply or restore runs).
 //! - [`size`]: connections and connect rate other hardware would reach, from a measured result.
 //! - [`sysctl`]: /proc/sys (or a test tree standing in for it) and the sysctl.d format.
 
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod host;
 pub mod profile;
 pub mod size;
+pub mod state;
 pub mod sysctl;
 
 pub use cli::{TuneArgs, run};
@@ -32,8 +34,19 @@ pub enum TuneError {
     State { path: String, why: String },
     #[error("setting {key} to {value:?} failed: {source}")]
     Write { key: String, value: String, source: std::io::Error },
-    #[error("no profile {0:?}: give a path to a sysctl.d file or a name from tuning/ (c2m-1m, c2m-2m, c2m-10m)")]
+    #[error(
+        "no built-in profile {0:?}: the built-in ones are {names}; a file is read only when named by a path \
+         (one with a '/' or ending in .conf, e.g. ./{0}.conf)",
+        names = profile::SHIPPED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    )]
     NoProfile(String),
+    #[error("sysctl key {key:?}: {why}")]
+    Key { key: String, why: String },
+    #[error(
+        "{lock}: another `c2m tune apply` or `c2m tune restore` holds this lock; waited {waited_s} s. \
+         Try again once it has finished"
+    )]
+    Busy { lock: String, waited_s: u64 },
     #[error("{0}")]
     Result(String),
     #[error(transparent)]

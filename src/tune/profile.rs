@@ -3,32 +3,46 @@
 //!
 //! The state file is written (and synced) before the first sysctl changes, and an existing one is
 //! never overwritten without `--force`: a second apply would save the first apply's values as the
-//! "originals" and the real ones would be lost.
+//! "originals" and the real ones would be lost. Both run under the state file's lock
+//! ([`StateFile`]), so the check, the save and the writes of one cannot interleave with another's.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::TuneError;
+use super::state::{SavedState, StateFile};
 use super::sysctl::{ProcSys, Setting, normalize, parse_conf};
 
-/// Where the old values go unless `--state` says otherwise.
-pub const DEFAULT_STATE: &str = "/var/lib/c2m/tune-state.json";
-const STATE_SCHEMA: &str = "c2m-tune-state";
+/// The profiles in `tuning/`, built into the binary: a name means one of these and nothing else,
+/// so a copied binary has them and the current directory never supplies one.
+pub const SHIPPED: [(&str, &str); 3] = [
+    ("c2m-1m", include_str!("../../tuning/c2m-1m.conf")),
+    ("c2m-2m", include_str!("../../tuning/c2m-2m.conf")),
+    ("c2m-10m", include_str!("../../tuning/c2m-10m.conf")),
+];
 
-/// A profile file: a path, or a name looked up as `tuning/NAME.conf` here and then in the
-/// checkout the executable was built in.
-pub fn resolve(name_or_path: &str) -> Result<PathBuf, TuneError> {
-    let given = Path::new(name_or_path);
-    if given.is_file() {
-        return Ok(given.to_path_buf());
+/// A profile to apply: where it came from (for messages) and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// `c2m-2m (built in)` or the file's path as given.
+    pub origin: String,
+    pub settings: Vec<Setting>,
+}
+
+/// A built-in profile by name (`c2m-2m`), or a file when the argument is a path: it holds a `/`
+/// or ends in `.conf` (`./mine.conf`, `/etc/sysctl.d/90-c2m.conf`).
+pub fn resolve(name_or_path: &str) -> Result<Profile, TuneError> {
+    if name_or_path.contains('/') || name_or_path.ends_with(".conf") {
+        let path = Path::new(name_or_path);
+        return Ok(Profile { origin: path.display().to_string(), settings: load(path)? });
     }
-    let file = if name_or_path.ends_with(".conf") { name_or_path.to_string() } else { format!("{name_or_path}.conf") };
-    [Path::new("tuning").join(&file), Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning").join(&file)]
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| TuneError::NoProfile(name_or_path.into()))
+    let (name, text) = SHIPPED
+        .iter()
+        .find(|(name, _)| *name == name_or_path)
+        .ok_or_else(|| TuneError::NoProfile(name_or_path.into()))?;
+    let origin = format!("{name} (built in)");
+    Ok(Profile { settings: parse_conf(&origin, text)?, origin })
 }
 
 /// Reads and parses a profile file.
@@ -68,18 +82,6 @@ pub fn plan(settings: &[Setting], sys: &ProcSys) -> Result<Plan, TuneError> {
     Ok(plan)
 }
 
-/// The values an apply replaced, as written to the state file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedState {
-    pub schema: String,
-    /// The profile that was applied (for messages).
-    pub profile: String,
-    /// The /proc/sys root the values belong to.
-    pub proc_sys: String,
-    /// Key -> value before the apply.
-    pub values: BTreeMap<String, String>,
-}
-
 /// A key whose written value the kernel did not keep as written (it clamps some).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Adjusted {
@@ -89,25 +91,27 @@ pub struct Adjusted {
 }
 
 /// Saves the current values of the plan's changes to `state`, then writes the new ones. If a
-/// write fails, the keys already written are put back and the state file removed.
-pub fn apply(plan: &Plan, profile: &str, sys: &ProcSys, state: &Path, force: bool) -> Result<Vec<Adjusted>, TuneError> {
+/// write fails, the keys already written are put back and the state file removed. The plan
+/// must have been made under the same lock.
+pub fn apply(
+    plan: &Plan,
+    profile: &str,
+    sys: &ProcSys,
+    state: &StateFile,
+    force: bool,
+) -> Result<Vec<Adjusted>, TuneError> {
     if state.exists() && !force {
-        return Err(TuneError::StateExists(state.display().to_string()));
+        return Err(TuneError::StateExists(state.path().display().to_string()));
     }
-    let saved = SavedState {
-        schema: STATE_SCHEMA.into(),
-        profile: profile.into(),
-        proc_sys: sys.root().display().to_string(),
-        values: plan.changes.iter().map(|c| (c.key.clone(), c.current.clone())).collect(),
-    };
-    write_state(state, &saved)?;
+    let values = plan.changes.iter().map(|c| (c.key.clone(), c.current.clone())).collect();
+    state.write(&SavedState::new(profile, sys.root(), values))?;
     let mut adjusted = Vec::new();
     for (i, change) in plan.changes.iter().enumerate() {
         if let Err(e) = sys.write(&change.key, &change.new) {
             // Best effort: the originals are still in the state file if this fails too.
             let rolled_back = plan.changes[..i].iter().all(|c| sys.write(&c.key, &c.current).is_ok());
             if rolled_back {
-                let _ = std::fs::remove_file(state);
+                let _ = state.remove();
             }
             return Err(e);
         }
@@ -127,9 +131,17 @@ pub struct Restored {
 }
 
 /// Writes back every saved value and checks it reads back as saved; removes the state file only
-/// when all of them do.
-pub fn restore(sys: &ProcSys, state: &Path) -> Result<Vec<Restored>, TuneError> {
-    let saved = read_state(state)?;
+/// when all of them do. Values saved from another sysctl root are refused (a test tree's state
+/// must not land in the real /proc/sys).
+pub fn restore(sys: &ProcSys, state: &StateFile) -> Result<Vec<Restored>, TuneError> {
+    let saved = state.read()?;
+    let here = sys.root().display().to_string();
+    if saved.proc_sys != here {
+        return Err(TuneError::State {
+            path: state.path().display().to_string(),
+            why: format!("holds values of {}, not of {here}; kept", saved.proc_sys),
+        });
+    }
     let mut failures = Vec::new();
     let mut restored = Vec::new();
     for (key, value) in &saved.values {
@@ -143,45 +155,24 @@ pub fn restore(sys: &ProcSys, state: &Path) -> Result<Vec<Restored>, TuneError> 
     }
     if !failures.is_empty() {
         return Err(TuneError::State {
-            path: state.display().to_string(),
+            path: state.path().display().to_string(),
             why: format!("kept, since not every value came back: {}", failures.join("; ")),
         });
     }
-    std::fs::remove_file(state).map_err(|e| TuneError::io(state, e))?;
+    state.remove()?;
     Ok(restored)
-}
-
-fn write_state(path: &Path, state: &SavedState) -> Result<(), TuneError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| TuneError::io(dir, e))?;
-    }
-    let text = serde_json::to_string_pretty(state).expect("a state serializes");
-    // Written beside and renamed over, so a crash leaves either no state file or a whole one.
-    let tmp = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| TuneError::io(path, e))
-}
-
-pub fn read_state(path: &Path) -> Result<SavedState, TuneError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TuneError::io(path, e))?;
-    let state: SavedState = serde_json::from_str(&text)
-        .map_err(|e| TuneError::State { path: path.display().to_string(), why: e.to_string() })?;
-    if state.schema != STATE_SCHEMA {
-        return Err(TuneError::State { path: path.display().to_string(), why: format!("not a {STATE_SCHEMA} file") });
-    }
-    Ok(state)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::tune::state::read_state;
+
+    fn locked(path: &Path) -> StateFile {
+        StateFile::lock(path, Duration::ZERO).unwrap()
+    }
 
     /// A /proc/sys stand-in with three keys.
     fn tree() -> (tempfile::TempDir, ProcSys) {
@@ -223,13 +214,13 @@ mod tests {
         let before = values(&sys);
         let state = dir.path().join("state/tune-state.json");
         let p = plan(&settings("net.core.somaxconn = 8192\nnet.ipv4.tcp_mem = 4 5 6\nvm.nothing = 1\n"), &sys).unwrap();
-        assert!(apply(&p, "test", &sys, &state, false).unwrap().is_empty());
+        assert!(apply(&p, "test", &sys, &locked(&state), false).unwrap().is_empty());
         assert_eq!(sys.read("net.core.somaxconn").unwrap().as_deref(), Some("8192"));
         assert_eq!(sys.read("net.ipv4.tcp_mem").unwrap().as_deref(), Some("4 5 6"));
         let saved = read_state(&state).unwrap();
         assert_eq!(saved.values.len(), 2);
         assert_eq!(saved.values["net.ipv4.tcp_mem"], "1 2 3");
-        let restored = restore(&sys, &state).unwrap();
+        let restored = restore(&sys, &locked(&state)).unwrap();
         assert_eq!(restored.len(), 2);
         assert_eq!(values(&sys), before);
         assert!(!state.exists());
@@ -240,25 +231,26 @@ mod tests {
         let (dir, sys) = tree();
         let state = dir.path().join("tune-state.json");
         let p = plan(&settings("net.core.somaxconn = 8192\n"), &sys).unwrap();
-        apply(&p, "test", &sys, &state, false).unwrap();
+        apply(&p, "test", &sys, &locked(&state), false).unwrap();
         let p2 = plan(&settings("net.core.somaxconn = 16384\n"), &sys).unwrap();
-        let err = apply(&p2, "test", &sys, &state, false).unwrap_err();
+        let err = apply(&p2, "test", &sys, &locked(&state), false).unwrap_err();
         assert!(matches!(err, TuneError::StateExists(_)), "{err}");
         // Nothing was written by the refused apply.
         assert_eq!(sys.read("net.core.somaxconn").unwrap().as_deref(), Some("8192"));
         assert_eq!(read_state(&state).unwrap().values["net.core.somaxconn"], "4096");
-        restore(&sys, &state).unwrap();
+        restore(&sys, &locked(&state)).unwrap();
         assert_eq!(sys.read("net.core.somaxconn").unwrap().as_deref(), Some("4096"));
     }
 
     #[test]
     fn state_is_saved_before_anything_is_written() {
         let (dir, sys) = tree();
-        // A state path whose directory cannot be made: apply must stop before any write.
-        std::fs::write(dir.path().join("blocker"), "").unwrap();
-        let state = dir.path().join("blocker/tune-state.json");
+        // A state path the file cannot be renamed onto (a directory with something in it):
+        // apply must stop before any write.
+        let state = dir.path().join("tune-state.json");
+        std::fs::create_dir_all(state.join("x")).unwrap();
         let p = plan(&settings("net.core.somaxconn = 8192\n"), &sys).unwrap();
-        assert!(apply(&p, "test", &sys, &state, false).is_err());
+        assert!(apply(&p, "test", &sys, &locked(&state), true).is_err());
         assert_eq!(sys.read("net.core.somaxconn").unwrap().as_deref(), Some("4096"));
     }
 
@@ -269,7 +261,7 @@ mod tests {
         let mut p = plan(&settings("net.core.somaxconn = 8192\n"), &sys).unwrap();
         // A key that vanished between plan and apply: its write fails.
         p.changes.push(Change { key: "net.core.gone".into(), current: "1".into(), new: "2".into() });
-        assert!(apply(&p, "test", &sys, &state, false).is_err());
+        assert!(apply(&p, "test", &sys, &locked(&state), false).is_err());
         assert_eq!(sys.read("net.core.somaxconn").unwrap().as_deref(), Some("4096"));
         assert!(!state.exists());
     }
@@ -277,19 +269,41 @@ mod tests {
     #[test]
     fn restore_without_state_fails_and_a_foreign_file_is_refused() {
         let (dir, sys) = tree();
-        assert!(restore(&sys, &dir.path().join("none.json")).is_err());
+        assert!(restore(&sys, &locked(&dir.path().join("none.json"))).is_err());
         let other = dir.path().join("other.json");
         std::fs::write(&other, r#"{"schema":"x","profile":"p","proc_sys":"/","values":{}}"#).unwrap();
-        assert!(restore(&sys, &other).is_err());
+        assert!(restore(&sys, &locked(&other)).is_err());
         assert!(other.exists());
     }
 
     #[test]
-    fn resolves_shipped_profiles_by_name() {
-        for name in ["c2m-1m", "c2m-2m", "c2m-10m.conf"] {
-            let path = resolve(name).unwrap();
-            assert!(!load(&path).unwrap().is_empty(), "{}", path.display());
+    fn restore_refuses_values_saved_from_another_tree() {
+        let (dir, sys) = tree();
+        let state = dir.path().join("tune-state.json");
+        let p = plan(&settings("net.core.somaxconn = 8192\n"), &sys).unwrap();
+        apply(&p, "test", &sys, &locked(&state), false).unwrap();
+        let err = restore(&ProcSys::new(dir.path().join("elsewhere")), &locked(&state)).unwrap_err();
+        assert!(err.to_string().contains("holds values of"), "{err}");
+        assert!(state.exists());
+    }
+
+    #[test]
+    fn a_name_is_a_built_in_profile_and_a_path_is_a_file() {
+        for (name, _) in SHIPPED {
+            let p = resolve(name).unwrap();
+            assert_eq!(p.origin, format!("{name} (built in)"));
+            assert!(p.settings.len() >= 10, "{name}");
         }
         assert!(matches!(resolve("c2m-nope"), Err(TuneError::NoProfile(_))));
+        let err = resolve("c2m-nope").unwrap_err().to_string();
+        assert!(err.contains("c2m-1m, c2m-2m, c2m-10m") && err.contains("./c2m-nope.conf"), "{err}");
+        // `.conf` or a slash makes it a path, read as given (here: missing).
+        assert!(matches!(resolve("c2m-2m.conf"), Err(TuneError::Io { .. })));
+        assert!(matches!(resolve("tuning/c2m-2m"), Err(TuneError::Io { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mine.conf");
+        std::fs::write(&file, "net.core.somaxconn = 1\n").unwrap();
+        let p = resolve(file.to_str().unwrap()).unwrap();
+        assert_eq!((p.origin.as_str(), p.settings.len()), (file.to_str().unwrap(), 1));
     }
 }
