@@ -46,6 +46,10 @@ struct ServeArgs {
     /// Bytes of one session slot (rounded up to pages); only touched pages become resident.
     #[arg(long, default_value_t = 40 * 1024)]
     session_bytes: usize,
+    /// Slot memory all sessions together may fill with replies not yet sent; past it a session
+    /// waits (as with a full out area) instead of growing.
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "4GiB")]
+    slot_budget: u64,
     /// Largest frame accepted, header included.
     #[arg(long, default_value_t = c2m::proto::DEFAULT_MAX_FRAME)]
     max_frame: usize,
@@ -90,12 +94,19 @@ struct ServeArgs {
     /// Chat: how long a message waits for an offline user (default 30 days, at most 87600h).
     #[arg(long, value_parser = c2m::units::duration_in(Duration::ZERO..=c2m::server::MAX_OFFLINE_TTL), default_value = "720h")]
     offline_ttl: Duration,
-    /// Chat: messages and bytes kept per offline user; over either, the sender gets NACK 8.
+    /// Chat: messages and bytes held for one recipient until receipted (offline, queued or in
+    /// flight); over either, the sender gets NACK 8.
     #[arg(long, default_value_t = 1000)]
     offline_user_messages: u32,
     #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "1MiB")]
     offline_user_bytes: u64,
-    /// Chat: messages and bytes kept for all offline users together.
+    /// Chat: messages and bytes one sender may have held, not yet receipted (at most half the
+    /// totals, so one client cannot lock everyone else out).
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = "10k")]
+    offline_sender_messages: u64,
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "16MiB")]
+    offline_sender_bytes: u64,
+    /// Chat: messages and bytes held for all users together.
     #[arg(long, value_parser = c2m::units::parse_count, default_value = "10m")]
     offline_total_messages: u64,
     #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "1GiB")]
@@ -129,6 +140,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers: args.workers.unwrap_or(defaults.workers),
         max_sessions: args.max_sessions,
         session_bytes: args.session_bytes,
+        slot_budget: args.slot_budget as usize,
         max_frame: args.max_frame,
         heartbeat_ms: args.heartbeat_ms,
         hello_timeout_ms: args.hello_timeout,
@@ -144,6 +156,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         offline: c2m::server::offline::OfflineLimits {
             per_user_messages: args.offline_user_messages,
             per_user_bytes: args.offline_user_bytes,
+            per_sender_messages: args.offline_sender_messages,
+            per_sender_bytes: args.offline_sender_bytes,
             total_messages: args.offline_total_messages,
             total_bytes: args.offline_total_bytes,
             ttl: args.offline_ttl,

@@ -11,6 +11,7 @@
 //! nothing. Nothing here allocates per connection.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytemuck::{Pod, Zeroable};
 use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
@@ -35,6 +36,44 @@ struct SlotMeta {
     touched: u32,
 }
 
+/// A bound on slot memory made resident, shared by every slab of a process: a slot that would
+/// grow past what the budget has left is refused room (its session waits, as a full out area
+/// does). Without it, each of N peers that send and never read makes a whole slot resident.
+#[derive(Debug)]
+pub struct ResidentBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ResidentBudget {
+    pub fn new(limit: usize) -> ResidentBudget {
+        ResidentBudget { limit, used: AtomicUsize::new(0) }
+    }
+
+    /// Bytes of slots marked possibly resident now, all slabs together.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + bytes <= self.limit).then_some(u + bytes))
+            .is_ok()
+    }
+
+    fn take(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// One session's header, slot bytes and touch mark, borrowed together.
 pub struct SlotView<'a, H> {
     pub header: &'a mut H,
@@ -46,14 +85,42 @@ pub struct SlotView<'a, H> {
 pub struct Touch<'a> {
     mark: &'a mut u32,
     slot_bytes: usize,
+    budget: Option<&'a ResidentBudget>,
 }
 
 impl Touch<'_> {
-    /// Records that the slot's first `bytes` may now be resident.
+    fn pages(&self, bytes: usize) -> u32 {
+        (bytes.min(self.slot_bytes).div_ceil(PAGE) * PAGE) as u32
+    }
+
+    /// Records that the slot's first `bytes` may now be resident (written: counted in the
+    /// budget whatever it has left).
     #[inline]
     pub fn upto(&mut self, bytes: usize) {
-        let bytes = (bytes.min(self.slot_bytes).div_ceil(PAGE) * PAGE) as u32;
-        *self.mark = (*self.mark).max(bytes);
+        let bytes = self.pages(bytes);
+        if bytes > *self.mark {
+            if let Some(b) = self.budget {
+                b.take((bytes - *self.mark) as usize);
+            }
+            *self.mark = bytes;
+        }
+    }
+
+    /// Asks to write up to `bytes` into the slot: `true` if that stays within the pages already
+    /// marked or the budget has room for the new ones (marked now).
+    #[inline]
+    pub fn reserve(&mut self, bytes: usize) -> bool {
+        let bytes = self.pages(bytes);
+        if bytes <= *self.mark {
+            return true;
+        }
+        if let Some(b) = self.budget
+            && !b.try_take((bytes - *self.mark) as usize)
+        {
+            return false;
+        }
+        *self.mark = bytes;
+        true
     }
 }
 
@@ -67,6 +134,7 @@ pub struct SessionSlab<H: Pod> {
     /// Slots `fresh..capacity` have never been handed out.
     fresh: u32,
     in_use: u32,
+    budget: Option<std::sync::Arc<ResidentBudget>>,
     _header: std::marker::PhantomData<H>,
 }
 
@@ -90,8 +158,19 @@ impl<H: Pod> SessionSlab<H> {
             free: Vec::new(),
             fresh: 0,
             in_use: 0,
+            budget: None,
             _header: std::marker::PhantomData,
         })
+    }
+
+    /// Counts this slab's touched slot pages in `budget` (shared with other slabs).
+    pub fn with_budget(mut self, budget: std::sync::Arc<ResidentBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    pub fn budget(&self) -> Option<&ResidentBudget> {
+        self.budget.as_deref()
     }
 
     pub fn capacity(&self) -> usize {
@@ -170,9 +249,7 @@ impl<H: Pod> SessionSlab<H> {
     /// Records that the first `bytes` of the slot may now be resident.
     #[inline]
     pub fn touch(&mut self, index: u32, bytes: usize) {
-        let bytes = bytes.min(self.slot_bytes).div_ceil(PAGE) * PAGE;
-        let meta = self.meta_mut(index);
-        meta.touched = meta.touched.max(bytes as u32);
+        self.session(index).touch.upto(bytes);
     }
 
     /// Header, slot and touch mark of one session at once (they live in different mappings).
@@ -184,7 +261,7 @@ impl<H: Pod> SessionSlab<H> {
         SlotView {
             header: &mut bytemuck::cast_slice_mut::<u8, H>(&mut self.headers)[index as usize],
             slot: &mut self.slots[start..start + slot_bytes],
-            touch: Touch { mark: &mut meta.touched, slot_bytes },
+            touch: Touch { mark: &mut meta.touched, slot_bytes, budget: self.budget.as_deref() },
         }
     }
 
@@ -211,6 +288,9 @@ impl<H: Pod> SessionSlab<H> {
         // call (we hold &mut self). DONTNEED on anonymous memory just zero-fills later reads.
         let _ = unsafe { self.slots.unchecked_advise_range(UncheckedAdvice::DontNeed, start, touched) };
         self.meta_mut(index).touched = 0;
+        if let Some(b) = &self.budget {
+            b.give_back(touched);
+        }
     }
 
     fn meta(&self, index: u32) -> &SlotMeta {

@@ -62,7 +62,8 @@ fn a_session_count_that_could_outgrow_memory_is_named_at_start() {
         * 1024;
     // Twice the box in 1 GiB slots (few sessions, so the rings they need fit any RLIMIT_NOFILE).
     let sessions = (2 * mem_total / (1 << 30) + 1).to_string();
-    let err = stderr_of_a_start(&["--max-sessions", &sessions, "--session-bytes", "1073741824"]);
+    let err =
+        stderr_of_a_start(&["--max-sessions", &sessions, "--session-bytes", "1073741824", "--slot-budget", "1024GiB"]);
     assert!(err.contains("warning") && err.contains("MemTotal") && err.contains("--max-sessions"), "{err}");
     let err = stderr_of_a_start(&["--max-sessions", "1000"]);
     assert!(!err.contains("warning"), "{err}");

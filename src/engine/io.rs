@@ -69,6 +69,8 @@ pub struct Io<Op> {
     tick: Box<Timespec>,
     tick_mode: Tick,
     pub(super) counts: EngineCounts,
+    /// The service has work left that no completion will announce: do not sleep this round.
+    pub(super) awake: bool,
     _op: PhantomData<Op>,
 }
 
@@ -82,6 +84,7 @@ impl<Op: ServiceOp> Io<Op> {
             tick: Box::new(Timespec::new()),
             tick_mode: Tick::Off,
             counts: EngineCounts::default(),
+            awake: false,
             _op: PhantomData,
         }
     }
@@ -106,6 +109,12 @@ impl<Op: ServiceOp> Io<Op> {
     /// Adds a ring (see [`RingSet::add_ring`]) and returns its index.
     pub fn add_ring(&mut self) -> Result<usize, EngineError> {
         self.rings.add_ring()
+    }
+
+    /// Work is left that no completion will announce (a ring of frames not drained): the
+    /// worker goes round again instead of sleeping.
+    pub fn keep_awake(&mut self) {
+        self.awake = true;
     }
 
     // ---- slots ------------------------------------------------------------------------

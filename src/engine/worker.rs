@@ -73,7 +73,7 @@ pub fn run<S: Service>(io: &mut Io<S::Op>, service: &mut S) -> io::Result<()> {
         if service.done() {
             return Ok(());
         }
-        if !progressed {
+        if !progressed && !std::mem::take(&mut io.awake) {
             // Anything pushed by after_batch must reach the kernel before we sleep.
             let mut pending = false;
             for ring in io.rings_mut().iter_mut() {

@@ -6,6 +6,8 @@ mod budget;
 pub mod directory;
 pub mod mailbox;
 pub mod offline;
+mod pending;
+mod quota;
 pub mod route;
 pub mod session;
 pub mod sessions;
@@ -65,6 +67,10 @@ pub struct ServeConfig {
     /// SO_REUSEPORT hash picks the worker, unevenly).
     pub max_sessions: usize,
     pub session_bytes: usize,
+    /// Slot memory all sessions together may make resident for replies they have not sent (a
+    /// session that would need more waits, as with a full out area). Partial frames (at most
+    /// `max_frame` a session) are not counted.
+    pub slot_budget: usize,
     pub max_frame: usize,
     pub heartbeat_ms: u32,
     pub hello_timeout_ms: u32,
@@ -94,6 +100,7 @@ impl Default for ServeConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             max_sessions: 1_000_000,
             session_bytes: 40 * 1024,
+            slot_budget: 4 << 30,
             max_frame: proto::DEFAULT_MAX_FRAME,
             heartbeat_ms: 30_000,
             hello_timeout_ms: 10_000,
@@ -222,10 +229,13 @@ impl ServeConfig {
         self.workers as u128 * self.max_sessions as u128 * self.slot_footprint()
     }
 
-    /// Memory the sessions would take if every one admitted filled its slot (the slab is
-    /// MAP_NORESERVE: only slots of sessions that buffer data become resident).
+    /// The most memory sessions could make resident: every header and partial frame, and their
+    /// unsent replies up to `--slot-budget`.
     pub fn memory_if_every_slot_filled(&self) -> u64 {
-        u64::try_from(self.max_sessions as u128 * self.slot_footprint()).unwrap_or(u64::MAX)
+        let n = self.max_sessions as u128;
+        let per_session = std::mem::size_of::<session::Session>() as u128 + self.max_frame as u128;
+        let replies = (n * self.slot_footprint()).saturating_sub(n * per_session).min(self.slot_budget as u128);
+        u64::try_from(n * per_session + replies).unwrap_or(u64::MAX)
     }
 
     /// A warning line when full slots would take more than `mem_total` (the box's MemTotal).
@@ -233,11 +243,12 @@ impl ServeConfig {
         let full = self.memory_if_every_slot_filled();
         (full > mem_total).then(|| {
             format!(
-                "c2m serve: warning: --max-sessions {} with --session-bytes {} could use {} if every slot filled, \
-                 more than this box's MemTotal of {}; slots are MAP_NORESERVE, so only sessions that buffer data \
-                 make theirs resident",
+                "c2m serve: warning: --max-sessions {} with --session-bytes {} and --slot-budget {} could use {} if \
+                 every slot filled, more than this box's MemTotal of {}; slots are MAP_NORESERVE, so only sessions \
+                 that buffer data make theirs resident",
                 thousands(self.max_sessions as u64),
                 self.session_bytes,
+                human_bytes(self.slot_budget as f64),
                 human_bytes(full as f64),
                 human_bytes(mem_total as f64)
             )
@@ -322,8 +333,11 @@ impl Server {
         };
         let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::new(WorkerStats::default())).collect();
         let cfg = Arc::new(cfg);
-        let chat = Arc::new(route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline));
+        let chat = route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline)
+            .map_err(|source| ServerError::Io { what: "mapping the chat directory and quotas".into(), source })?;
+        let chat = Arc::new(chat);
         let budget = Arc::new(budget::SessionBudget::new(cfg.max_sessions));
+        let resident = Arc::new(crate::slab::ResidentBudget::new(cfg.slot_budget));
         let listeners = std::sync::Mutex::new(listeners);
         let worker_stats = stats.clone();
         let recv = match cfg.recv_arm {
@@ -335,8 +349,16 @@ impl Server {
                 .take()
                 .ok_or_else(|| format!("no listener for worker {id}"))?;
             let stats = worker_stats[id].clone();
-            let sessions = Sessions::new(id, cfg.clone(), stats.clone(), budget.clone(), chat.clone(), shared.clone())
-                .map_err(|e| e.to_string())?;
+            let sessions = Sessions::new(
+                id,
+                cfg.clone(),
+                stats.clone(),
+                budget.clone(),
+                resident.clone(),
+                chat.clone(),
+                shared.clone(),
+            )
+            .map_err(|e| e.to_string())?;
             let kernel_cfg = KernelConfig {
                 recv,
                 slots: budget.limit(),
@@ -688,8 +710,13 @@ mod tests {
 
     #[test]
     fn warns_when_full_slots_could_outgrow_the_box() {
-        let cfg = ServeConfig { max_sessions: 1_000_000, session_bytes: 40 * 1024, ..ServeConfig::default() };
-        // 1M x (40 KiB + a 128-byte header).
+        let cfg = ServeConfig {
+            max_sessions: 1_000_000,
+            session_bytes: 40 * 1024,
+            slot_budget: 64 << 30,
+            ..ServeConfig::default()
+        };
+        // 1M x (40 KiB + a 128-byte header): the budget is larger than every slot.
         assert_eq!(cfg.memory_if_every_slot_filled(), 1_000_000 * (40 * 1024 + 128));
         let w = cfg.memory_warning(24 << 30).unwrap();
         assert!(
@@ -697,5 +724,10 @@ mod tests {
             "{w}"
         );
         assert_eq!(cfg.memory_warning(64 << 30), None);
+        // The default budget caps replies at 4 GiB: headers and partial frames (4.2 KB a
+        // session) plus 4 GiB fit the box.
+        let cfg = ServeConfig { max_sessions: 1_000_000, ..ServeConfig::default() };
+        assert_eq!(cfg.memory_if_every_slot_filled(), 1_000_000 * (128 + 4096) + (4 << 30));
+        assert_eq!(cfg.memory_warning(24 << 30), None);
     }
 }

@@ -1,17 +1,26 @@
-//! Chat routing on a server worker: SEND to a session here, on another worker (mailbox +
-//! MSG_RING), to the offline store, or to a group's members (one mailbox item per destination
-//! worker); RECEIPT relayed back to the sender the same way; logins published in the directory.
+//! Chat routing on a server worker, and the delivery guarantee (DESIGN "Chat delivery
+//! guarantee"): a SEND is ACKed only once its message is reserved in the budget (`quota.rs`),
+//! so nothing after the ACK can run out of room; from then on the message is always held by
+//! exactly one of: a queue to another worker (`mailbox.rs`), the recipient session's
+//! delivered-but-unreceipted list (`pending.rs`), or the store (`offline.rs`), until the
+//! recipient's RECEIPT releases it (or its TTL does, counted).
+//!
+//! A DELIVER goes to a session here, to another worker (mailbox + MSG_RING), or to the store; a
+//! group's copies go once per destination worker. A session whose out area is full is not
+//! closed: its messages wait in the store, in order, and it drains them as sends make room. A
+//! RECEIPT is relayed only for a message delivered to that session; when a session ends, what it
+//! never receipted goes back to the store (in front, in order) or to the user's newer session.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::directory::{Directory, GEN_MASK, Place};
 use super::mailbox::{Mailbox, Routed};
-use super::offline::{Offer, OfflineLimits, OfflineStore, SHARDS};
+use super::offline::{Offer, OfflineLimits, OfflineStore, SHARDS, deliver_ids};
+use super::quota::charge;
 use super::session::{self, Request, chat, flag, state};
 use super::sessions::Sessions;
 use crate::proto::{self, ErrorCode, Frame, GroupLayout, Kind};
-use crate::stats::CloseReason;
 use crate::transport::Requests;
 
 /// What every worker shares for routing.
@@ -23,23 +32,20 @@ pub struct ChatShared {
 }
 
 impl ChatShared {
-    pub fn new(workers: usize, users: u64, groups: u64, group_size: u32, limits: OfflineLimits) -> ChatShared {
-        ChatShared {
-            dir: Directory::new(users),
-            store: OfflineStore::new(limits),
+    pub fn new(
+        workers: usize,
+        users: u64,
+        groups: u64,
+        group_size: u32,
+        limits: OfflineLimits,
+    ) -> std::io::Result<ChatShared> {
+        Ok(ChatShared {
+            dir: Directory::try_new(users)?,
+            store: OfflineStore::new(users, limits)?,
             mail: (0..workers).map(|_| Mailbox::default()).collect(),
             groups: GroupLayout { users, groups, size: group_size },
-        }
+        })
     }
-}
-
-/// Where a frame went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Delivered,
-    Stored,
-    Refused,
-    Dropped,
 }
 
 fn kind_of(frame: &[u8]) -> Option<Kind> {
@@ -52,18 +58,21 @@ impl Sessions {
     }
 
     /// Routes what the session's input asked for (see [`session::Request`]) and queues the
-    /// sender's ACKs and NACKs, for which `on_bytes` kept room.
-    pub(super) fn route_requests(&mut self, q: &mut Requests, slot: u32) {
+    /// sender's ACKs and NACKs, for which `on_bytes` kept room. `closing`: the same input closed
+    /// the session (BYE, a fatal frame): a HELLO in it neither takes the user over nor drains
+    /// their store. Stored messages are drained last, so they never take an ACK's room.
+    pub(super) fn route_requests(&mut self, q: &mut Requests, slot: u32, closing: bool) {
         let list = std::mem::take(&mut *self.routing.list.borrow_mut());
         if list.is_empty() {
             return;
         }
         let frames = std::mem::take(&mut *self.routing.frames.borrow_mut());
         self.routing.reserved.set(0);
-        let user = self.slab.header(slot).user_id;
         for request in &list {
+            let user = self.slab.header(slot).user_id;
             match *request {
-                Request::Login { user } => self.login(q, slot, user),
+                Request::Login { user } if !closing => self.login(q, slot, user),
+                Request::Login { .. } => {}
                 Request::Send { to_user, msg_id, ref frame } => {
                     let reply = match self.route_send(q, user, to_user, &frames[frame.clone()]) {
                         Ok(()) => Frame::Ack { msg_id },
@@ -77,13 +86,11 @@ impl Sessions {
                         self.stats.frames_out[reply.kind().index()].inc();
                     }
                 }
-                Request::Receipt { from_user, msg_id } => {
-                    let notice = proto::encode_vec(&Frame::ReceiptNotice { to_user: user, msg_id });
-                    if self.route_frame(q, from_user, &notice) != Outcome::Delivered {
-                        self.stats.chat.notices_dropped.inc();
-                    }
-                }
+                Request::Receipt { from_user, msg_id } => self.receipt(q, slot, user, from_user, msg_id),
             }
+        }
+        if !closing && self.slab.header(slot).chat & chat::OFFLINE_PENDING != 0 {
+            self.drain_offline(q, slot);
         }
         // Give the buffers back for the next input (no allocation in steady state).
         let (mut list, mut frames) = (list, frames);
@@ -93,130 +100,159 @@ impl Sessions {
         *self.routing.frames.borrow_mut() = frames;
     }
 
+    /// A SEND: reserved whole (every copy of a group message) and delivered, or refused.
     fn route_send(&mut self, q: &mut Requests, from: u64, to: u64, frame: &[u8]) -> Result<(), ErrorCode> {
+        let bytes = charge(frame.len());
         if let Some(group) = self.chat.groups.group_of(to) {
-            self.fan_out(q, from, group, frame);
+            let members: Vec<u64> = self.chat.groups.members(group).filter(|&m| m != from).collect();
+            if !self.chat.store.quotas().reserve(from, &members, bytes) {
+                self.stats.chat.offline_refused.inc();
+                return Err(ErrorCode::OfflineQueueFull);
+            }
+            self.stats.chat.group_sends.inc();
+            self.fan_out(q, &members, frame);
             return Ok(());
         }
         if !self.chat.dir.contains(to) {
             return Err(ErrorCode::UnknownRecipient);
         }
-        match self.route_frame(q, to, frame) {
-            Outcome::Delivered | Outcome::Stored => Ok(()),
-            Outcome::Refused => Err(ErrorCode::OfflineQueueFull),
-            Outcome::Dropped => Ok(()),
+        if !self.chat.store.quotas().reserve(from, &[to], bytes) {
+            self.stats.chat.offline_refused.inc();
+            return Err(ErrorCode::OfflineQueueFull);
         }
+        self.deliver(q, to, frame);
+        Ok(())
     }
 
-    /// Sends `frame` to `user` wherever the user is: a session here, another worker, or (a
-    /// DELIVER only) the offline store.
-    fn route_frame(&mut self, q: &mut Requests, user: u64, frame: &[u8]) -> Outcome {
-        let storable = kind_of(frame) == Some(Kind::Deliver);
+    /// Takes a reserved DELIVER to `user` wherever the user is: a session here (or its overflow
+    /// in the store), another worker, or the store. It cannot fail: its room is reserved.
+    fn deliver(&mut self, q: &mut Requests, user: u64, frame: &[u8]) {
         let mut place = self.chat.dir.get(user);
         // Bounded: each round follows a login that happened meanwhile.
         for _ in 0..4 {
             match place {
-                Some(p) if p.worker as usize == self.id && self.deliver_local(q, user, p, frame) => {
-                    return Outcome::Delivered;
-                }
+                Some(p) if p.worker as usize == self.id && self.deliver_local(q, user, p, frame) => return,
                 Some(p) if p.worker as usize == self.id => {}
                 Some(p) => {
-                    self.post(q, p.worker as usize, Routed::ToSession { user, place: p, frame: frame.into() });
-                    return Outcome::Delivered;
+                    return self.post(q, p.worker as usize, Routed::ToSession { user, place: p, frame: frame.into() });
                 }
                 None => {}
-            }
-            if !storable {
-                return Outcome::Dropped;
             }
             match self.chat.store.offer(&self.chat.dir, user, frame, Instant::now()) {
                 Offer::Stored => {
                     self.stats.chat.offline_stored.inc();
-                    return Outcome::Stored;
-                }
-                Offer::Full => {
-                    self.stats.chat.offline_refused.inc();
-                    return Outcome::Refused;
+                    return;
                 }
                 Offer::Online(p) if Some(p) == place => break,
                 Offer::Online(p) => place = Some(p),
             }
         }
-        Outcome::Dropped
+        // Logins kept racing with it: keep it anyway; the next login or drain takes it.
+        self.chat.store.push(user, frame.into(), Instant::now());
+        self.stats.chat.offline_stored.inc();
     }
 
-    /// A group message: members here get it now; each other worker gets one mailbox item with
-    /// its members; offline members' copies go to the store.
-    fn fan_out(&mut self, q: &mut Requests, from: u64, group: u64, frame: &[u8]) {
-        self.stats.chat.group_sends.inc();
+    /// The session at `place`, if it is still `user`'s, logged in here and not closing.
+    fn session_of(&self, user: u64, place: Place) -> Option<u32> {
+        let slot = place.slot;
+        if slot >= self.slab.high_water() || self.slab.generation(slot) & GEN_MASK != place.generation {
+            return None;
+        }
+        let s = self.slab.header(slot);
+        let open = s.state == state::LOGGED_IN && s.user_id == user && !s.has(flag::CLOSED | flag::CLOSE_AFTER_SEND);
+        open.then_some(slot)
+    }
+
+    /// Queues a reserved DELIVER to the session at `place`, if it is still `user`'s (`false`:
+    /// route it again). A session with stored messages waiting, or no room, gets it through the
+    /// store, in order, as it drains.
+    fn deliver_local(&mut self, q: &mut Requests, user: u64, place: Place, frame: &[u8]) -> bool {
+        let Some(slot) = self.session_of(user, place) else { return false };
+        if self.slab.header(slot).chat & chat::OFFLINE_PENDING == 0 {
+            let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
+            if out.push_encoded(frame) {
+                let (from_user, msg_id) = deliver_ids(frame);
+                self.pending.add(slot, from_user, msg_id, frame.into());
+                self.stats.frames_out[Kind::Deliver.index()].inc();
+                self.stats.chat.delivered.inc();
+                q.send(slot);
+                return true;
+            }
+        }
+        self.chat.store.push(user, frame.into(), Instant::now());
+        self.stats.chat.overflowed.inc();
+        self.slab.header_mut(slot).chat |= chat::OFFLINE_PENDING;
+        true
+    }
+
+    /// A RECEIPT notice (informational, never stored) to the sender's session wherever it is;
+    /// one that finds no session, or no room, is counted and dropped.
+    fn relay_notice(&mut self, q: &mut Requests, sender: u64, frame: &[u8]) {
+        match self.chat.dir.get(sender) {
+            Some(p) if p.worker as usize == self.id => self.notice_local(q, sender, p, frame),
+            Some(p) => {
+                self.post(q, p.worker as usize, Routed::ToSession { user: sender, place: p, frame: frame.into() })
+            }
+            None => self.stats.chat.notices_dropped.inc(),
+        }
+    }
+
+    fn notice_local(&mut self, q: &mut Requests, sender: u64, place: Place, frame: &[u8]) {
+        let Some(slot) = self.session_of(sender, place) else {
+            return self.stats.chat.notices_dropped.inc();
+        };
+        let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
+        if !out.push_encoded(frame) {
+            return self.stats.chat.notices_dropped.inc();
+        }
+        self.stats.frames_out[Kind::ReceiptNotice.index()].inc();
+        q.send(slot);
+    }
+
+    /// The recipient's RECEIPT: relayed (and the message's reservation released) only for a
+    /// message this session was delivered and holds; any other is counted and dropped.
+    fn receipt(&mut self, q: &mut Requests, slot: u32, user: u64, from_user: u64, msg_id: u64) {
+        let Some(m) = self.pending.receipt(slot, from_user, msg_id) else {
+            return self.stats.chat.receipts_refused.inc();
+        };
+        self.chat.store.quotas().release(from_user, user, charge(m.frame.len()));
+        self.stats.chat.receipted.inc();
+        let notice = proto::encode_vec(&Frame::ReceiptNotice { to_user: user, msg_id });
+        self.relay_notice(q, from_user, &notice);
+    }
+
+    /// A group message's reserved copies: members here get theirs now; each other worker gets
+    /// one mailbox item with its members; offline members' copies go to the store.
+    fn fan_out(&mut self, q: &mut Requests, members: &[u64], frame: &[u8]) {
         let mut per_worker = std::mem::take(&mut self.fanout);
         per_worker.resize_with(self.chat.mail.len(), Vec::new);
-        let members: Vec<u64> = self.chat.groups.members(group).filter(|&m| m != from).collect();
-        let mut local = Vec::new();
-        for m in members {
+        for &m in members {
             match self.chat.dir.get(m) {
-                Some(p) if p.worker as usize == self.id => local.push((m, p)),
-                Some(p) => per_worker[p.worker as usize].push((m, p)),
-                None => {
-                    if self.route_frame(q, m, frame) != Outcome::Stored {
-                        // Online meanwhile (delivered) or refused by a bound.
-                        if self.chat.dir.get(m).is_none() {
-                            self.stats.chat.group_member_dropped.inc();
-                        }
+                Some(p) if p.worker as usize == self.id => {
+                    if !self.deliver_local(q, m, p, frame) {
+                        self.deliver(q, m, frame);
                     }
+                }
+                Some(p) => per_worker[p.worker as usize].push((m, p)),
+                None => self.deliver(q, m, frame),
+            }
+        }
+        if per_worker.iter().any(|v| !v.is_empty()) {
+            let shared: std::sync::Arc<[u8]> = frame.into();
+            for (w, members) in per_worker.iter_mut().enumerate() {
+                if !members.is_empty() {
+                    let item = Routed::Group { members: std::mem::take(members), frame: shared.clone() };
+                    self.post(q, w, item);
                 }
             }
         }
-        let shared: Option<Arc<[u8]>> = per_worker.iter().any(|v| !v.is_empty()).then(|| frame.into());
-        for (w, members) in per_worker.iter_mut().enumerate() {
-            if !members.is_empty() {
-                let item =
-                    Routed::Group { members: std::mem::take(members), frame: shared.clone().expect("made above") };
-                self.post(q, w, item);
-            }
-        }
         self.fanout = per_worker;
-        for (m, p) in local {
-            self.deliver_member(q, m, p, frame);
-        }
-    }
-
-    fn deliver_member(&mut self, q: &mut Requests, user: u64, place: Place, frame: &[u8]) {
-        if !self.deliver_local(q, user, place, frame) && self.route_frame(q, user, frame) == Outcome::Refused {
-            self.stats.chat.group_member_dropped.inc();
-        }
-    }
-
-    /// Queues `frame` to the session at `place` if it is still `user`'s and logged in here.
-    /// A session whose out area is full is closed as a slow consumer (its user's messages then
-    /// go to the offline store until it logs in again).
-    fn deliver_local(&mut self, q: &mut Requests, user: u64, place: Place, frame: &[u8]) -> bool {
-        let slot = place.slot;
-        if slot >= self.slab.high_water() || self.slab.generation(slot) & GEN_MASK != place.generation {
-            return false;
-        }
-        let s = self.slab.header(slot);
-        if s.state != state::LOGGED_IN || s.user_id != user || s.has(flag::CLOSED | flag::CLOSE_AFTER_SEND) {
-            return false;
-        }
-        let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
-        if !out.push_encoded(frame) {
-            self.close_now(q, slot, CloseReason::SlowConsumer);
-            return false;
-        }
-        if let Some(kind) = kind_of(frame) {
-            self.stats.frames_out[kind.index()].inc();
-            if kind == Kind::Deliver {
-                self.stats.chat.delivered.inc();
-            }
-        }
-        q.send(slot);
-        true
     }
 
     /// Hands `item` to worker `to` and wakes it (IORING_OP_MSG_RING from our ring 0), unless a
     /// wake-up is already on its way. Before every worker has started, mail waits for the
-    /// destination's next tick.
+    /// destination's next tick. The queue is bounded by the budget: every DELIVER in it is
+    /// reserved, and notices are at most one per receipted message.
     fn post(&mut self, q: &mut Requests, to: usize, item: Routed) {
         self.stats.chat.forwarded.inc();
         if !self.chat.mail[to].post(item) {
@@ -233,21 +269,18 @@ impl Sessions {
         self.stats.chat.mail_taken.add(items.len() as u64);
         for item in items.drain(..) {
             match item {
-                Routed::ToSession { user, place, frame } => {
+                Routed::ToSession { user, place, frame } if kind_of(&frame) == Some(Kind::Deliver) => {
                     if !self.deliver_local(q, user, place, &frame) {
-                        let outcome = self.route_frame(q, user, &frame);
-                        if outcome == Outcome::Refused
-                            || (outcome == Outcome::Dropped && kind_of(&frame) == Some(Kind::Deliver))
-                        {
-                            self.stats.chat.group_member_dropped.inc();
-                        } else if outcome == Outcome::Dropped {
-                            self.stats.chat.notices_dropped.inc();
-                        }
+                        self.deliver(q, user, &frame);
                     }
                 }
+                // A notice whose sender moved meanwhile is dropped (informational), counted.
+                Routed::ToSession { user, place, frame } => self.notice_local(q, user, place, &frame),
                 Routed::Group { members, frame } => {
                     for (m, p) in members {
-                        self.deliver_member(q, m, p, &frame);
+                        if !self.deliver_local(q, m, p, &frame) {
+                            self.deliver(q, m, &frame);
+                        }
                     }
                 }
                 Routed::Replaced { user, place } => self.replaced(q, user, place),
@@ -256,8 +289,8 @@ impl Sessions {
         self.mail_buf = items;
     }
 
-    /// Publishes a login in the directory (closing an older session of the same user) and
-    /// hands the session what was stored for it.
+    /// Publishes a login in the directory (closing an older session of the same user); what
+    /// was stored for the user is drained once the input's requests are routed.
     fn login(&mut self, q: &mut Requests, slot: u32, user: u64) {
         if !self.chat.dir.contains(user) {
             return;
@@ -270,8 +303,11 @@ impl Sessions {
                 self.post(q, old.worker as usize, Routed::Replaced { user, place: old });
             }
         }
-        self.slab.header_mut(slot).chat |= chat::LISTED;
-        self.drain_offline(q, slot);
+        let s = self.slab.header_mut(slot);
+        s.chat |= chat::LISTED;
+        if self.chat.store.has(user) {
+            s.chat |= chat::OFFLINE_PENDING;
+        }
     }
 
     /// Moves stored messages into the session's out area, as many as fit; the rest follow as
@@ -281,18 +317,22 @@ impl Sessions {
         let mut frames = std::mem::take(&mut self.offline_buf);
         let (_, out) = session::split(self.slab.session(slot), self.cfg.max_frame);
         self.chat.store.take(user, out.room(), Instant::now(), &mut frames);
+        let mut left = VecDeque::new();
         for frame in frames.drain(..) {
             let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
-            if out.push_encoded(&frame) {
+            if left.is_empty() && out.push_encoded(&frame) {
+                let (from_user, msg_id) = deliver_ids(&frame);
                 self.stats.frames_out[Kind::Deliver.index()].inc();
                 self.stats.chat.delivered.inc();
                 self.stats.chat.offline_delivered.inc();
-            } else if self.chat.store.offer(&self.chat.dir, user, &frame, Instant::now()) != Offer::Stored {
-                // Cannot happen (take fits the room); counted, not silent, if it ever does.
-                self.stats.chat.group_member_dropped.inc();
+                self.pending.add(slot, from_user, msg_id, frame);
+            } else {
+                // Cannot happen (take fits the room); kept, in order, if it ever does.
+                left.push_back(frame);
             }
         }
         self.offline_buf = frames;
+        self.chat.store.return_front(user, &mut left, Instant::now());
         let pending = self.chat.store.has(user);
         let s = self.slab.header_mut(slot);
         if pending {
@@ -307,27 +347,20 @@ impl Sessions {
 
     /// A newer session of `user` logged in: this one says ERROR 9 and closes.
     fn replaced(&mut self, q: &mut Requests, user: u64, place: Place) {
-        let slot = place.slot;
-        if slot >= self.slab.high_water() || self.slab.generation(slot) & GEN_MASK != place.generation {
-            return;
-        }
-        let s = self.slab.header_mut(slot);
-        if s.state != state::LOGGED_IN || s.user_id != user || s.has(flag::CLOSED | flag::CLOSE_AFTER_SEND) {
-            return;
-        }
+        let Some(slot) = self.session_of(user, place) else { return };
         // The directory already names the new session.
-        s.chat &= !(chat::LISTED | chat::OFFLINE_PENDING);
+        self.slab.header_mut(slot).chat &= !(chat::LISTED | chat::OFFLINE_PENDING);
         let code = ErrorCode::LoggedInElsewhere;
         self.stats.protocol_errors[code.index()].inc();
         let (_, mut out) = session::split(self.slab.session(slot), self.cfg.max_frame);
         if out.push(&Frame::error(code, code.name())) {
             self.stats.frames_out[Kind::Error.index()].inc();
         }
-        self.apply(q, slot, session::Verdict::CloseAfterSend(CloseReason::Replaced));
+        self.apply(q, slot, session::Verdict::CloseAfterSend(crate::stats::CloseReason::Replaced));
     }
 
     /// The session stops receiving messages: new ones for its user go elsewhere (a newer
-    /// session, or the offline store).
+    /// session, or the store).
     pub(super) fn unlist(&mut self, slot: u32) {
         let s = self.slab.header_mut(slot);
         if s.chat & chat::LISTED == 0 {
@@ -339,17 +372,39 @@ impl Sessions {
         self.chat.dir.withdraw(user, place);
     }
 
-    /// Per tick: expire one shard of the offline store; worker 0 publishes the store's totals.
+    /// The session is gone: what it was delivered and never receipted goes back to the store,
+    /// in front and in order, or (the user is online again) to the newer session.
+    pub(super) fn put_back(&mut self, q: &mut Requests, slot: u32) {
+        let unreceipted = self.pending.take_all(slot);
+        if unreceipted.is_empty() {
+            return;
+        }
+        let user = self.slab.header(slot).user_id;
+        self.stats.chat.put_back.add(unreceipted.len() as u64);
+        let mut frames: VecDeque<Box<[u8]>> = unreceipted.into_iter().map(|m| m.frame).collect();
+        if !self.chat.store.put_back(&self.chat.dir, user, &mut frames, Instant::now()) {
+            for frame in frames {
+                self.deliver(q, user, &frame);
+            }
+        }
+    }
+
+    /// Per tick: mail as a safety net, expire one shard of the store; worker 0 publishes the
+    /// shared totals.
     pub(super) fn chat_tick(&mut self, q: &mut Requests) {
         self.take_mail(q);
         self.sweep_shard = (self.sweep_shard + 1) % SHARDS;
         if self.sweep_shard % self.chat.mail.len() == self.id {
             self.chat.store.sweep(self.sweep_shard, Instant::now());
         }
+        self.stats.chat.pending.set(self.pending.len() as u64);
         if self.id == 0 {
             let (messages, bytes) = self.chat.store.held();
             self.stats.chat.offline_held_messages.set(messages);
             self.stats.chat.offline_held_bytes.set(bytes);
+            let (messages, bytes) = self.chat.store.quotas().held();
+            self.stats.chat.held_messages.set(messages);
+            self.stats.chat.held_bytes.set(bytes);
             self.stats.chat.offline_expired.set(self.chat.store.expired.load(std::sync::atomic::Ordering::Relaxed));
         }
     }

@@ -175,37 +175,24 @@ impl Outbox<'_> {
     /// Queues an already encoded frame (a routed DELIVER or RECEIPT notice): its one copy into
     /// this session's outgoing data.
     pub fn push_encoded(&mut self, bytes: &[u8]) -> bool {
-        let s = &mut *self.s;
-        let n = bytes.len();
-        if s.slot_out_len == 0 && s.inline_len as usize + n <= INLINE_OUT {
-            let at = s.inline_len as usize;
-            s.inline_out[at..at + n].copy_from_slice(bytes);
-            s.inline_len += n as u8;
-            return true;
-        }
-        if s.slot_out_len as usize + n > self.area.len() && s.send_len == 0 && s.slot_out_sent > 0 {
-            self.area.copy_within(s.slot_out_sent as usize..s.slot_out_len as usize, 0);
-            s.slot_out_len -= s.slot_out_sent;
-            s.slot_out_sent = 0;
-        }
-        let at = s.slot_out_len as usize;
-        if at + n > self.area.len() {
-            return false;
-        }
-        self.area[at..at + n].copy_from_slice(bytes);
-        s.slot_out_len += n as u32;
-        self.touch.upto(self.base + at + n);
-        true
+        self.write(bytes.len(), |out| out.copy_from_slice(bytes))
     }
 
     /// Queues `frame`: inline if it fits and nothing waits in the slot (so order is kept), else
-    /// in the out area. `false`: no room left (a slow consumer).
+    /// in the out area. `false`: no room left (a slow consumer, or the slots' resident budget is
+    /// spent).
     pub fn push(&mut self, frame: &Frame<'_>) -> bool {
+        self.write(frame.encoded_len(), |out| {
+            proto::encode(frame, out);
+        })
+    }
+
+    /// Finds room for `n` bytes and lets `fill` write them there.
+    fn write(&mut self, n: usize, fill: impl FnOnce(&mut [u8])) -> bool {
         let s = &mut *self.s;
-        let n = frame.encoded_len();
         if s.slot_out_len == 0 && s.inline_len as usize + n <= INLINE_OUT {
             let at = s.inline_len as usize;
-            proto::encode(frame, &mut s.inline_out[at..at + n]);
+            fill(&mut s.inline_out[at..at + n]);
             s.inline_len += n as u8;
             return true;
         }
@@ -216,12 +203,11 @@ impl Outbox<'_> {
             s.slot_out_sent = 0;
         }
         let at = s.slot_out_len as usize;
-        if at + n > self.area.len() {
+        if at + n > self.area.len() || !self.touch.reserve(self.base + at + n) {
             return false;
         }
-        proto::encode(frame, &mut self.area[at..at + n]);
+        fill(&mut self.area[at..at + n]);
         s.slot_out_len += n as u32;
-        self.touch.upto(self.base + at + n);
         true
     }
 }

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::ServeConfig;
 use super::budget::SessionBudget;
 use super::mailbox::Routed;
+use super::pending::Pending;
 use super::route::ChatShared;
 use super::session::{self, Env, RouteRequests, Session, Verdict, chat, flag, state};
 use crate::engine::PoolShared;
 use crate::engine::timer::TimerWheel;
 use crate::proto::{self, ErrorCode, Frame};
-use crate::slab::SessionSlab;
+use crate::slab::{ResidentBudget, SessionSlab};
 use crate::stats::{CloseReason, WorkerStats};
 use crate::transport::{Close, ConnId, ConnectError, Failure, Handler, Requests, TickPlan};
 
@@ -35,6 +36,8 @@ pub struct Sessions {
     pub(super) fanout: Vec<Vec<(u64, super::directory::Place)>>,
     pub(super) offline_buf: Vec<Box<[u8]>>,
     pub(super) sweep_shard: usize,
+    /// Delivered messages its sessions have not receipted yet (see `pending.rs`).
+    pub(super) pending: Pending,
     /// The server-wide session budget (see `budget.rs`).
     budget: Arc<SessionBudget>,
     wheel: TimerWheel,
@@ -79,13 +82,15 @@ impl Sessions {
         cfg: Arc<ServeConfig>,
         stats: Arc<WorkerStats>,
         budget: Arc<SessionBudget>,
+        resident: Arc<ResidentBudget>,
         chat: Arc<ChatShared>,
         pool: Arc<PoolShared>,
     ) -> Result<Sessions, super::ServerError> {
         // Address space for every session of the server (MAP_NORESERVE: only what sessions
-        // touch becomes resident); the budget decides how many are admitted.
+        // touch becomes resident); the budget decides how many are admitted, and the resident
+        // budget how much of their slots replies may fill.
         let sessions = budget.limit();
-        let slab = SessionSlab::<Session>::new(sessions, cfg.session_bytes)?;
+        let slab = SessionSlab::<Session>::new(sessions, cfg.session_bytes)?.with_budget(resident);
         let [h, m] = slab.header_ranges();
         stats.set_slab_ranges([h, m, slab.slots_range()]);
         let tick_ms = cfg.tick().as_millis() as u64;
@@ -112,6 +117,7 @@ impl Sessions {
             fanout: Vec::new(),
             offline_buf: Vec::new(),
             sweep_shard: 0,
+            pending: Pending::default(),
             cfg,
         })
     }
@@ -120,7 +126,8 @@ impl Sessions {
     fn feed(&mut self, q: &mut Requests, slot: u32, data: &[u8]) -> usize {
         let env = env(self.id, &self.cfg, &self.stats, &self.routing, self.slab.generation(slot), slot, self.now_tick);
         let verdict = session::on_bytes(self.slab.session(slot), &env, data);
-        self.route_requests(q, slot);
+        let closing = matches!(verdict, Verdict::CloseAfterSend(_) | Verdict::CloseNow(_));
+        self.route_requests(q, slot, closing);
         match verdict {
             Verdict::Blocked(done) => {
                 // Its replies filled the out area: the rest waits in the transport until sends
@@ -294,6 +301,11 @@ impl Handler for Sessions {
         session::peek_output(self.slab.header(conn), self.slab.slot(conn), self.cfg.max_frame, skip)
     }
 
+    fn output_len(&self, conn: ConnId) -> usize {
+        let s = self.slab.header(conn);
+        (s.inline_len - s.inline_sent) as usize + (s.slot_out_len - s.slot_out_sent) as usize
+    }
+
     fn sent(&mut self, q: &mut Requests, conn: ConnId, n: usize) {
         let s = self.slab.header_mut(conn);
         session::sent(s, n as u32);
@@ -321,8 +333,9 @@ impl Handler for Sessions {
         self.close_now(q, conn, reason);
     }
 
-    fn released(&mut self, _q: &mut Requests, conn: ConnId) {
+    fn released(&mut self, q: &mut Requests, conn: ConnId) {
         self.unlist(conn);
+        self.put_back(q, conn);
         let s = self.slab.header(conn);
         let reason = match s.has(flag::CLOSED | flag::CLOSE_AFTER_SEND) {
             true => CloseReason::ALL[s.close_reason as usize],
@@ -339,6 +352,9 @@ impl Handler for Sessions {
 
     fn tick(&mut self, q: &mut Requests) -> Option<Duration> {
         self.now_tick = (self.started.elapsed().as_millis() as u64 / self.tick_ms) as u32;
+        if let Some(b) = self.slab.budget() {
+            self.stats.slot_budget_used.set(b.used() as u64);
+        }
         self.chat_tick(q);
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();

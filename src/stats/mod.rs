@@ -99,6 +99,9 @@ pub struct WorkerStats {
     pub backpressure_pauses: Counter,
     /// Slab slots held (sessions plus those still closing); returns to 0 when all are gone.
     pub slots_in_use: Counter,
+    /// Slot bytes the server's sessions have marked resident, all workers together (the shared
+    /// `--slot-budget`; each worker reports the same value).
+    pub slot_budget_used: Counter,
     /// Address ranges of this worker's slab (headers, bookkeeping, slots), for resident bytes.
     pub slab_ranges: [(AtomicUsize, AtomicUsize); 3],
     pub chat: ChatStats,
@@ -128,6 +131,10 @@ pub struct TransportStats {
     /// completions for a slot with nothing in flight: both should stay 0.
     pub stale_completions: Counter,
     pub unexpected_completions: Counter,
+    /// The xdp data plane: Ethernet frames received, TCP retransmissions, resets in and out.
+    pub frames_in: Counter,
+    pub retransmits: Counter,
+    pub resets: Counter,
 }
 
 impl AsRef<TransportStats> for WorkerStats {
@@ -136,8 +143,9 @@ impl AsRef<TransportStats> for WorkerStats {
     }
 }
 
-/// Routing counters of one worker. Every message the server ACKed ends in exactly one of
-/// delivered (queued to a session), stored (offline) or dropped; NACKed ones are counted apart.
+/// Routing counters of one worker. Every message the server ACKed is held (in a queue between
+/// workers, a session's unreceipted list, or the store) until its RECEIPT, or its TTL in the
+/// store (counted as expired); NACKed ones are counted apart.
 #[derive(Default)]
 pub struct ChatStats {
     /// DELIVERs queued into a session's outgoing data on this worker (direct, group, offline).
@@ -153,15 +161,29 @@ pub struct ChatStats {
     pub offline_stored: Counter,
     /// SENDs refused with NACK 8 (an offline bound).
     pub offline_refused: Counter,
-    /// SENDs to a group, and group members' copies dropped because their offline queue was full.
+    /// SENDs to a group (ACKed: every copy reserved).
     pub group_sends: Counter,
-    pub group_member_dropped: Counter,
-    /// RECEIPT notices for a sender who is offline (not stored: the receipt is informational).
+    /// DELIVERs for an online session that had no room, kept in the store until it drains.
+    pub overflowed: Counter,
+    /// RECEIPTs relayed: for a message delivered to that session and held.
+    pub receipted: Counter,
+    /// RECEIPTs refused (not relayed): for a message not delivered to that session, or already
+    /// receipted (forged or repeated).
+    pub receipts_refused: Counter,
+    /// Delivered but unreceipted messages of sessions that ended, given back to the store or to
+    /// the user's newer session.
+    pub put_back: Counter,
+    /// Delivered, unreceipted messages this worker's sessions hold now.
+    pub pending: Counter,
+    /// RECEIPT notices for a sender who is offline or has no room (informational: not stored).
     pub notices_dropped: Counter,
     /// Offline store totals, set by worker 0 only (the store is shared).
     pub offline_held_messages: Counter,
     pub offline_held_bytes: Counter,
     pub offline_expired: Counter,
+    /// Every message held anywhere (reserved, not yet receipted or expired), set by worker 0.
+    pub held_messages: Counter,
+    pub held_bytes: Counter,
 }
 
 impl WorkerStats {
@@ -303,6 +325,8 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     per_worker(&mut out, "c2m_slab_slots_in_use", "gauge", "Session slots held, closing ones included.", &|s| {
         s.slots_in_use.get()
     });
+    family(&mut out, "c2m_slot_budget_used_bytes", "gauge", "Slot bytes marked resident, all workers (--slot-budget).");
+    let _ = writeln!(out, "c2m_slot_budget_used_bytes {}", workers.first().map_or(0, |s| s.slot_budget_used.get()));
     per_worker(&mut out, "c2m_rings", "gauge", "io_uring instances.", &|s| s.transport.rings.get());
     per_worker(&mut out, "c2m_fixed_files_in_use", "gauge", "Direct descriptors in use.", &|s| {
         s.transport.fixed_files_in_use.get()
@@ -329,19 +353,36 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         }),
         ("c2m_chat_offline_refused_total", "counter", "SENDs refused with NACK 8.", |s| s.chat.offline_refused.get()),
         ("c2m_chat_group_sends_total", "counter", "SENDs to a group.", |s| s.chat.group_sends.get()),
-        (
-            "c2m_chat_group_member_dropped_total",
-            "counter",
-            "Group copies dropped: the member's offline queue was full.",
-            |s| s.chat.group_member_dropped.get(),
-        ),
-        ("c2m_chat_notices_dropped_total", "counter", "RECEIPT notices for a sender who was offline.", |s| {
+        ("c2m_chat_overflowed_total", "counter", "DELIVERs kept in the store while their session had no room.", |s| {
+            s.chat.overflowed.get()
+        }),
+        ("c2m_chat_receipted_total", "counter", "RECEIPTs relayed (the message was delivered there).", |s| {
+            s.chat.receipted.get()
+        }),
+        ("c2m_chat_receipts_refused_total", "counter", "RECEIPTs not relayed: forged or repeated.", |s| {
+            s.chat.receipts_refused.get()
+        }),
+        ("c2m_chat_put_back_total", "counter", "Unreceipted messages of ended sessions given back.", |s| {
+            s.chat.put_back.get()
+        }),
+        ("c2m_chat_pending_messages", "gauge", "Delivered messages waiting for their RECEIPT.", |s| {
+            s.chat.pending.get()
+        }),
+        ("c2m_chat_notices_dropped_total", "counter", "RECEIPT notices for a sender offline or without room.", |s| {
             s.chat.notices_dropped.get()
+        }),
+        ("c2m_chat_held_messages", "gauge", "ACKed messages held anywhere until receipted or expired.", |s| {
+            s.chat.held_messages.get()
+        }),
+        ("c2m_chat_held_bytes", "gauge", "Bytes those messages are charged (frame and keeping cost).", |s| {
+            s.chat.held_bytes.get()
         }),
         ("c2m_chat_offline_messages", "gauge", "Messages in the offline store.", |s| {
             s.chat.offline_held_messages.get()
         }),
-        ("c2m_chat_offline_bytes", "gauge", "Bytes in the offline store.", |s| s.chat.offline_held_bytes.get()),
+        ("c2m_chat_offline_bytes", "gauge", "Bytes the offline store's messages are charged.", |s| {
+            s.chat.offline_held_bytes.get()
+        }),
         ("c2m_chat_offline_expired_total", "counter", "Stored messages dropped at their TTL.", |s| {
             s.chat.offline_expired.get()
         }),

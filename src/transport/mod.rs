@@ -26,6 +26,7 @@
 //! calls `sent` when the peer acknowledges them.
 
 pub mod kernel;
+pub mod xdp;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -205,6 +206,8 @@ pub trait Handler {
     /// Output bytes after the first `skip`, a contiguous piece (call again with a larger skip
     /// for more); pins nothing.
     fn peek_output(&self, conn: ConnId, skip: usize) -> &[u8];
+    /// Bytes queued for output (unsent and unacknowledged ones together).
+    fn output_len(&self, conn: ConnId) -> usize;
     /// `n` bytes from the head of the output queue are done (sent, or acknowledged).
     fn sent(&mut self, q: &mut Requests, conn: ConnId, n: usize);
 

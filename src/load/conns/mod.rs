@@ -319,6 +319,10 @@ impl Handler for Conns {
         out.get(skip..len).unwrap_or(&[])
     }
 
+    fn output_len(&self, conn: ConnId) -> usize {
+        self.slab.header(conn).s.out_len as usize
+    }
+
     fn sent(&mut self, q: &mut Requests, conn: ConnId, n: usize) {
         self.on_sent(q, conn, n);
     }
