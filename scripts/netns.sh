@@ -8,6 +8,7 @@
 #   c2m-srv: c2m-s0 198.18.0.1/15 ==veth== c2m-c0 198.18.0.2/15 :c2m-cli
 #            route 198.19.0.0/16 via 198.18.0.2
 #
+# In both namespaces net.core.txrehash is 0: a flow keeps its queue (one AF_XDP worker a queue).
 # Both veth ends have 2 RX and 2 TX queues, and TX checksum offload, TSO, GSO, GRO and RX
 # checksum offload off: with TX checksum offload on, a kernel socket's frames cross the veth with
 # a partial TCP checksum (only the pseudo-header sum) and an AF_XDP socket reads a wrong one; TSO
@@ -159,6 +160,11 @@ do_up() {
     fi
     run "lo up in $ns" ip -n "$ns" link set lo up
     run "$dev up" ip -n "$ns" link set "$dev" up
+    # A kernel socket re-picks its TX queue (its flow hash) after a retransmission timeout; on
+    # veth the TX queue is the peer's RX queue, and each RX queue is one AF_XDP worker with its
+    # own connections, so a flow that moves lands on a worker that does not know it (an RST).
+    # The setting belongs to the namespace and goes with it; the host's is not touched.
+    run "net.core.txrehash=0 in $ns" ip netns exec "$ns" sysctl -qw net.core.txrehash=0
   done
   run "route $LOADGEN_NET via $ADDR_CLI" ip -n "$NS_SRV" route add "$LOADGEN_NET" via "$ADDR_CLI" dev "$VETH_SRV"
   echo "up: $NS_SRV/$VETH_SRV $ADDR_SRV/$PREFIX <-> $NS_CLI/$VETH_CLI $ADDR_CLI/$PREFIX, $QUEUES queues," \

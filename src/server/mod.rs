@@ -27,6 +27,7 @@ use crate::proto;
 use crate::slab::SlabError;
 use crate::stats::WorkerStats;
 use crate::transport::kernel::{self, KernelConfig, KernelTransport, Listen, listener};
+use crate::transport::xdp::XdpTransport;
 use crate::units::{duration_range, human_bytes, thousands};
 use sessions::Sessions;
 
@@ -91,6 +92,28 @@ pub struct ServeConfig {
     pub groups: u64,
     pub group_size: u32,
     pub offline: offline::OfflineLimits,
+    /// Which data plane carries the connections.
+    pub dataplane: DataPlane,
+    /// A network namespace to serve in (`scripts/netns.sh` makes `c2m-srv`).
+    pub netns: Option<String>,
+}
+
+/// The data planes (see `crate::transport`).
+#[derive(Clone, Debug, Default)]
+pub enum DataPlane {
+    /// io_uring over kernel TCP sockets.
+    #[default]
+    Kernel,
+    /// AF_XDP and c2m's own TCP.
+    Xdp(XdpSettings),
+}
+
+#[derive(Clone, Debug)]
+pub struct XdpSettings {
+    pub iface: String,
+    pub mode: crate::xdp::XdpMode,
+    /// Faults on received frames (a test option).
+    pub fault: Option<crate::tcp::FaultConfig>,
 }
 
 impl Default for ServeConfig {
@@ -116,6 +139,8 @@ impl Default for ServeConfig {
             groups: 0,
             group_size: 0,
             offline: offline::OfflineLimits::default(),
+            dataplane: DataPlane::Kernel,
+            netns: None,
         }
     }
 }
@@ -267,26 +292,126 @@ pub struct Layout {
     pub rings_per_worker: usize,
     pub max_rings_per_worker: usize,
     pub files_per_ring: u32,
+    /// Which data plane, and (xdp) how it attached.
+    pub dataplane: String,
     pub features: Features,
 }
 
-/// One worker: the kernel data plane driving the sessions.
-type Worker = KernelTransport<Sessions, WorkerStats>;
+/// The workers, on one data plane or the other; both drive the same sessions.
+enum Pool {
+    Kernel(WorkerPool<KernelTransport<Sessions, WorkerStats>>),
+    Xdp(WorkerPool<XdpTransport<Sessions, WorkerStats>>),
+}
+
+impl Pool {
+    fn stop(&self) {
+        match self {
+            Pool::Kernel(p) => p.stop(),
+            Pool::Xdp(p) => p.stop(),
+        }
+    }
+
+    fn ended(&self) -> Option<usize> {
+        match self {
+            Pool::Kernel(p) => p.ended(),
+            Pool::Xdp(p) => p.ended(),
+        }
+    }
+
+    fn join(self) -> Vec<Result<(), EngineError>> {
+        match self {
+            Pool::Kernel(p) => p.join().into_iter().map(|r| r.map(drop)).collect(),
+            Pool::Xdp(p) => p.join().into_iter().map(|r| r.map(drop)).collect(),
+        }
+    }
+}
+
+/// What every worker's sessions share, whatever the data plane.
+struct Shared {
+    chat: Arc<route::ChatShared>,
+    budget: Arc<budget::SessionBudget>,
+    resident: Arc<crate::slab::ResidentBudget>,
+    stats: Vec<Arc<WorkerStats>>,
+}
+
+impl Shared {
+    fn sessions(
+        &self,
+        id: usize,
+        cfg: &Arc<ServeConfig>,
+        pool: &Arc<crate::engine::PoolShared>,
+    ) -> Result<Sessions, String> {
+        Sessions::new(
+            id,
+            cfg.clone(),
+            self.stats[id].clone(),
+            self.budget.clone(),
+            self.resident.clone(),
+            self.chat.clone(),
+            pool.clone(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// A random key for TCP's initial sequence numbers and SYN cookies (not predictable from
+/// outside; shared by the workers, so a cookie from one is valid at another).
+fn tcp_secret() -> u64 {
+    let mut bytes = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+    }
+}
 
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     layout: Layout,
-    pool: WorkerPool<Worker>,
+    pool: Pool,
     stats: Vec<Arc<WorkerStats>>,
+    /// The steering program's link (xdp data plane): detached when the server goes.
+    _xdp: Option<crate::xdp::XdpLink>,
 }
 
 impl Server {
-    /// Probes io_uring, binds one SO_REUSEPORT listener per worker, and starts the workers. Returns
-    /// once every worker is accepting.
+    /// Probes io_uring, sets up the data plane (one SO_REUSEPORT listener per worker, or AF_XDP
+    /// sockets and the steering program), and starts the workers, inside `cfg.netns` if given
+    /// (the caller's thread stays where it is: a metrics endpoint it opens is reached from there).
+    /// Returns once every worker is accepting.
     pub fn start(cfg: ServeConfig) -> Result<Server, ServerError> {
         cfg.validate()?;
+        let Some(ns) = cfg.netns.clone() else { return Server::start_here(cfg) };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // Workers started from this thread are born in the namespace.
+                    let _inside = crate::xdp::netns::enter(&ns).map_err(|e| ServerError::Config(e.to_string()))?;
+                    Server::start_here(cfg)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(ServerError::Config("starting the server panicked".into())))
+        })
+    }
+
+    fn start_here(cfg: ServeConfig) -> Result<Server, ServerError> {
         let features = probe()?;
+        let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::new(WorkerStats::default())).collect();
+        let chat = route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline)
+            .map_err(|source| ServerError::Io { what: "mapping the chat directory and quotas".into(), source })?;
+        let shared = Shared {
+            chat: Arc::new(chat),
+            budget: Arc::new(budget::SessionBudget::new(cfg.max_sessions)),
+            resident: Arc::new(crate::slab::ResidentBudget::new(cfg.slot_budget)),
+            stats: stats.clone(),
+        };
+        match cfg.dataplane.clone() {
+            DataPlane::Kernel => Server::start_kernel(cfg, shared, features),
+            DataPlane::Xdp(xdp) => Server::start_xdp(cfg, xdp, shared, features),
+        }
+    }
+
+    fn start_kernel(cfg: ServeConfig, shared: Shared, features: Features) -> Result<Server, ServerError> {
         let files = cfg.files_per_ring.unwrap_or_else(crate::engine::ring_set::table_limit);
         if files < 64 {
             return Err(ServerError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
@@ -303,12 +428,16 @@ impl Server {
             )));
         }
         let rings = rings_needed(cfg.max_sessions.div_ceil(cfg.workers), files, margin);
-        let max_sessions = cfg.max_sessions;
         let io = |what: &str| {
             let what = what.to_string();
             move |source| ServerError::Io { what, source }
         };
-        let first = listener(cfg.listen, cfg.backlog).map_err(io("listening"))?;
+        // One accept run can take the whole listen queue; a ring stops accepting with `margin`
+        // slots left, so the queue must be shorter than that, or a burst fills the table and the
+        // kernel resets what it cannot install (small tables only: with RLIMIT_NOFILE's 20,000
+        // the margin is the backlog + 64).
+        let backlog = cfg.backlog.min(margin.saturating_sub(64).max(margin / 4).max(1));
+        let first = listener(cfg.listen, backlog).map_err(io("listening"))?;
         let addr = first
             .local_addr()
             .ok()
@@ -316,7 +445,7 @@ impl Server {
             .ok_or_else(|| ServerError::Config("listener has no address".into()))?;
         let mut listeners = vec![Some(OwnedFd::from(first))];
         for _ in 1..cfg.workers {
-            listeners.push(Some(OwnedFd::from(listener(addr, cfg.backlog).map_err(io("listening"))?)));
+            listeners.push(Some(OwnedFd::from(listener(addr, backlog).map_err(io("listening"))?)));
         }
         let pool_cfg = PoolConfig {
             workers: cfg.workers,
@@ -331,51 +460,108 @@ impl Server {
             },
             rings,
         };
-        let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::new(WorkerStats::default())).collect();
+        let layout = Layout {
+            workers: cfg.workers,
+            max_sessions: cfg.max_sessions,
+            rings_per_worker: rings,
+            max_rings_per_worker: max_rings,
+            files_per_ring: files,
+            dataplane: "kernel (io_uring over kernel TCP sockets)".into(),
+            features,
+        };
+        let stats = shared.stats.clone();
         let cfg = Arc::new(cfg);
-        let chat = route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline)
-            .map_err(|source| ServerError::Io { what: "mapping the chat directory and quotas".into(), source })?;
-        let chat = Arc::new(chat);
-        let budget = Arc::new(budget::SessionBudget::new(cfg.max_sessions));
-        let resident = Arc::new(crate::slab::ResidentBudget::new(cfg.slot_budget));
         let listeners = std::sync::Mutex::new(listeners);
-        let worker_stats = stats.clone();
         let recv = match cfg.recv_arm {
             RecvArm::Poll => kernel::RecvArm::Poll,
             RecvArm::Multishot => kernel::RecvArm::Multishot,
         };
-        let pool = WorkerPool::start(&pool_cfg, move |id, io, shared| {
+        let pool = WorkerPool::start(&pool_cfg, move |id, io, pool| {
             let fd = listeners.lock().map_err(|_| "listener table poisoned".to_string())?[id]
                 .take()
                 .ok_or_else(|| format!("no listener for worker {id}"))?;
-            let stats = worker_stats[id].clone();
-            let sessions = Sessions::new(
-                id,
-                cfg.clone(),
-                stats.clone(),
-                budget.clone(),
-                resident.clone(),
-                chat.clone(),
-                shared.clone(),
-            )
-            .map_err(|e| e.to_string())?;
+            let sessions = shared.sessions(id, &cfg, pool)?;
             let kernel_cfg = KernelConfig {
                 recv,
-                slots: budget.limit(),
+                slots: shared.budget.limit(),
                 listen: Some(Listen { fd, margin, max_rings }),
                 connect: None,
             };
-            KernelTransport::new(io, kernel_cfg, sessions, stats).map_err(|e| e.to_string())
+            KernelTransport::new(io, kernel_cfg, sessions, shared.stats[id].clone()).map_err(|e| e.to_string())
         })?;
+        Ok(Server { addr, layout, pool: Pool::Kernel(pool), stats, _xdp: None })
+    }
+
+    /// The xdp data plane: the steering program on `xdp.iface`, an AF_XDP socket per worker on
+    /// the RX queue of the same index, c2m's TCP on each.
+    fn start_xdp(
+        cfg: ServeConfig,
+        xdp: XdpSettings,
+        shared: Shared,
+        features: Features,
+    ) -> Result<Server, ServerError> {
+        use crate::xdp::{Filter, Interface, XdpProgram, Xsk, XskConfig};
+        let config = |e: crate::xdp::XdpError| ServerError::Config(e.to_string());
+        let SocketAddr::V4(listen) = cfg.listen else {
+            return Err(ServerError::Config(
+                "the xdp data plane serves IPv4 only: give --listen an IPv4 address".into(),
+            ));
+        };
+        if listen.port() == 0 {
+            return Err(ServerError::Config("the xdp data plane needs a --listen port (0 picks none)".into()));
+        }
+        let iface = Interface::by_name(&xdp.iface).map_err(config)?;
+        let queues = iface.rx_queues().max(1);
+        let workers = cfg.workers.min(queues as usize);
+        let program = Arc::new(XdpProgram::load(&[Filter::TcpTo(listen)], queues).map_err(config)?);
+        let link = program.attach(&iface, xdp.mode).map_err(config)?;
         let layout = Layout {
-            workers: pool.len(),
-            max_sessions,
-            rings_per_worker: rings,
-            max_rings_per_worker: max_rings,
-            files_per_ring: files,
+            workers,
+            max_sessions: cfg.max_sessions,
+            rings_per_worker: 1,
+            max_rings_per_worker: 1,
+            files_per_ring: 0,
+            dataplane: format!("xdp on {} ({}, {} queues), c2m's TCP", iface.name(), link.mode(), queues),
             features,
         };
-        Ok(Server { addr, layout, pool, stats })
+        let pool_cfg = PoolConfig {
+            workers,
+            name: "c2m-x",
+            core_offset: 0,
+            // The ring only polls the socket and ticks: no sockets of its own, no receive buffers.
+            ring: RingConfig { sq_entries: 64, cq_entries: 256, files: 16, recv_buffers: 2, recv_buffer_size: 64 },
+            rings: 1,
+        };
+        let stats = shared.stats.clone();
+        let cfg = Arc::new(cfg);
+        let secret = tcp_secret();
+        let pool = WorkerPool::start(&pool_cfg, {
+            let program = program.clone();
+            move |id, _io, pool| {
+                let xsk = Xsk::bind(&iface, id as u32, &XskConfig::default()).map_err(|e| e.to_string())?;
+                program.register(&xsk).map_err(|e| e.to_string())?;
+                let sessions = shared.sessions(id, &cfg, pool)?;
+                let tcp = crate::tcp::Config {
+                    capacity: u32::try_from(cfg.max_sessions + cfg.max_sessions / 16 + 1024).unwrap_or(u32::MAX),
+                    secret,
+                    ..crate::tcp::Config::default()
+                };
+                let xdp_cfg = crate::transport::xdp::XdpConfig {
+                    xsk,
+                    program: program.clone(),
+                    tcp,
+                    local_mac: iface.mac(),
+                    peer_mac: None,
+                    listen: Some(listen),
+                    slots: shared.budget.limit(),
+                    fault: xdp.fault.map(|f| (f, secret ^ id as u64)),
+                };
+                crate::transport::xdp::XdpTransport::new(xdp_cfg, sessions, shared.stats[id].clone())
+                    .map_err(|e| e.to_string())
+            }
+        })?;
+        let addr = SocketAddr::V4(listen);
+        Ok(Server { addr, layout, pool: Pool::Xdp(pool), stats, _xdp: Some(link) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

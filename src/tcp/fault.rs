@@ -20,6 +20,35 @@ pub struct FaultConfig {
     pub max_held: usize,
 }
 
+impl std::str::FromStr for FaultConfig {
+    type Err = String;
+
+    /// `drop=20,reorder=30,duplicate=5,corrupt=5,delay=10[,max-delay-ms=50]`: per mille each.
+    fn from_str(s: &str) -> Result<FaultConfig, String> {
+        let mut cfg = FaultConfig { max_delay_ms: 20, max_held: 4096, ..FaultConfig::default() };
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| format!("{part:?}: want key=per-mille"))?;
+            let n: u32 = value.trim().parse().map_err(|_| format!("{part:?}: not a whole number"))?;
+            let per_mille =
+                || u16::try_from(n).ok().filter(|&v| v <= 1000).ok_or(format!("{part:?}: at most 1000 (per mille)"));
+            match key.trim() {
+                "drop" => cfg.drop = per_mille()?,
+                "corrupt" => cfg.corrupt = per_mille()?,
+                "duplicate" => cfg.duplicate = per_mille()?,
+                "delay" => cfg.delay = per_mille()?,
+                "reorder" => cfg.reorder = per_mille()?,
+                "max-delay-ms" => cfg.max_delay_ms = n.clamp(1, 10_000),
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (drop, corrupt, duplicate, delay, reorder, max-delay-ms)"
+                    ));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
 impl FaultConfig {
     /// Drops only.
     pub fn drop(per_mille: u16) -> FaultConfig {
