@@ -78,24 +78,8 @@ struct ServeArgs {
     /// memory per idle session) or `multishot` (a multishot receive: fewest completions).
     #[arg(long, value_enum, default_value_t = c2m::server::RecvArm::Poll)]
     recv_arm: c2m::server::RecvArm,
-    /// The data plane: kernel (io_uring over kernel TCP sockets) or xdp (AF_XDP and c2m's own
-    /// TCP, on --iface; run it in the namespace that holds the interface, e.g. --netns c2m-srv).
-    #[arg(long, value_enum, default_value = "kernel")]
-    dataplane: DataPlaneArg,
-    /// The interface of the xdp data plane (scripts/netns.sh up makes c2m-s0 in c2m-srv).
-    #[arg(long)]
-    iface: Option<String>,
-    /// How the xdp steering program attaches: native (driver), generic (skb), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    xdp_mode: XdpModeArg,
-    /// Faults on the frames the xdp data plane receives, per mille (a test option: netem is not
-    /// built into this kernel), e.g. drop=20,reorder=30,duplicate=5,corrupt=5,delay=10.
-    #[arg(long)]
-    xdp_fault: Option<c2m::tcp::FaultConfig>,
-    /// Serve inside this network namespace (its listener or interface is there; /metrics stays
-    /// in the namespace c2m was started in).
-    #[arg(long)]
-    netns: Option<String>,
+    #[command(flatten)]
+    dataplane: c2m::transport::DataPlaneArgs,
     /// Serve Prometheus text at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -151,39 +135,8 @@ struct HoldArgs {
     hold_secs: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum DataPlaneArg {
-    Kernel,
-    Xdp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum XdpModeArg {
-    Auto,
-    Native,
-    Generic,
-}
-
-impl XdpModeArg {
-    fn mode(self) -> c2m::xdp::XdpMode {
-        match self {
-            XdpModeArg::Auto => c2m::xdp::XdpMode::Auto,
-            XdpModeArg::Native => c2m::xdp::XdpMode::Native,
-            XdpModeArg::Generic => c2m::xdp::XdpMode::Generic,
-        }
-    }
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let dataplane = match (args.dataplane, &args.iface) {
-        (DataPlaneArg::Kernel, _) => c2m::server::DataPlane::Kernel,
-        (DataPlaneArg::Xdp, Some(iface)) => c2m::server::DataPlane::Xdp(c2m::server::XdpSettings {
-            iface: iface.clone(),
-            mode: args.xdp_mode.mode(),
-            fault: args.xdp_fault,
-        }),
-        (DataPlaneArg::Xdp, None) => anyhow::bail!("--dataplane xdp needs --iface (e.g. c2m-s0, with --netns c2m-srv)"),
-    };
+    let dataplane = args.dataplane.dataplane().map_err(anyhow::Error::msg)?;
     let defaults = ServeConfig::default();
     let cfg = ServeConfig {
         listen: args.listen,
@@ -200,7 +153,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         recv_buffers: args.recv_buffers,
         recv_arm: args.recv_arm,
         dataplane,
-        netns: args.netns.clone(),
+        netns: args.dataplane.netns.clone(),
         recv_buffer_size: args.recv_buffer_size,
         users: args.users,
         groups: args.groups,

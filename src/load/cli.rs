@@ -163,6 +163,8 @@ pub struct LoadArgs {
     pub recv_buffers: u16,
     #[arg(long, hide = true, default_value_t = 2048)]
     pub recv_buffer_size: u32,
+    #[command(flatten)]
+    pub dataplane: crate::transport::DataPlaneArgs,
 }
 
 impl LoadArgs {
@@ -241,6 +243,8 @@ impl LoadArgs {
                 group_fraction: self.group_fraction,
                 body: self.body as usize,
             },
+            dataplane: self.dataplane.dataplane()?,
+            netns: self.dataplane.netns.clone(),
         })
     }
 }

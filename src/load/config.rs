@@ -92,6 +92,11 @@ pub struct LoadConfig {
     /// MemFree below this stops the run (aborted, result still written).
     pub keep_free: u64,
     pub chat: ChatParams,
+    /// Which data plane opens the connections (xdp: AF_XDP and c2m's own TCP, from any source
+    /// address, configured nowhere).
+    pub dataplane: crate::transport::DataPlane,
+    /// A network namespace to run in (`scripts/netns.sh` makes `c2m-cli`).
+    pub netns: Option<String>,
 }
 
 /// What the chat workload needs beyond the schedule.

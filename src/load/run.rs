@@ -23,7 +23,9 @@ use crate::engine::ring_set::{rings_needed, table_limit};
 use crate::engine::{PoolConfig, RingConfig, WorkerPool};
 use crate::host::signal::{block_stop_signals, wait_signal};
 use crate::schema::load::*;
+use crate::transport::DataPlane;
 use crate::transport::kernel::{self, ConnectPlan, KernelConfig, KernelTransport};
+use crate::transport::xdp::XdpTransport;
 
 /// How long the sends stop before the close (when there is no hold) for the last replies.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
@@ -49,11 +51,38 @@ fn sum(stats: &[Arc<LoadStats>], f: impl Fn(&LoadStats) -> u64) -> u64 {
     stats.iter().map(|s| f(s)).sum()
 }
 
-/// One load worker: the kernel data plane driving its connections.
-type Worker = KernelTransport<Conns, LoadStats>;
+/// The workers, on one data plane or the other; both drive the same connections.
+enum LoadPool {
+    Kernel(WorkerPool<KernelTransport<Conns, LoadStats>>),
+    /// With the steering program's link: detached when the run ends.
+    Xdp(WorkerPool<XdpTransport<Conns, LoadStats>>, crate::xdp::XdpLink),
+}
+
+impl LoadPool {
+    fn ended(&self) -> Option<usize> {
+        match self {
+            LoadPool::Kernel(p) => p.ended(),
+            LoadPool::Xdp(p, _) => p.ended(),
+        }
+    }
+
+    fn all_ended(&self) -> bool {
+        match self {
+            LoadPool::Kernel(p) => p.all_ended(),
+            LoadPool::Xdp(p, _) => p.all_ended(),
+        }
+    }
+
+    fn join(self) -> Vec<Result<Conns, crate::engine::EngineError>> {
+        match self {
+            LoadPool::Kernel(p) => p.join().into_iter().map(|r| r.map(|w| w.into_handler())).collect(),
+            LoadPool::Xdp(p, _link) => p.join().into_iter().map(|r| r.map(|w| w.into_handler())).collect(),
+        }
+    }
+}
 
 struct Workers {
-    pool: WorkerPool<Worker>,
+    pool: LoadPool,
     stats: Vec<Arc<LoadStats>>,
     intervals: Receiver<Interval>,
     rings: usize,
@@ -61,6 +90,24 @@ struct Workers {
 }
 
 fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Workers, LoadError> {
+    let (interval_tx, intervals) = bounded(cfg.workers * 64);
+    let stats: Vec<Arc<LoadStats>> = (0..cfg.workers).map(|_| Arc::new(LoadStats::default())).collect();
+    let make = {
+        let (cfg, control, stats) = (cfg.clone(), control.clone(), stats.clone());
+        move |id: usize| Conns::new(id, cfg.clone(), control.clone(), stats[id].clone(), interval_tx.clone())
+    };
+    match &cfg.dataplane {
+        DataPlane::Kernel => start_kernel(cfg, stats, intervals, make),
+        DataPlane::Xdp(xdp) => start_xdp(cfg, xdp, stats, intervals, make),
+    }
+}
+
+fn start_kernel(
+    cfg: &Arc<LoadConfig>,
+    stats: Vec<Arc<LoadStats>>,
+    intervals: Receiver<Interval>,
+    make: impl Fn(usize) -> Result<Conns, LoadError> + Send + Sync + 'static,
+) -> Result<Workers, LoadError> {
     let files = cfg.files_per_ring.unwrap_or_else(table_limit);
     if files < 64 {
         return Err(LoadError::Config(format!("{files} fixed files per ring is too few (RLIMIT_NOFILE?)")));
@@ -87,27 +134,79 @@ fn start_workers(cfg: &Arc<LoadConfig>, control: &Arc<Control>) -> Result<Worker
         },
         rings,
     };
-    let (interval_tx, intervals) = bounded(cfg.workers * 64);
-    let stats: Vec<Arc<LoadStats>> = (0..cfg.workers).map(|_| Arc::new(LoadStats::default())).collect();
-    let (worker_cfg, worker_control, worker_stats) = (cfg.clone(), control.clone(), stats.clone());
+    let (worker_cfg, worker_stats) = (cfg.clone(), stats.clone());
     let pool = WorkerPool::start(&pool_cfg, move |id, io, _shared| {
-        let cfg = worker_cfg.clone();
-        let stats = worker_stats[id].clone();
-        let conns = Conns::new(id, cfg.clone(), worker_control.clone(), stats.clone(), interval_tx.clone())
-            .map_err(|e| e.to_string())?;
+        let cfg = &worker_cfg;
+        let conns = make(id).map_err(|e| e.to_string())?;
         let kernel_cfg = KernelConfig {
             recv: if cfg.recv_on_demand() { kernel::RecvArm::OnDemand } else { kernel::RecvArm::Multishot },
             slots: cfg.connections_of(id).max(1) as usize,
             listen: None,
             connect: Some(ConnectPlan {
-                concurrency: Conns::concurrency(&cfg) as usize,
+                concurrency: Conns::concurrency(cfg) as usize,
                 timeout: cfg.connect_timeout,
                 max_rings: rings,
             }),
         };
-        KernelTransport::new(io, kernel_cfg, conns, stats).map_err(|e| e.to_string())
+        KernelTransport::new(io, kernel_cfg, conns, worker_stats[id].clone()).map_err(|e| e.to_string())
     })?;
-    Ok(Workers { pool, stats, intervals, rings, files })
+    Ok(Workers { pool: LoadPool::Kernel(pool), stats, intervals, rings, files })
+}
+
+/// The xdp data plane: the steering program on the interface (replies from the target only),
+/// an AF_XDP socket per worker on the queue of the same index, c2m's TCP opening from any
+/// source address (nothing is configured in a kernel for them).
+fn start_xdp(
+    cfg: &Arc<LoadConfig>,
+    xdp: &crate::transport::XdpSettings,
+    stats: Vec<Arc<LoadStats>>,
+    intervals: Receiver<Interval>,
+    make: impl Fn(usize) -> Result<Conns, LoadError> + Send + Sync + 'static,
+) -> Result<Workers, LoadError> {
+    use crate::xdp::{Filter, Interface, XdpProgram, Xsk, XskConfig};
+    let config = |e: crate::xdp::XdpError| LoadError::Config(e.to_string());
+    let std::net::SocketAddr::V4(target) = cfg.target else {
+        return Err(LoadError::Config("the xdp data plane connects to IPv4 targets only".into()));
+    };
+    let iface = Interface::by_name(&xdp.iface).map_err(config)?;
+    let peer_mac = crate::xdp::iface::neighbour_mac(*target.ip(), std::time::Duration::from_secs(2)).map_err(config)?;
+    let program = Arc::new(XdpProgram::load(&[Filter::TcpFrom(target)], iface.rx_queues().max(1)).map_err(config)?);
+    let link = program.attach(&iface, xdp.mode).map_err(config)?;
+    let pool_cfg = PoolConfig {
+        workers: cfg.workers,
+        name: "c2m-loadx",
+        core_offset: core_affinity::get_core_ids().map_or(0, |c| c.len() / 2),
+        // The ring only polls the socket and ticks.
+        ring: RingConfig { sq_entries: 64, cq_entries: 256, files: 16, recv_buffers: 2, recv_buffer_size: 64 },
+        rings: 1,
+    };
+    let secret = crate::server::tcp_secret();
+    let (worker_cfg, worker_stats, fault) = (cfg.clone(), stats.clone(), xdp.fault);
+    let pool = WorkerPool::start(&pool_cfg, move |id, _io, _shared| {
+        let cfg = &worker_cfg;
+        let xsk = Xsk::bind(&iface, id as u32, &XskConfig::default()).map_err(|e| e.to_string())?;
+        program.register(&xsk).map_err(|e| e.to_string())?;
+        let conns = make(id).map_err(|e| e.to_string())?;
+        let slots = cfg.connections_of(id).max(1) as usize;
+        let tcp = crate::tcp::Config {
+            capacity: u32::try_from(slots + 1024).unwrap_or(u32::MAX),
+            syn_retries: 6,
+            secret,
+            ..crate::tcp::Config::default()
+        };
+        let xdp_cfg = crate::transport::xdp::XdpConfig {
+            xsk,
+            program: program.clone(),
+            tcp,
+            local_mac: iface.mac(),
+            peer_mac: Some(peer_mac),
+            listen: None,
+            slots,
+            fault: fault.map(|f| (f, secret ^ id as u64)),
+        };
+        XdpTransport::new(xdp_cfg, conns, worker_stats[id].clone()).map_err(|e| e.to_string())
+    })?;
+    Ok(Workers { pool: LoadPool::Xdp(pool, link), stats, intervals, rings: 1, files: 0 })
 }
 
 /// The interval log: HdrHistogram's format, values in nanoseconds.
@@ -154,8 +253,18 @@ fn us(ns: u64) -> f64 {
 }
 
 /// Runs the load and returns what it measured; the JSON and interval log are written as asked.
-pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> {
+pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> {
     cfg.validate()?;
+    // The whole run lives in the namespace (workers are born in their creator's).
+    let _netns = match &cfg.netns {
+        Some(ns) => Some(crate::xdp::netns::enter(ns).map_err(|e| LoadError::Config(e.to_string()))?),
+        None => None,
+    };
+    if let DataPlane::Xdp(xdp) = &cfg.dataplane {
+        // One worker per queue at most: each has the AF_XDP socket of its queue.
+        let iface = crate::xdp::Interface::by_name(&xdp.iface).map_err(|e| LoadError::Config(e.to_string()))?;
+        cfg.workers = cfg.workers.min(iface.rx_queues().max(1) as usize);
+    }
     probe()?;
     let signals = block_stop_signals().map_err(|e| LoadError::io("blocking SIGINT/SIGTERM", e.into()))?;
 
@@ -250,15 +359,15 @@ pub fn run(cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadError> 
 
 /// Every worker's histograms and errors, merged; a worker that failed aborts the run.
 fn gather(
-    outcomes: Vec<Result<Worker, crate::engine::EngineError>>,
+    outcomes: Vec<Result<Conns, crate::engine::EngineError>>,
     course: &mut Course,
 ) -> (RunHistograms, BTreeMap<String, u64>) {
     let mut histograms = RunHistograms::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for outcome in outcomes {
         match outcome {
-            Ok(worker) => {
-                let WorkerOutcome { histograms: h, errors: e } = worker.into_handler().into_outcome();
+            Ok(conns) => {
+                let WorkerOutcome { histograms: h, errors: e } = conns.into_outcome();
                 histograms.add(&h);
                 for (k, v) in e {
                     *errors.entry(k).or_insert(0) += v;
@@ -622,6 +731,8 @@ mod tests {
             max_frame: 4096,
             keep_free: 0,
             chat: Default::default(),
+            dataplane: Default::default(),
+            netns: None,
         }
     }
 

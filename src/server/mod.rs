@@ -98,23 +98,7 @@ pub struct ServeConfig {
     pub netns: Option<String>,
 }
 
-/// The data planes (see `crate::transport`).
-#[derive(Clone, Debug, Default)]
-pub enum DataPlane {
-    /// io_uring over kernel TCP sockets.
-    #[default]
-    Kernel,
-    /// AF_XDP and c2m's own TCP.
-    Xdp(XdpSettings),
-}
-
-#[derive(Clone, Debug)]
-pub struct XdpSettings {
-    pub iface: String,
-    pub mode: crate::xdp::XdpMode,
-    /// Faults on received frames (a test option).
-    pub fault: Option<crate::tcp::FaultConfig>,
-}
+pub use crate::transport::{DataPlane, XdpSettings};
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -356,7 +340,7 @@ impl Shared {
 
 /// A random key for TCP's initial sequence numbers and SYN cookies (not predictable from
 /// outside; shared by the workers, so a cookie from one is valid at another).
-fn tcp_secret() -> u64 {
+pub fn tcp_secret() -> u64 {
     let mut bytes = [0u8; 8];
     match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
         Ok(()) => u64::from_le_bytes(bytes),

@@ -131,10 +131,14 @@ pub struct TransportStats {
     /// completions for a slot with nothing in flight: both should stay 0.
     pub stale_completions: Counter,
     pub unexpected_completions: Counter,
-    /// The xdp data plane: Ethernet frames received, TCP retransmissions, resets in and out.
+    /// The xdp data plane: Ethernet frames received, TCP retransmissions, resets in and out,
+    /// segments TCP could not send for want of a free TX frame, and frames the kernel dropped
+    /// before the socket (RX ring full, no fill frame, invalid).
     pub frames_in: Counter,
     pub retransmits: Counter,
     pub resets: Counter,
+    pub tx_full: Counter,
+    pub xsk_dropped: Counter,
 }
 
 impl AsRef<TransportStats> for WorkerStats {
@@ -392,6 +396,25 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     per_worker(&mut out, "c2m_sq_backlog", "gauge", "SQEs waiting for room in a full submission queue.", &|s| {
         s.transport.sq_backlog.get()
     });
+    for (name, help, get) in [
+        (
+            "c2m_xdp_frames_in_total",
+            "Ethernet frames the xdp data plane received.",
+            (|s: &WorkerStats| s.transport.frames_in.get()) as fn(&WorkerStats) -> u64,
+        ),
+        (
+            "c2m_xdp_dropped_total",
+            "Frames the kernel dropped before the AF_XDP socket (ring full, no fill frame).",
+            |s| s.transport.xsk_dropped.get(),
+        ),
+        ("c2m_tcp_retransmits_total", "Segments c2m's TCP sent again.", |s| s.transport.retransmits.get()),
+        ("c2m_tcp_resets_total", "RSTs c2m's TCP received and sent.", |s| s.transport.resets.get()),
+        ("c2m_tcp_tx_full_total", "Segments c2m's TCP could not send for want of a free TX frame.", |s| {
+            s.transport.tx_full.get()
+        }),
+    ] {
+        per_worker(&mut out, name, "counter", help, &get);
+    }
     per_worker(
         &mut out,
         "c2m_stale_completions_total",

@@ -25,8 +25,11 @@
 //! acknowledged (c2m's TCP) reads them with [`Handler::peek_output`], which pins nothing, and
 //! calls `sent` when the peer acknowledges them.
 
+mod args;
 pub mod kernel;
 pub mod xdp;
+
+pub use args::{DataPlane, DataPlaneArgs, XdpSettings};
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -331,6 +331,10 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
                     Some(fault) => fault.send(now, data, &mut |f| self.endpoint.on_frame(now, f, &mut owner, &mut tx)),
                     None => self.endpoint.on_frame(now, data, &mut owner, &mut tx),
                 }
+                drop(tx);
+                if self.tx_out.len() >= TX_SPARE {
+                    self.flush_tx();
+                }
             }
             self.xsk.release(&mut self.rx);
             self.close_refused(now);
@@ -380,6 +384,11 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
             for request in pending.drain(..) {
                 self.top_up_tx();
                 self.carry_out(io, now, request);
+                if self.tx_out.len() >= TX_SPARE {
+                    // A burst (a load closing every connection): out with what is written, so
+                    // its frames come back for the rest and no segment goes unsent.
+                    self.flush_tx();
+                }
             }
             self.pending = pending;
         }
@@ -458,6 +467,10 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
         s.frames_in.set(t.frames_in);
         s.retransmits.set(t.retransmits);
         s.resets.set(t.resets_in + t.resets_out);
+        s.tx_full.set(t.tx_full);
+        if let Ok(k) = self.xsk.kernel_stats() {
+            s.xsk_dropped.set(k.rx_dropped + k.rx_ring_full + k.rx_fill_ring_empty_descs + k.rx_invalid_descs);
+        }
     }
 }
 

@@ -163,3 +163,69 @@ mod tests {
         assert!(!Offloads { gro: true, ..off }.frames_whole());
     }
 }
+
+/// The MAC of `ip`, a neighbour on this thread's network namespace's links, as the kernel's ARP
+/// resolves it: a UDP datagram to its discard port makes the kernel ask, and /proc/net/arp then
+/// holds the answer. A data plane that opens connections itself (c2m's TCP from an xdp load
+/// generator) needs it for its first SYN; the kernel still answers ARP on the interface, since
+/// the steering program passes everything but the matching TCP frames.
+pub fn neighbour_mac(ip: std::net::Ipv4Addr, wait: std::time::Duration) -> Result<[u8; 6], XdpError> {
+    let deadline = std::time::Instant::now() + wait;
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| syscall("bind (ARP probe)", e))?;
+    loop {
+        if let Some(mac) = arp_entry(ip) {
+            return Ok(mac);
+        }
+        // Best effort: the datagram itself is dropped by the peer; the ARP request it needs is
+        // what matters. Sent again each round in case the first request was lost.
+        let _ = probe.send_to(&[0], (ip, 9));
+        if std::time::Instant::now() >= deadline {
+            return Err(XdpError::Config(format!(
+                "no ARP answer from {ip} within {wait:?}: is it on a link of this namespace (ip route get {ip})?"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A complete entry for `ip` in /proc/net/arp.
+fn arp_entry(ip: std::net::Ipv4Addr) -> Option<[u8; 6]> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp(&table, ip)
+}
+
+/// `IP address  HW type  Flags  HW address  Mask  Device`; flag 0x2 means complete.
+fn parse_arp(table: &str, ip: std::net::Ipv4Addr) -> Option<[u8; 6]> {
+    let want = ip.to_string();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let complete = f.get(2).and_then(|x| u32::from_str_radix(x.trim_start_matches("0x"), 16).ok())? & 0x2 != 0;
+        if f.first() != Some(&want.as_str()) || !complete {
+            return None;
+        }
+        let mut mac = [0u8; 6];
+        let parts: Vec<&str> = f.get(3)?.split(':').collect();
+        if parts.len() != 6 {
+            return None;
+        }
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        Some(mac)
+    })
+}
+
+#[cfg(test)]
+mod arp_tests {
+    use super::parse_arp;
+
+    #[test]
+    fn a_complete_entry_gives_its_mac_and_an_incomplete_one_nothing() {
+        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                     198.18.0.1       0x1         0x2         02:aa:bb:cc:dd:01     *        c2m-c0\n\
+                     198.18.0.9       0x1         0x0         00:00:00:00:00:00     *        c2m-c0\n";
+        assert_eq!(parse_arp(table, "198.18.0.1".parse().unwrap()), Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 1]));
+        assert_eq!(parse_arp(table, "198.18.0.9".parse().unwrap()), None);
+        assert_eq!(parse_arp(table, "198.18.0.2".parse().unwrap()), None);
+    }
+}
