@@ -18,3 +18,6 @@ if ! bench/peers/build.sh; then
   export C2M_PEERS_OPTIONAL=1
 fi
 cargo test --release
+# Every protocol case again on the xdp data plane (AF_XDP and c2m's TCP, in namespaces the
+# tests make and remove; needs root, as CI runs).
+C2M_TEST_DATAPLANE=xdp cargo test --release --test serve_protocol

@@ -261,9 +261,8 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
         None => None,
     };
     if let DataPlane::Xdp(xdp) = &cfg.dataplane {
-        // One worker per queue at most: each has the AF_XDP socket of its queue.
         let iface = crate::xdp::Interface::by_name(&xdp.iface).map_err(|e| LoadError::Config(e.to_string()))?;
-        cfg.workers = cfg.workers.min(iface.rx_queues().max(1) as usize);
+        cfg.workers = crate::transport::xdp::workers_for_queues(cfg.workers, iface.rx_queues());
     }
     probe()?;
     let signals = block_stop_signals().map_err(|e| LoadError::io("blocking SIGINT/SIGTERM", e.into()))?;

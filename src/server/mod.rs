@@ -378,8 +378,13 @@ impl Server {
         })
     }
 
-    fn start_here(cfg: ServeConfig) -> Result<Server, ServerError> {
+    fn start_here(mut cfg: ServeConfig) -> Result<Server, ServerError> {
         let features = probe()?;
+        if let DataPlane::Xdp(xdp) = &cfg.dataplane {
+            // Sized before anything per worker is (stats, chat mailboxes).
+            let iface = crate::xdp::Interface::by_name(&xdp.iface).map_err(|e| ServerError::Config(e.to_string()))?;
+            cfg.workers = crate::transport::xdp::workers_for_queues(cfg.workers, iface.rx_queues());
+        }
         let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::new(WorkerStats::default())).collect();
         let chat = route::ChatShared::new(cfg.workers, cfg.users, cfg.groups, cfg.group_size, cfg.offline)
             .map_err(|source| ServerError::Io { what: "mapping the chat directory and quotas".into(), source })?;
@@ -496,7 +501,7 @@ impl Server {
         }
         let iface = Interface::by_name(&xdp.iface).map_err(config)?;
         let queues = iface.rx_queues().max(1);
-        let workers = cfg.workers.min(queues as usize);
+        let workers = cfg.workers;
         let program = Arc::new(XdpProgram::load(&[Filter::TcpTo(listen)], queues).map_err(config)?);
         let link = program.attach(&iface, xdp.mode).map_err(config)?;
         let layout = Layout {

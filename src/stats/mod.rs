@@ -139,6 +139,12 @@ pub struct TransportStats {
     pub resets: Counter,
     pub tx_full: Counter,
     pub xsk_dropped: Counter,
+    /// Gauges of the xdp data plane: control blocks of open connections, and of closed ones
+    /// waiting out TIME-WAIT.
+    pub tcp_open: Counter,
+    pub tcp_time_wait: Counter,
+    /// Input a paused session could not take, held by the xdp data plane until it resumes.
+    pub held_input_bytes: Counter,
 }
 
 impl AsRef<TransportStats> for WorkerStats {
@@ -415,6 +421,27 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     ] {
         per_worker(&mut out, name, "counter", help, &get);
     }
+    per_worker(
+        &mut out,
+        "c2m_tcp_connections",
+        "gauge",
+        "Open connections of c2m's TCP (TIME-WAIT not counted).",
+        &|s| s.transport.tcp_open.get(),
+    );
+    per_worker(
+        &mut out,
+        "c2m_xdp_held_input_bytes",
+        "gauge",
+        "Input held for paused sessions (xdp data plane).",
+        &|s| s.transport.held_input_bytes.get(),
+    );
+    per_worker(
+        &mut out,
+        "c2m_tcp_time_wait",
+        "gauge",
+        "Closed connections of c2m's TCP waiting out TIME-WAIT.",
+        &|s| s.transport.tcp_time_wait.get(),
+    );
     per_worker(
         &mut out,
         "c2m_stale_completions_total",

@@ -106,6 +106,11 @@ pub trait App {
     /// paused: the rest is not acknowledged, the window goes to 0, and the peer sends it again
     /// after [`Endpoint::set_input_paused`]`(false)` reopens it.
     fn input(&mut self, conn: u32, data: &[u8]) -> usize;
+    /// The owner consumed its input but holds it, paused: the window goes to 0 all the same (and
+    /// what the peer had in flight is still offered), until `set_input_paused(false)`.
+    fn input_held(&self, _conn: u32) -> bool {
+        false
+    }
     /// The owner's output queue: contiguous bytes starting `skip` bytes after its head (a piece;
     /// may be shorter than the rest: called again with a larger skip). Every byte stays until
     /// `acked` says it is done: the TCP keeps no send buffer of its own.
@@ -204,6 +209,8 @@ pub struct Endpoint {
     fired: Vec<u32>,
     ip_id: u16,
     pub(super) stats: TcpStats,
+    /// Control blocks in TIME-WAIT (a gauge: a closed connection's block waits out 2MSL).
+    pub(super) time_wait: u32,
 }
 
 pub(super) fn now32(now_ms: u64) -> u32 {
@@ -234,6 +241,7 @@ impl Endpoint {
             peer_mac: None,
             ip_id: 0,
             stats: TcpStats::default(),
+            time_wait: 0,
             local_mac,
             cfg,
         }
@@ -262,6 +270,11 @@ impl Endpoint {
     /// Control blocks in use (TIME-WAIT included).
     pub fn connections(&self) -> u32 {
         self.tcbs.len()
+    }
+
+    /// Control blocks in TIME-WAIT: closed connections waiting out 2MSL.
+    pub fn time_wait(&self) -> u32 {
+        self.time_wait
     }
 
     /// Half-open passive opens waiting for their final ACK.
@@ -630,6 +643,9 @@ impl Endpoint {
 
     /// Unlinks and zeroes a control block and its timer. No owner call.
     pub(super) fn free_tcb(&mut self, id: u32) {
+        if self.tcbs.is_used(id) && self.tcbs.get(id).state() == State::TimeWait {
+            self.time_wait -= 1;
+        }
         self.wheel.cancel(id);
         self.tcbs.remove(id);
     }
@@ -741,9 +757,10 @@ impl Endpoint {
     /// Checks the tables against each other; an error names the first inconsistency. For tests:
     /// it walks every slot.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut scheduled = 0;
+        let (mut scheduled, mut time_wait) = (0, 0);
         for id in self.tcbs.used_ids() {
             let t = self.tcbs.get(id);
+            time_wait += (t.state() == State::TimeWait) as u32;
             if t.state() == State::Free {
                 return Err(format!("tcb {id} in use but free"));
             }
@@ -774,6 +791,9 @@ impl Endpoint {
                 return Err(format!("syn entry {id} without its timer"));
             }
             scheduled += 1;
+        }
+        if time_wait != self.time_wait {
+            return Err(format!("{time_wait} blocks in TIME-WAIT, counted {}", self.time_wait));
         }
         if scheduled != self.wheel.len() {
             return Err(format!("wheel holds {} items, live ones {scheduled}", self.wheel.len()));

@@ -38,8 +38,10 @@ impl Endpoint {
             self.stats.challenge_acks += 1;
             return self.send_ack(id, tx);
         }
-        // 1. Sequence number: does any of the segment fall in the receive window?
-        let wnd = self.rcv_window(id) as u32;
+        // 1. Sequence number: does any of the segment fall in the receive window? The window
+        // taken is the configured one even while paused (advertising 0): what the peer had in
+        // flight is offered to the owner, which may hold it.
+        let wnd = self.cfg.rcv_wnd as u32;
         let len = seg.seq_len();
         let acceptable = match (len, wnd) {
             (0, 0) => h.seq == t.rcv_nxt,
@@ -142,6 +144,10 @@ impl Endpoint {
                     if consumed < take {
                         t.set(flag::PAUSED, true);
                     }
+                } else if !t.has(flag::DETACHED) && app.input_held(t.conn) {
+                    // Taken but held: the window closes now (an ACK says so).
+                    t.set(flag::PAUSED, true);
+                    ack_now = true;
                 } else if t.has(flag::ACK_DELAYED) {
                     // Every second segment is acknowledged at once (RFC 5681 §4.2).
                     ack_now = true;
@@ -313,6 +319,9 @@ impl Endpoint {
     /// Our FIN is acknowledged and the peer's received: the owner is told, the block waits.
     pub(super) fn enter_time_wait<A: App>(&mut self, now: u64, id: u32, app: &mut A) {
         let t = self.tcbs.get_mut(id);
+        if t.state() != State::TimeWait {
+            self.time_wait += 1;
+        }
         t.set_state(State::TimeWait);
         t.set(flag::ACK_DELAYED, false);
         let (conn, detached) = (t.conn, t.has(flag::DETACHED));

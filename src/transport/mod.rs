@@ -26,6 +26,7 @@
 //! calls `sent` when the peer acknowledges them.
 
 mod args;
+mod held;
 pub mod kernel;
 pub mod xdp;
 

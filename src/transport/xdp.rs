@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use io_uring::opcode;
 use io_uring::types::Fd;
 
+use super::held::{HeldInput, Offered};
 use super::{Close, ConnId, ConnectError, Failure, Handler, Request, Requests, TickPlan};
 use crate::engine::{Completion, EngineError, Io, Service};
 use crate::stats::TransportStats;
@@ -88,13 +89,47 @@ impl Refused {
     }
 }
 
+/// An `Owner` over the transport's fields (a macro, not a method: the endpoint and the TX frames
+/// are borrowed beside it).
+macro_rules! owner {
+    ($t:expr) => {
+        Owner {
+            handler: &mut $t.handler,
+            q: &mut $t.q,
+            tcb_of: &mut $t.tcb_of,
+            refused: &mut $t.refused,
+            held: &mut $t.held,
+            accepting: $t.accepting,
+        }
+    };
+}
+
 /// What the TCP endpoint asks of the connections' owner, answered by the owner's `Handler`.
 struct Owner<'a, H> {
     handler: &'a mut H,
     q: &'a mut Requests,
     tcb_of: &'a mut [u32],
     refused: &'a mut Refused,
+    held: &'a mut HeldInput,
     accepting: bool,
+}
+
+impl<H: Handler> Owner<'_, H> {
+    /// The owner asked for its input again: the held bytes first, then (all taken) the window
+    /// reopens. True when it may reopen.
+    fn resume(&mut self, conn: u32) -> bool {
+        let (handler, q) = (&mut *self.handler, &mut *self.q);
+        match self.held.offer(conn, |data| handler.input(q, conn, data)) {
+            Offered::Nothing => true,
+            Offered::All { ended } => {
+                if ended {
+                    self.handler.input_ended(self.q, conn);
+                }
+                true
+            }
+            Offered::Some => false,
+        }
+    }
 }
 
 impl<H: Handler> tcp::App for Owner<'_, H> {
@@ -117,6 +152,7 @@ impl<H: Handler> tcp::App for Owner<'_, H> {
     }
 
     fn connect_failed(&mut self, conn: u32, why: tcp::ConnectError) {
+        self.held.forget(conn);
         self.tcb_of[conn as usize] = NONE;
         self.handler.connect_failed(self.q, conn, connect_error(why));
         self.handler.released(self.q, conn);
@@ -126,7 +162,16 @@ impl<H: Handler> tcp::App for Owner<'_, H> {
         if self.refused.is(conn) {
             return data.len();
         }
-        self.handler.input(self.q, conn, data)
+        // While bytes are held, later ones queue behind them, in order.
+        let taken = if self.held.holds(conn) { 0 } else { self.handler.input(self.q, conn, data) };
+        if taken < data.len() && self.held.keep(conn, &data[taken..]) {
+            return data.len();
+        }
+        taken
+    }
+
+    fn input_held(&self, conn: u32) -> bool {
+        self.held.holds(conn)
     }
 
     fn output(&self, conn: u32, skip: usize) -> &[u8] {
@@ -154,7 +199,7 @@ impl<H: Handler> tcp::App for Owner<'_, H> {
     }
 
     fn input_ended(&mut self, conn: u32) {
-        if !self.refused.is(conn) {
+        if !self.refused.is(conn) && !self.held.end(conn) {
             self.handler.input_ended(self.q, conn);
         }
     }
@@ -164,6 +209,7 @@ impl<H: Handler> tcp::App for Owner<'_, H> {
             self.refused.acked.remove(&conn);
             return;
         }
+        self.held.forget(conn);
         self.tcb_of[conn as usize] = NONE;
         match why {
             CloseCause::Closed => {}
@@ -183,6 +229,18 @@ fn connect_error(e: tcp::ConnectError) -> ConnectError {
         tcp::ConnectError::InUse => failed(libc::EADDRINUSE),
         tcp::ConnectError::NoRoute => failed(libc::EHOSTUNREACH),
     }
+}
+
+/// How many workers serve an interface of `queues` RX queues: exactly one per queue, whatever was
+/// asked. A frame arrives on the queue its sender hashed it to, and a queue without an AF_XDP
+/// socket passes it to the kernel, which resets a connection it does not know. (A peer on the
+/// kernel path hashes flows over every queue.) A request that differs is said on stderr.
+pub fn workers_for_queues(asked: usize, queues: u32) -> usize {
+    let queues = queues.max(1) as usize;
+    if asked != queues {
+        eprintln!("c2m: the xdp data plane runs one worker per queue: {queues} workers, not {asked}");
+    }
+    queues
 }
 
 /// Where the endpoint writes frames: UMEM frames taken beforehand (so received frames can be
@@ -229,6 +287,7 @@ pub struct XdpTransport<H, S> {
     /// The control block of each owner slot (`NONE`: no connection).
     tcb_of: Vec<u32>,
     refused: Refused,
+    held: HeldInput,
     accepting: bool,
     rx: Vec<Frame>,
     tx_free: Vec<Frame>,
@@ -262,6 +321,7 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
             endpoint,
             tcb_of: vec![NONE; cfg.slots],
             refused: Refused { first: slots, next: slots, ..Refused::default() },
+            held: HeldInput::default(),
             accepting: cfg.listen.is_some(),
             rx: Vec::with_capacity(RX_BATCH),
             tx_free: Vec::with_capacity(TX_SPARE),
@@ -319,13 +379,7 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
             for i in 0..self.rx.len() {
                 self.top_up_tx();
                 let data = self.xsk.data(&self.rx[i]);
-                let mut owner = Owner {
-                    handler: &mut self.handler,
-                    q: &mut self.q,
-                    tcb_of: &mut self.tcb_of,
-                    refused: &mut self.refused,
-                    accepting: self.accepting,
-                };
+                let mut owner = owner!(self);
                 let mut tx = TxFrames { xsk: &self.xsk, free: &mut self.tx_free, out: &mut self.tx_out, current: None };
                 match &mut self.fault {
                     Some(fault) => fault.send(now, data, &mut |f| self.endpoint.on_frame(now, f, &mut owner, &mut tx)),
@@ -347,13 +401,7 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
     /// Refused connections: their refusal goes out, then their FIN.
     fn close_refused(&mut self, now: u64) {
         for tcb in std::mem::take(&mut self.refused.to_close) {
-            let mut owner = Owner {
-                handler: &mut self.handler,
-                q: &mut self.q,
-                tcb_of: &mut self.tcb_of,
-                refused: &mut self.refused,
-                accepting: self.accepting,
-            };
+            let mut owner = owner!(self);
             let mut tx = TxFrames { xsk: &self.xsk, free: &mut self.tx_free, out: &mut self.tx_out, current: None };
             self.endpoint.output_ready(now, tcb, &mut owner, &mut tx);
             self.endpoint.close(now, tcb, &mut owner, &mut tx);
@@ -397,13 +445,7 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
 
     fn carry_out(&mut self, io: &mut Io<XdpOp>, now: u64, request: Request) {
         let tcb = |conn: ConnId, tcb_of: &[u32]| tcb_of.get(conn as usize).copied().filter(|&t| t != NONE).map(TcbId);
-        let mut owner = Owner {
-            handler: &mut self.handler,
-            q: &mut self.q,
-            tcb_of: &mut self.tcb_of,
-            refused: &mut self.refused,
-            accepting: self.accepting,
-        };
+        let mut owner = owner!(self);
         let mut tx = TxFrames { xsk: &self.xsk, free: &mut self.tx_free, out: &mut self.tx_out, current: None };
         match request {
             Request::Send(conn) => {
@@ -412,7 +454,9 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
                 }
             }
             Request::Resume(conn) => {
-                if let Some(t) = tcb(conn, owner.tcb_of) {
+                if let Some(t) = tcb(conn, owner.tcb_of)
+                    && owner.resume(conn)
+                {
                     self.endpoint.set_input_paused(t, false, &mut tx);
                 }
             }
@@ -425,6 +469,7 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
                 // RST: the connection is let go at once (TCP tells the owner nothing more).
                 if let Some(t) = tcb(conn, owner.tcb_of) {
                     self.endpoint.abort(t, &mut tx);
+                    owner.held.forget(conn);
                     owner.tcb_of[conn as usize] = NONE;
                     owner.handler.released(owner.q, conn);
                 }
@@ -463,7 +508,10 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
         let (t, s) = (self.endpoint.stats(), (*self.stats).as_ref());
         s.bytes_in.set(t.bytes_in);
         s.bytes_out.set(t.bytes_out);
-        s.fixed_files_in_use.set(self.endpoint.connections() as u64);
+        let time_wait = self.endpoint.time_wait();
+        s.tcp_open.set((self.endpoint.connections() - time_wait) as u64);
+        s.tcp_time_wait.set(time_wait as u64);
+        s.held_input_bytes.set(self.held.bytes() as u64);
         s.frames_in.set(t.frames_in);
         s.retransmits.set(t.retransmits);
         s.resets.set(t.resets_in + t.resets_out);
@@ -517,13 +565,7 @@ impl<H: Handler, S: AsRef<TransportStats>> Service for XdpTransport<H, S> {
         let now = self.now_ms();
         self.top_up_tx();
         {
-            let mut owner = Owner {
-                handler: &mut self.handler,
-                q: &mut self.q,
-                tcb_of: &mut self.tcb_of,
-                refused: &mut self.refused,
-                accepting: self.accepting,
-            };
+            let mut owner = owner!(self);
             let mut tx = TxFrames { xsk: &self.xsk, free: &mut self.tx_free, out: &mut self.tx_out, current: None };
             if let Some(fault) = &mut self.fault {
                 fault.release(now, &mut |f| self.endpoint.on_frame(now, f, &mut owner, &mut tx));

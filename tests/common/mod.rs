@@ -1,5 +1,11 @@
-//! Starting a real `c2m serve` process and talking to it over loopback.
+//! Starting a real `c2m serve` process and talking to it: over loopback on the kernel data
+//! plane, or, with `C2M_TEST_DATAPLANE=xdp`, on the xdp data plane (AF_XDP and c2m's TCP) in a
+//! namespace pair of the server's own, the test's clients (unmodified Linux TCP) in the other
+//! namespace and `/metrics` on loopback. `scripts/test.sh` runs the protocol tests both ways.
 #![allow(dead_code)]
+
+#[path = "../xdp_common/mod.rs"]
+mod xdp_common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -12,22 +18,59 @@ use c2m::stats::{metrics_http, sum_metric};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_c2m");
 
-/// A `c2m serve` child process, stopped with SIGTERM (by its PID) when dropped.
+/// The port the server listens on under xdp (its namespace is its own, so no clash).
+const XDP_PORT: u16 = 7700;
+
+/// True when `C2M_TEST_DATAPLANE=xdp`: the servers under test run the xdp data plane.
+pub fn xdp_under_test() -> bool {
+    match std::env::var("C2M_TEST_DATAPLANE").as_deref() {
+        Ok("xdp") => true,
+        Ok("kernel") | Err(_) => false,
+        Ok(other) => panic!("C2M_TEST_DATAPLANE={other}: want kernel or xdp"),
+    }
+}
+
+/// Runs `f` on this thread inside network namespace `ns` (a socket keeps the namespace it was
+/// made in), then puts the thread back where it was.
+pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let home = std::fs::File::open("/proc/thread-self/ns/net").expect("open this thread's netns");
+    let there = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap_or_else(|e| panic!("netns {ns}: {e}"));
+    // SAFETY: setns only switches this thread's network namespace; both descriptors are open
+    // namespace files and stay open across the calls.
+    assert_eq!(unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns into {ns}");
+    let out = f();
+    // SAFETY: as above; back to the namespace the thread started in.
+    assert_eq!(unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns back from {ns}");
+    out
+}
+
+/// A `c2m serve` child process, stopped with SIGTERM (by its PID) when dropped; under xdp, its
+/// namespace pair goes after it.
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    pub net: Option<xdp_common::Topology>,
 }
 
 impl ServerProcess {
     pub fn start(extra: &[&str]) -> ServerProcess {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn c2m serve");
+        let net = xdp_under_test().then(|| xdp_common::Topology::up("sp"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--metrics", "127.0.0.1:0"]);
+        match &net {
+            Some(t) => {
+                let listen = format!("{}:{XDP_PORT}", xdp_common::SRV_IP);
+                cmd.args(["--listen", &listen, "--dataplane", "xdp", "--iface", xdp_common::VETH_SRV]);
+                cmd.args(["--netns", &t.ns_srv]);
+            }
+            None => {
+                cmd.args(["--listen", "127.0.0.1:0"]);
+            }
+        }
+        let mut child =
+            cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn c2m serve");
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).expect("read banner");
         let field = |key: &str| -> SocketAddr {
@@ -36,7 +79,15 @@ impl ServerProcess {
             word.trim_start_matches("http://").trim_end_matches("/metrics").parse().unwrap()
         };
         let (addr, metrics) = (field("listening on "), field("metrics "));
-        ServerProcess { child, addr, metrics }
+        ServerProcess { child, addr, metrics, net }
+    }
+
+    /// Runs `f` where the clients live: the client namespace under xdp, here otherwise.
+    pub fn as_client<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.net {
+            Some(t) => in_netns(&t.ns_cli, f),
+            None => f(),
+        }
     }
 
     pub fn scrape(&self) -> String {
@@ -75,7 +126,7 @@ impl ServerProcess {
     }
 
     pub fn client(&self) -> BlockingClient {
-        BlockingClient::connect(self.addr).expect("connect")
+        self.as_client(|| BlockingClient::connect(self.addr)).expect("connect")
     }
 }
 
@@ -166,12 +217,14 @@ pub fn sum(text: &str, name: &str) -> f64 {
     c2m::stats::sum_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
-/// No session, slab slot or direct descriptor outlives its connection, and every accepted session
+/// No session, slab slot, direct descriptor or TCP control block outlives its connection, and every accepted session
 /// was closed exactly once.
 pub fn assert_no_leaks(server: &ServerProcess) {
     server.wait_metric("c2m_sessions_active", 0.0, Duration::from_secs(10));
     server.wait_metric("c2m_slab_slots_in_use", 0.0, Duration::from_secs(10));
     server.wait_metric("c2m_fixed_files_in_use", 0.0, Duration::from_secs(10));
+    // Under xdp: every connection of c2m's TCP closed (a block in TIME-WAIT is closed).
+    server.wait_metric("c2m_tcp_connections", 0.0, Duration::from_secs(10));
     let text = server.scrape();
     let accepted = sum(&text, "c2m_sessions_accepted_total");
     assert!(accepted > 0.0, "{text}");
@@ -187,9 +240,12 @@ pub fn login(server: &ServerProcess, user_id: u64) -> BlockingClient {
 /// A client whose receive buffer is small, so the server's replies back up quickly.
 pub fn small_window_client(server: &ServerProcess) -> BlockingClient {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect_timeout(&server.addr.into(), Duration::from_secs(5)).unwrap();
+    let s = server.as_client(|| {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect_timeout(&server.addr.into(), Duration::from_secs(5)).unwrap();
+        s
+    });
     s.set_tcp_nodelay(true).unwrap();
     BlockingClient::from_stream(s.into())
 }
