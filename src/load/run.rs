@@ -163,7 +163,8 @@ fn start_xdp(
     intervals: Receiver<Interval>,
     make: impl Fn(usize) -> Result<Conns, LoadError> + Send + Sync + 'static,
 ) -> Result<Workers, LoadError> {
-    use crate::xdp::{Filter, Interface, XdpProgram, Xsk, XskConfig};
+    use crate::transport::xdp::XdpConfig;
+    use crate::xdp::{Filter, Interface, XdpProgram};
     let config = |e: crate::xdp::XdpError| LoadError::Config(e.to_string());
     let std::net::SocketAddr::V4(target) = cfg.target else {
         return Err(LoadError::Config("the xdp data plane connects to IPv4 targets only".into()));
@@ -176,16 +177,13 @@ fn start_xdp(
         workers: cfg.workers,
         name: "c2m-loadx",
         core_offset: core_affinity::get_core_ids().map_or(0, |c| c.len() / 2),
-        // The ring only polls the socket and ticks.
-        ring: RingConfig { sq_entries: 64, cq_entries: 256, files: 16, recv_buffers: 2, recv_buffer_size: 64 },
+        ring: crate::transport::xdp::POLL_RING,
         rings: 1,
     };
     let secret = crate::server::tcp_secret();
     let (worker_cfg, worker_stats, fault) = (cfg.clone(), stats.clone(), xdp.fault);
     let pool = WorkerPool::start(&pool_cfg, move |id, _io, _shared| {
         let cfg = &worker_cfg;
-        let xsk = Xsk::bind(&iface, id as u32, &XskConfig::default()).map_err(|e| e.to_string())?;
-        program.register(&xsk).map_err(|e| e.to_string())?;
         let conns = make(id).map_err(|e| e.to_string())?;
         let slots = cfg.connections_of(id).max(1) as usize;
         let tcp = crate::tcp::Config {
@@ -194,15 +192,10 @@ fn start_xdp(
             secret,
             ..crate::tcp::Config::default()
         };
-        let xdp_cfg = crate::transport::xdp::XdpConfig {
-            xsk,
-            program: program.clone(),
-            tcp,
-            local_mac: iface.mac(),
+        let xdp_cfg = XdpConfig {
             peer_mac: Some(peer_mac),
-            listen: None,
             slots,
-            fault: fault.map(|f| (f, secret ^ id as u64)),
+            ..XdpConfig::on_queue(&iface, &program, id as u32, tcp, fault)?
         };
         XdpTransport::new(xdp_cfg, conns, worker_stats[id].clone()).map_err(|e| e.to_string())
     })?;

@@ -489,7 +489,8 @@ impl Server {
         shared: Shared,
         features: Features,
     ) -> Result<Server, ServerError> {
-        use crate::xdp::{Filter, Interface, XdpProgram, Xsk, XskConfig};
+        use crate::transport::xdp::XdpConfig;
+        use crate::xdp::{Filter, Interface, XdpProgram};
         let config = |e: crate::xdp::XdpError| ServerError::Config(e.to_string());
         let SocketAddr::V4(listen) = cfg.listen else {
             return Err(ServerError::Config(
@@ -513,37 +514,24 @@ impl Server {
             dataplane: format!("xdp on {} ({}, {} queues), c2m's TCP", iface.name(), link.mode(), queues),
             features,
         };
-        let pool_cfg = PoolConfig {
-            workers,
-            name: "c2m-x",
-            core_offset: 0,
-            // The ring only polls the socket and ticks: no sockets of its own, no receive buffers.
-            ring: RingConfig { sq_entries: 64, cq_entries: 256, files: 16, recv_buffers: 2, recv_buffer_size: 64 },
-            rings: 1,
-        };
+        let pool_cfg =
+            PoolConfig { workers, name: "c2m-x", core_offset: 0, ring: crate::transport::xdp::POLL_RING, rings: 1 };
         let stats = shared.stats.clone();
         let cfg = Arc::new(cfg);
         let secret = tcp_secret();
         let pool = WorkerPool::start(&pool_cfg, {
             let program = program.clone();
             move |id, _io, pool| {
-                let xsk = Xsk::bind(&iface, id as u32, &XskConfig::default()).map_err(|e| e.to_string())?;
-                program.register(&xsk).map_err(|e| e.to_string())?;
                 let sessions = shared.sessions(id, &cfg, pool)?;
                 let tcp = crate::tcp::Config {
                     capacity: u32::try_from(cfg.max_sessions + cfg.max_sessions / 16 + 1024).unwrap_or(u32::MAX),
                     secret,
                     ..crate::tcp::Config::default()
                 };
-                let xdp_cfg = crate::transport::xdp::XdpConfig {
-                    xsk,
-                    program: program.clone(),
-                    tcp,
-                    local_mac: iface.mac(),
-                    peer_mac: None,
+                let xdp_cfg = XdpConfig {
                     listen: Some(listen),
                     slots: shared.budget.limit(),
-                    fault: xdp.fault.map(|f| (f, secret ^ id as u64)),
+                    ..XdpConfig::on_queue(&iface, &program, id as u32, tcp, xdp.fault)?
                 };
                 crate::transport::xdp::XdpTransport::new(xdp_cfg, sessions, shared.stats[id].clone())
                     .map_err(|e| e.to_string())

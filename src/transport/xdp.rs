@@ -63,6 +63,38 @@ pub struct XdpConfig {
     pub fault: Option<(FaultConfig, u64)>,
 }
 
+/// The io_uring ring of an xdp worker: it only polls the AF_XDP socket and ticks (no sockets of
+/// its own, no receive buffers).
+pub const POLL_RING: crate::engine::RingConfig =
+    crate::engine::RingConfig { sq_entries: 64, cq_entries: 256, files: 16, recv_buffers: 2, recv_buffer_size: 64 };
+
+impl XdpConfig {
+    /// Worker `queue`'s share: the AF_XDP socket bound to that queue of `iface` and registered in
+    /// `program`'s map, TCP with `tcp`, faults (if any) seeded per queue. Not listening, no
+    /// slots and no peer MAC until the caller says.
+    pub fn on_queue(
+        iface: &crate::xdp::Interface,
+        program: &Arc<XdpProgram>,
+        queue: u32,
+        tcp: tcp::Config,
+        fault: Option<FaultConfig>,
+    ) -> Result<XdpConfig, String> {
+        let xsk = Xsk::bind(iface, queue, &crate::xdp::XskConfig::default()).map_err(|e| e.to_string())?;
+        program.register(&xsk).map_err(|e| e.to_string())?;
+        let seed = tcp.secret ^ queue as u64;
+        Ok(XdpConfig {
+            xsk,
+            program: program.clone(),
+            tcp,
+            local_mac: iface.mac(),
+            peer_mac: None,
+            listen: None,
+            slots: 0,
+            fault: fault.map(|f| (f, seed)),
+        })
+    }
+}
+
 /// Connections refused for want of room: told the owner's refusal (ERROR 5), then closed. They
 /// take ids above the owner's slots, so the endpoint can name them.
 #[derive(Default)]
