@@ -151,6 +151,11 @@ impl OfflineStore {
     /// Puts frames back at the front of `user`'s queue, in order, online or not (a drain that
     /// took more than it could queue).
     pub fn return_front(&self, user: u64, frames: &mut VecDeque<Box<[u8]>>, now: Instant) {
+        // Nothing to return makes no entry: an empty one would say the user has messages waiting
+        // (`has`) for ever, and keep every later delivery going the slow way, through the store.
+        if frames.is_empty() {
+            return;
+        }
         let mut shard = self.shard(user);
         let q = shard.entry(user).or_default();
         while let Some(frame) = frames.pop_back() {
@@ -242,6 +247,20 @@ mod tests {
         store.take(1, 4096, now, &mut out);
         let ids: Vec<u64> = out.iter().map(|f| deliver_ids(f).1).collect();
         assert_eq!((ids, store.has(1)), (vec![1, 2, 3], false));
+        assert_eq!(store.held(), (0, 0));
+    }
+
+    /// Found by tests/xdp_faults.rs: a drain that returned nothing made an empty entry, so the
+    /// user looked as if messages were waiting for ever and every later delivery went through
+    /// the store, where one could wait for a send that never came.
+    #[test]
+    fn returning_nothing_leaves_nothing_waiting() {
+        let (dir, store, now) = (Directory::new(10), OfflineStore::new(10, limits()).unwrap(), Instant::now());
+        store.offer(&dir, 1, &deliver(2, 1), now);
+        let mut out = Vec::new();
+        store.take(1, 4096, now, &mut out);
+        store.return_front(1, &mut VecDeque::new(), now);
+        assert!(!store.has(1));
         assert_eq!(store.held(), (0, 0));
     }
 

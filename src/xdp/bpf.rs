@@ -22,7 +22,10 @@ pub const BPF_PROG_TYPE_XDP: u32 = 6;
 pub const BPF_XDP: u32 = 37;
 /// Helper `long bpf_redirect_map(void *map, u64 key, u64 flags)`.
 pub const BPF_FUNC_REDIRECT_MAP: i32 = 51;
+/// Helper `u32 bpf_get_prandom_u32(void)`.
+pub const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
 // enum xdp_action
+pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_REDIRECT: u32 = 4;
 // XDP attach flags (uapi/linux/if_link.h)

@@ -25,6 +25,7 @@
 mod asm;
 mod bpf;
 pub mod iface;
+pub mod loss;
 pub mod netns;
 mod pool;
 pub mod program;
