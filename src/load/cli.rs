@@ -15,6 +15,10 @@ fn count(s: &str) -> Result<u64, String> {
     parse_count(s)
 }
 
+fn count_u32(s: &str) -> Result<u32, String> {
+    crate::units::count_in(0..=u32::MAX as u64)(s).map(|n| n as u32)
+}
+
 /// Every duration of a run is at most [`MAX_RUN_DURATION`] (so it fits the nanosecond clocks
 /// the workers keep, and `Instant` arithmetic never overflows).
 fn duration(s: &str) -> Result<Duration, String> {
@@ -88,8 +92,8 @@ pub struct LoadArgs {
     /// After the messages, hold the connections open (silent) this long before closing.
     #[arg(long, value_parser = duration, default_value = "0s")]
     pub hold: Duration,
-    /// What each connection does once logged in: idle, ping or echo.
-    #[arg(long, value_parser = Workload::parse, default_value = "ping")]
+    /// What each connection does once logged in.
+    #[arg(long, value_enum, default_value_t = Workload::Ping)]
     pub workload: Workload,
     /// Per connection, between two messages (each connection starts at a random point of its
     /// first interval, so they do not send in step).
@@ -101,7 +105,7 @@ pub struct LoadArgs {
     /// Closed loop: each connection keeps N messages outstanding and sends the next as soon as a
     /// reply arrives (no schedule: measures throughput, not latency under a given rate). 0: the
     /// open-loop schedule of --ping-interval / --rate.
-    #[arg(long, default_value_t = 0, conflicts_with = "rate")]
+    #[arg(long, value_parser = count_u32, default_value = "0", conflicts_with = "rate")]
     pub in_flight: u32,
     /// How connections wait for replies: auto (on-demand for open-loop ping, multishot
     /// otherwise), multishot (a receive armed all the time) or on-demand (armed only while a
@@ -112,7 +116,7 @@ pub struct LoadArgs {
     #[arg(long, value_parser = bytes, default_value = "64")]
     pub size: u64,
     /// User id of the first connection (connection i logs in as first-user + i).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = count, default_value = "1")]
     pub first_user: u64,
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
@@ -129,7 +133,7 @@ pub struct LoadArgs {
     pub users: Option<u64>,
     #[arg(long, value_parser = count, default_value = "0")]
     pub groups: u64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = count_u32, default_value = "0")]
     pub group_size: u32,
     /// Chat: body bytes of a SEND.
     #[arg(long, value_parser = bytes, default_value = "16")]
@@ -140,6 +144,9 @@ pub struct LoadArgs {
     /// Write the latency intervals (HdrHistogram log format) here.
     #[arg(long)]
     pub hlog: Option<PathBuf>,
+    /// Serve the run's live counters (Prometheus text) at http://ADDR/metrics while it goes.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     /// No live line.
     #[arg(long)]
     pub no_progress: bool,

@@ -10,7 +10,7 @@ use crate::server::{MAX_FILES_PER_RING, RECV_BUFFER_SIZES};
 use crate::units::{duration_range, human_duration};
 
 /// What each connection does once logged in (as in scenario files: `idle`, `ping`, `echo`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Log in and stay silent (the server's heartbeat timeout must be longer than the run).

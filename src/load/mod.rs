@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod conns;
+pub mod metrics;
 pub mod progress;
 pub mod run;
 pub mod sources;
