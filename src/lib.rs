@@ -4,7 +4,6 @@ pub mod build_info;
 pub mod client;
 pub mod engine;
 pub mod exit;
-pub mod fit;
 pub mod host;
 pub mod load;
 pub mod proto;
