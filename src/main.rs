@@ -270,10 +270,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
     let cfg = args.to_config().map_err(c2m::exit::Usage)?;
+    if !cfg.target.ip().is_loopback() {
+        // On a real network the plan is the first thing to check: which address, how many ports.
+        eprintln!("{}", c2m::load::target::describe(cfg.target, &cfg.ports, &cfg.source_specs, cfg.connections));
+    }
     cfg.validate().map_err(|e| c2m::exit::Usage(e.to_string()))?;
     if !args.force {
         // Both ends are on this box when the target is loopback: count both sockets.
-        let both_ends_here = args.server.ip().is_loopback();
+        let both_ends_here = cfg.target.ip().is_loopback();
         let model = c2m::tune::capacity::CostModel::measured_or_default(std::path::Path::new("results"));
         c2m::tune::capacity::check(cfg.connections, both_ends_here, cfg.keep_free, &model)
             .map_err(|e| anyhow::anyhow!("{e} (--force starts anyway; the MemFree guard still stops the run)"))?;

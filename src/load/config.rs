@@ -182,7 +182,7 @@ impl LoadConfig {
         }
         if self.connections > self.ports.capacity() {
             return bad(format!(
-                "{} connections need {} distinct source (address, port) pairs, but --sources x --source-ports give {} ({} addresses x {} ports): add addresses",
+                "{} connections need {} distinct source (address, port) pairs, but --sources x --source-ports give {} ({} addresses x {} ports): add addresses of this host to --sources, widen --source-ports, or split the run over more load hosts",
                 self.connections,
                 self.connections,
                 self.ports.capacity(),

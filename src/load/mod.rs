@@ -15,6 +15,7 @@ pub mod progress;
 pub mod run;
 pub mod sources;
 pub mod stats;
+pub mod target;
 
 pub use config::{LoadConfig, Workload};
 pub use run::{RunOptions, run};
