@@ -1,5 +1,5 @@
 //! Reproductions of the review's findings (`../shared/repro/README.md`, F1-F17), each turned into
-//! a test that asserts what `../shared/DESIGN.md` ("Chat delivery guarantee", wire protocol v1)
+//! a test that asserts what `docs/protocol.md` (chat delivery guarantee, wire protocol v1)
 //! requires. Each starts its own `c2m serve` (or, for F9, a hostile server in a thread and a
 //! `c2m load` child) with the flags the finding names, and drives it over loopback with plain
 //! sockets. `C2M_TEST_BIN=/path/to/c2m` runs them against another build (they fail at f2b2d30).
