@@ -101,3 +101,17 @@ fn a_port_another_process_listens_on_is_refused() {
     // The first server still answers on its port.
     common::login(&first, 1);
 }
+
+/// `--heartbeat 750ms` reaches clients in WELCOME, and the old `--heartbeat-ms` (hidden, bare
+/// milliseconds) still means what it did.
+#[test]
+fn the_heartbeat_takes_units_and_the_old_spelling_still_works() {
+    use c2m::proto::{Frame, encode_vec};
+    for flag in [["--heartbeat", "750ms"], ["--heartbeat-ms", "750"]] {
+        let server = ServerProcess::start(&["--workers", "1", "--max-sessions", "100", flag[0], flag[1]]);
+        let mut c = server.client();
+        c.send_raw(&encode_vec(&Frame::Hello { user_id: 1, client_time_ns: 0 })).unwrap();
+        let welcome = common::expect_frame(&mut c);
+        assert!(matches!(welcome.frame(), Frame::Welcome { heartbeat_ms: 750, .. }), "{flag:?}: {:?}", welcome.frame());
+    }
+}
