@@ -1,7 +1,9 @@
 //! c2m: hold millions of TCP connections on one Linux box and measure what that costs.
 pub mod bench;
+pub mod build_info;
 pub mod client;
 pub mod engine;
+pub mod exit;
 pub mod host;
 pub mod load;
 pub mod proto;

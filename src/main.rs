@@ -5,10 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use c2m::server::{ServeConfig, Server, defaults};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "c2m", version, about = "Hold millions of TCP connections on one Linux box and measure what it costs")]
+#[command(
+    name = "c2m",
+    version = c2m::build_info::LONG_VERSION,
+    about = "Hold millions of TCP connections on one Linux box and measure what it costs",
+    after_help = "Exit status: 0 done, 1 error, 2 usage, 3 fell short (a run that did not hold what it asked for; \
+                  `tune check` for a count that does not fit)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +36,34 @@ enum Command {
     /// What caps connections here (check), sysctl profiles (apply, restore), and sizing other
     /// hardware from a measured result (size).
     Tune(c2m::tune::TuneArgs),
+    /// Print a shell completion script (bash: `c2m completions bash > /etc/bash_completion.d/c2m`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `c2m man > c2m.1 && man ./c2m.1`.
+    Man,
+}
+
+/// Shortest heartbeat and HELLO timeout, and longest of any serve timeout (WELCOME carries the
+/// heartbeat in u32 milliseconds).
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_TIMEOUT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// A count that fits a u32 (`4096`, `64k`).
+fn count_u32(s: &str) -> Result<u32, String> {
+    c2m::units::count_in(0..=u32::MAX as u64)(s).map(|n| n as u32)
+}
+
+/// A byte size that fits a u32 (`2048`, `2KiB`).
+fn bytes_u32(s: &str) -> Result<u32, String> {
+    let n = c2m::units::parse_bytes(s)?;
+    u32::try_from(n).map_err(|_| format!("{s:?} is out of range: must be in 0..={}", u32::MAX))
+}
+
+/// Whole milliseconds of a duration a parser already bounded to u32 milliseconds.
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 #[derive(Args)]
@@ -40,39 +74,43 @@ struct ServeArgs {
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
     workers: Option<usize>,
-    /// Sessions held at most, all workers together (one budget, whichever worker the kernel picks).
-    #[arg(long, default_value_t = defaults::MAX_SESSIONS)]
-    max_sessions: usize,
+    /// Sessions held at most, all workers together (one budget, whichever worker the kernel
+    /// picks): 100k, 1m, 2m.
+    #[arg(long, value_parser = c2m::units::parse_count, default_value_t = defaults::MAX_SESSIONS as u64)]
+    max_sessions: u64,
     /// Bytes of one session slot (rounded up to pages); only touched pages become resident.
-    #[arg(long, default_value_t = defaults::SESSION_BYTES)]
-    session_bytes: usize,
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value_t = defaults::SESSION_BYTES as u64)]
+    session_bytes: u64,
     /// Slot memory all sessions together may fill with replies not yet sent; past it a session
     /// waits (as with a full out area) instead of growing.
     #[arg(long, value_parser = c2m::units::parse_bytes, default_value = defaults::SLOT_BUDGET)]
     slot_budget: u64,
     /// Largest frame accepted, header included.
-    #[arg(long, default_value_t = c2m::proto::DEFAULT_MAX_FRAME)]
-    max_frame: usize,
-    /// Heartbeat period told to clients; a session silent for 3 periods is closed.
-    #[arg(long, default_value_t = defaults::millis(defaults::HEARTBEAT))]
-    heartbeat_ms: u32,
-    /// Time a new connection has to say HELLO, in milliseconds.
-    #[arg(long, default_value_t = defaults::millis(defaults::HELLO_TIMEOUT))]
-    hello_timeout: u32,
-    /// On SIGINT/SIGTERM, time to say BYE and drain before exiting, in milliseconds.
-    #[arg(long, default_value_t = defaults::millis(defaults::DRAIN_TIMEOUT))]
-    drain_timeout: u32,
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value_t = c2m::proto::DEFAULT_MAX_FRAME as u64)]
+    max_frame: u64,
+    /// Heartbeat period told to clients in WELCOME; a session silent for 3 periods is closed.
+    #[arg(long, value_parser = c2m::units::duration_with_unit(MIN_TIMEOUT..=MAX_TIMEOUT), default_value = defaults::HEARTBEAT)]
+    heartbeat: Duration,
+    /// The old spelling of --heartbeat, in bare milliseconds.
+    #[arg(long, hide = true, conflicts_with = "heartbeat", value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeat_ms: Option<u32>,
+    /// Time a new connection has to say HELLO (ERROR 6 after).
+    #[arg(long, value_parser = c2m::units::duration_with_unit(MIN_TIMEOUT..=MAX_TIMEOUT), default_value = defaults::HELLO_TIMEOUT)]
+    hello_timeout: Duration,
+    /// On SIGINT/SIGTERM, time to say BYE and drain before exiting.
+    #[arg(long, value_parser = c2m::units::duration_with_unit(Duration::ZERO..=MAX_TIMEOUT), default_value = defaults::DRAIN_TIMEOUT)]
+    drain_timeout: Duration,
     /// Listen backlog per worker (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = defaults::BACKLOG)]
+    #[arg(long, value_parser = count_u32, default_value_t = defaults::BACKLOG)]
     backlog: u32,
     /// Fixed-file slots per ring [default: RLIMIT_NOFILE, at most 2^20].
-    #[arg(long)]
+    #[arg(long, value_parser = count_u32)]
     files_per_ring: Option<u32>,
     /// Provided receive buffers per ring (power of two).
-    #[arg(long, default_value_t = defaults::RECV_BUFFERS)]
-    recv_buffers: u16,
+    #[arg(long, value_parser = count_u32, default_value_t = defaults::RECV_BUFFERS as u32)]
+    recv_buffers: u32,
     /// Size of one receive buffer.
-    #[arg(long, default_value_t = defaults::RECV_BUFFER_SIZE)]
+    #[arg(long, value_parser = bytes_u32, default_value_t = defaults::RECV_BUFFER_SIZE)]
     recv_buffer_size: u32,
     /// How a session waits for input: `poll` (a multishot poll, then a receive: least kernel
     /// memory per idle session) or `multishot` (a multishot receive: fewest completions).
@@ -91,14 +129,14 @@ struct ServeArgs {
     #[arg(long, value_parser = c2m::units::parse_count, default_value = "0")]
     groups: u64,
     /// Chat: members per group (K), at most 1024.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = count_u32, default_value = "0")]
     group_size: u32,
     /// Chat: how long a message waits for an offline user (default 30 days, at most 87600h).
     #[arg(long, value_parser = c2m::units::duration_in(Duration::ZERO..=c2m::server::MAX_OFFLINE_TTL), default_value = defaults::OFFLINE_TTL)]
     offline_ttl: Duration,
     /// Chat: messages and bytes held for one recipient until receipted (offline, queued or in
     /// flight); over either, the sender gets NACK 8.
-    #[arg(long, default_value_t = defaults::OFFLINE_USER_MESSAGES)]
+    #[arg(long, value_parser = count_u32, default_value_t = defaults::OFFLINE_USER_MESSAGES)]
     offline_user_messages: u32,
     #[arg(long, value_parser = c2m::units::parse_bytes, default_value = defaults::OFFLINE_USER_BYTES)]
     offline_user_bytes: u64,
@@ -141,16 +179,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = ServeConfig {
         listen: args.listen,
         workers: args.workers.unwrap_or(defaults.workers),
-        max_sessions: args.max_sessions,
-        session_bytes: args.session_bytes,
-        slot_budget: args.slot_budget as usize,
-        max_frame: args.max_frame,
-        heartbeat_ms: args.heartbeat_ms,
-        hello_timeout_ms: args.hello_timeout,
-        drain_timeout_ms: args.drain_timeout,
+        // On 64-bit targets these all fit; a value past usize saturates and `validate` refuses it.
+        max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
+        session_bytes: usize::try_from(args.session_bytes).unwrap_or(usize::MAX),
+        slot_budget: usize::try_from(args.slot_budget).unwrap_or(usize::MAX),
+        max_frame: usize::try_from(args.max_frame).unwrap_or(usize::MAX),
+        heartbeat_ms: args.heartbeat_ms.unwrap_or_else(|| millis(args.heartbeat)),
+        hello_timeout_ms: millis(args.hello_timeout),
+        drain_timeout_ms: millis(args.drain_timeout),
         backlog: args.backlog,
         files_per_ring: args.files_per_ring,
-        recv_buffers: args.recv_buffers,
+        recv_buffers: u16::try_from(args.recv_buffers).unwrap_or(u16::MAX),
         recv_arm: args.recv_arm,
         dataplane,
         netns: args.dataplane.netns.clone(),
@@ -171,14 +210,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Block SIGINT/SIGTERM in every thread (workers inherit the mask); this thread waits for them.
     let signals = c2m::host::signal::block_stop_signals().context("blocking SIGINT/SIGTERM")?;
-    let server = Server::start(cfg.clone()).context("starting the server")?;
+    let server = match Server::start(cfg.clone()) {
+        Ok(server) => server,
+        Err(c2m::server::ServerError::Config(why)) => return Err(c2m::exit::Usage(why).into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("starting the server")),
+    };
     if let Some(warning) = c2m::host::memory::read_meminfo().ok().and_then(|m| cfg.memory_warning(m.mem_total)) {
         eprintln!("{warning}");
     }
     let layout = server.layout();
     let metrics = match args.metrics {
         Some(addr) => Some(
-            c2m::stats::metrics_http::spawn(addr, server.stats())
+            c2m::stats::metrics_http::spawn(addr, c2m::stats::server_render(server.stats()))
                 .with_context(|| format!("metrics endpoint on {addr}"))?,
         ),
         None => None,
@@ -214,7 +257,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let why = server.join().err().map(|e| e.to_string()).unwrap_or_else(|| "it ended without an error".into());
         anyhow::bail!("worker {worker} stopped while serving: {why}");
     };
-    println!("c2m serve: {signal:?}: saying BYE and draining (at most {} ms)", cfg.drain_timeout_ms);
+    println!(
+        "c2m serve: {signal:?}: saying BYE and draining (at most {})",
+        c2m::units::human_duration(Duration::from_millis(cfg.drain_timeout_ms.into()))
+    );
     server.stop();
     server.join().context("a worker failed")?;
     let left: u64 = stats.iter().map(|s| s.active()).sum();
@@ -223,10 +269,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
-    let cfg = args.to_config().map_err(anyhow::Error::msg)?;
+    let cfg = args.to_config().map_err(c2m::exit::Usage)?;
+    if !cfg.target.ip().is_loopback() {
+        // On a real network the plan is the first thing to check: which address, how many ports.
+        eprintln!("{}", c2m::load::target::describe(cfg.target, &cfg.ports, &cfg.source_specs, cfg.connections));
+    }
+    cfg.validate().map_err(|e| c2m::exit::Usage(e.to_string()))?;
     if !args.force {
         // Both ends are on this box when the target is loopback: count both sockets.
-        let both_ends_here = args.server.ip().is_loopback();
+        let both_ends_here = cfg.target.ip().is_loopback();
         let model = c2m::tune::capacity::CostModel::measured_or_default(std::path::Path::new("results"));
         c2m::tune::capacity::check(cfg.connections, both_ends_here, cfg.keep_free, &model)
             .map_err(|e| anyhow::anyhow!("{e} (--force starts anyway; the MemFree guard still stops the run)"))?;
@@ -236,42 +287,82 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
         hlog: args.hlog.clone(),
         progress: !args.no_progress,
         events: args.events,
+        metrics: args.metrics,
     };
     let report = c2m::load::run(cfg, &opts).context("running the load")?;
     if report.status == c2m::schema::load::RunStatus::Aborted {
         // The report is written; the exit status still tells a script the run fell short.
-        std::process::exit(3);
+        return Err(c2m::exit::FellShort("the run was aborted (its report says why)".into()).into());
     }
     if let Some(short) = report.shortfall() {
-        eprintln!("c2m load: fell short: {short}");
-        std::process::exit(3);
+        return Err(c2m::exit::FellShort(format!("c2m load: fell short: {short}")).into());
     }
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args),
-        Command::Bench(args) => c2m::bench::run(args),
-        Command::Load(args) => load(args),
-        Command::Tune(args) => match c2m::tune::run(args) {
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                std::process::exit(2)
-            }
-        },
-        Command::Hold(a) => {
-            let cfg = c2m::client::HoldConfig {
-                server: a.server,
-                source: a.source,
-                first_port: a.first_port,
-                connections: a.connections as usize,
-                first_user: a.first_user,
-                hold: Duration::from_secs(a.hold_secs),
-            };
-            c2m::client::hold(&cfg).context("holding connections")?;
-            Ok(())
+/// Exit status: 0 done, 1 error, 2 usage, 3 fell short (see `c2m::exit`); clap itself ends a
+/// wrong command line with 2 before any of this runs.
+fn main() {
+    let outcome = match Cli::parse().command {
+        Command::Serve(args) => serve(args).map(|()| c2m::exit::DONE),
+        Command::Bench(args) => c2m::bench::run(args).map(|()| c2m::exit::DONE),
+        Command::Load(args) => load(args).map(|()| c2m::exit::DONE),
+        Command::Tune(args) => c2m::tune::run(args),
+        Command::Hold(a) => hold(a).map(|()| c2m::exit::DONE),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "c2m", &mut std::io::stdout());
+            Ok(c2m::exit::DONE)
+        }
+        Command::Man => man().map(|()| c2m::exit::DONE),
+    };
+    match outcome {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("Error: {}", message(&e));
+            std::process::exit(c2m::exit::status_of(&e));
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many of the library's errors already
+/// print their source in their own message.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// The man page: the top command's, then one section per subcommand (what `--help` says of each).
+fn man() -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out).context("writing the man page")?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("c2m-{}", sub.get_name());
+        let sub = sub.clone().name(name).version(c2m::build_info::LONG_VERSION);
+        clap_mangen::Man::new(sub).render(&mut out).context("writing the man page")?;
+    }
+    Ok(())
+}
+
+fn hold(a: HoldArgs) -> anyhow::Result<()> {
+    let cfg = c2m::client::HoldConfig {
+        server: a.server,
+        source: a.source,
+        first_port: a.first_port,
+        connections: a.connections as usize,
+        first_user: a.first_user,
+        hold: Duration::from_secs(a.hold_secs),
+    };
+    c2m::client::hold(&cfg).context("holding connections")?;
+    Ok(())
 }

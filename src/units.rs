@@ -89,6 +89,35 @@ pub fn duration_in(
     }
 }
 
+/// A parser like [`duration_in`] for flags that once took bare milliseconds (`--hello-timeout`,
+/// `--drain-timeout`): the unit must be written (`250ms`, `5s`), so an old `--drain-timeout 30`
+/// is refused with the fix instead of read as 30 seconds. `0` needs no unit.
+pub fn duration_with_unit(
+    range: RangeInclusive<Duration>,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let within = duration_in(range);
+    move |s| {
+        let t = s.trim();
+        if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') && t.parse::<f64>() != Ok(0.0) {
+            return Err(format!("{s:?} needs a unit: {t}ms or {t}s"));
+        }
+        within(s)
+    }
+}
+
+/// A parser for a count flag (`5000`, `10k`, `2m`) that accepts only `range`; its message says
+/// the range (clap adds the flag's name).
+pub fn count_in(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let n = parse_count(s)?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{s:?} is out of range: must be in {}..={}", range.start(), range.end()))
+        }
+    }
+}
+
 /// `must be in 0s..=8760h`, the words every duration range check uses.
 pub fn duration_range(range: &RangeInclusive<Duration>) -> String {
     format!("must be in {}..={}", human_duration(*range.start()), human_duration(*range.end()))
@@ -224,6 +253,20 @@ mod tests {
         assert_eq!(p("0.5ms").unwrap_err(), "\"0.5ms\" is out of range: must be in 1ms..=90s");
         assert_eq!(human_duration(Duration::from_nanos(1500)), "1500ns");
         assert_eq!(human_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn unit_required_and_count_ranges() {
+        let p = duration_with_unit(Duration::ZERO..=Duration::from_secs(3600));
+        assert_eq!(p("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(p("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(p("0"), Ok(Duration::ZERO));
+        assert_eq!(p("30").unwrap_err(), "\"30\" needs a unit: 30ms or 30s");
+        assert!(p("2h").unwrap_err().contains("must be in 0s..=1h"));
+        let c = count_in(1..=4_294_967_295);
+        assert_eq!(c("2m"), Ok(2_000_000));
+        assert_eq!(c("0").unwrap_err(), "\"0\" is out of range: must be in 1..=4294967295");
+        assert!(c("5g").unwrap_err().contains("4294967295"));
     }
 
     #[test]

@@ -82,9 +82,37 @@ fn serve_refuses_values_out_of_range() {
     );
     refused(&serve(&["--recv-buffer-size", "0"]), "--recv-buffer-size", "64..=");
     refused(&serve(&["--files-per-ring", "4294967295"]), "--files-per-ring", "64..=1048576");
-    refused(&serve(&["--heartbeat-ms", "0"]), "--heartbeat-ms", "1..=");
+    refused(&serve(&["--heartbeat-ms", "0"]), "--heartbeat-ms", "1..");
+    refused(&serve(&["--heartbeat", "0s"]), "--heartbeat", "1ms..=");
+    // Once bare milliseconds: a bare number now needs its unit rather than being read as seconds.
+    refused(&serve(&["--drain-timeout", "30"]), "--drain-timeout", "30ms or 30s");
+    refused(&serve(&["--hello-timeout", "10000"]), "--hello-timeout", "needs a unit");
     refused(&serve(&["--backlog", "4294967295"]), "--backlog", "0..=2147483647");
     refused(&serve(&["--users", "99999999999999999999g"]), "--users", "too large");
+}
+
+/// Counts take k/m on every command, durations their units.
+#[test]
+fn serve_takes_the_units_load_takes() {
+    let (code, text) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--max-sessions",
+        "2m",
+        "--session-bytes",
+        "0",
+        "--heartbeat",
+        "250ms",
+        "--drain-timeout",
+        "1s",
+    ]);
+    // Parsed (2m sessions accepted as a count), then refused by the check of the slot size alone:
+    // a usage error.
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--session-bytes 0 is out of range"), "{text}");
 }
 
 #[test]
@@ -123,6 +151,6 @@ fn hold_and_tune_refuse_or_answer_any_value() {
     );
     // Any count is judged (it does not fit), its lift commands computed without wrapping.
     let (code, text) = run(&["tune", "check", "-c", "18446744073709551615", "--in-flight", "16GiB", "--json"]);
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(3), "does not fit: {text}");
     assert!(!text.contains("panicked"), "{text}");
 }

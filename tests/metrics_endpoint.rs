@@ -121,3 +121,78 @@ fn many_idle_connections_do_not_lock_scrapes_out() {
     assert!(t.elapsed() < Duration::from_secs(1), "scrape took {:?} next to 100 idle connections", t.elapsed());
     drop(idle);
 }
+
+/// Conventional names and units, every series from the first scrape (zeros included), the build
+/// and the standard process families.
+#[test]
+fn every_series_is_there_from_the_start_with_conventional_names() {
+    let server = small_server();
+    let text = server.scrape();
+    for name in [
+        "c2m_received_bytes_total",
+        "c2m_sent_bytes_total",
+        "c2m_frames_in_total",
+        "c2m_frames_out_total",
+        "c2m_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing\n{text}");
+    }
+    for old in ["c2m_bytes_in_total", "c2m_bytes_out_total"] {
+        assert!(!text.contains(old), "{old} is still served");
+    }
+    // No frame has moved yet, and every kind is there at 0.
+    assert!(text.contains("c2m_frames_in_total{worker=\"0\",kind=\"ping\"} 0"), "{text}");
+    assert!(text.contains("c2m_frames_out_total{worker=\"0\",kind=\"deliver\"} 0"), "{text}");
+    let info = text.lines().find(|l| l.starts_with("c2m_build_info{")).unwrap();
+    assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && info.ends_with("} 1"), "{info}");
+    // The process families are the server's own: its resident memory, as smaps_rollup says.
+    let resident = c2m::stats::sum_metric(&text, "process_resident_memory_bytes").unwrap();
+    let rss = rss(&server) as f64;
+    assert!((resident - rss).abs() < rss / 2.0 + (8 << 20) as f64, "{resident} vs smaps_rollup {rss}");
+}
+
+/// `c2m load --metrics ADDR` serves the run's counters while it runs.
+#[test]
+fn load_serves_its_counters_during_the_run() {
+    use std::io::BufRead;
+    if common::xdp_under_test() {
+        eprintln!("skipped under xdp: this case is about the load's endpoint, not the server's data plane");
+        return;
+    }
+    let server = small_server();
+    let mut load = std::process::Command::new(common::BIN)
+        .args(["load", "--server", &server.addr.to_string(), "-c", "20", "--workers", "1", "--no-progress"])
+        .args(["--ping-interval", "100ms", "-d", "3s", "--metrics", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn c2m load");
+    let mut err = std::io::BufReader::new(load.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "c2m load ended without naming its metrics address");
+        if let Some(rest) = line.trim().strip_prefix("c2m load: metrics at http://") {
+            break rest.trim_end_matches("/metrics").parse::<std::net::SocketAddr>().unwrap();
+        }
+    };
+    // The message phase: all 20 logged in, PINGs going out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = c2m::stats::metrics_http::scrape(addr).expect("scrape the load");
+        let established = c2m::stats::sum_metric(&text, "c2m_load_connections_established").unwrap();
+        let sent = c2m::stats::sum_metric(&text, "c2m_load_messages_sent_total").unwrap();
+        if established == 20.0 && sent > 0.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never saw the run going:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(c2m::stats::sum_metric(&text, "c2m_sent_bytes_total").unwrap() > 0.0, "{text}");
+    assert!(text.contains("c2m_build_info{") && text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+    assert!(load.wait().unwrap().success());
+}

@@ -1,5 +1,5 @@
 //! Reproductions of the review's findings (`../shared/repro/README.md`, F1-F17), each turned into
-//! a test that asserts what `../shared/DESIGN.md` ("Chat delivery guarantee", wire protocol v1)
+//! a test that asserts what `docs/protocol.md` (chat delivery guarantee, wire protocol v1)
 //! requires. Each starts its own `c2m serve` (or, for F9, a hostile server in a thread and a
 //! `c2m load` child) with the flags the finding names, and drives it over loopback with plain
 //! sockets. `C2M_TEST_BIN=/path/to/c2m` runs them against another build (they fail at f2b2d30).
@@ -87,13 +87,13 @@ fn writer(c: &BlockingClient) -> TcpStream {
     w
 }
 
-/// Waits until c2m_bytes_out_total stops moving (3 scrapes in a row, 50 ms apart) and returns
+/// Waits until c2m_sent_bytes_total stops moving (3 scrapes in a row, 50 ms apart) and returns
 /// it; bounded at 5 s.
 fn settled_bytes_out(server: &ServerProcess) -> u64 {
     let (mut last, mut same) = (u64::MAX, 0);
     let deadline = Instant::now() + 5 * SECOND;
     loop {
-        let bo = server.metric("c2m_bytes_out_total") as u64;
+        let bo = server.metric("c2m_sent_bytes_total") as u64;
         same = if bo == last { same + 1 } else { 0 };
         last = bo;
         if same >= 3 || Instant::now() >= deadline {
@@ -148,7 +148,7 @@ fn fill_recipient_out_area(server: &ServerProcess, a: &mut BlockingClient) -> (u
         sent += n;
         // DELIVER bytes the kernel has not taken yet (each ACK to A is 12 B of bytes_out).
         let unsent_at = |bo: u64| (4096 * sent).saturating_sub(bo - base - 12 * sent);
-        unsent = unsent_at(server.metric("c2m_bytes_out_total") as u64);
+        unsent = unsent_at(server.metric("c2m_sent_bytes_total") as u64);
         if unsent > 0 {
             unsent = unsent_at(settled_bytes_out(server));
         }
@@ -165,8 +165,8 @@ fn out_area_survives_the_end_of_the_session(replace: bool) {
         "1",
         "--users",
         "100",
-        "--heartbeat-ms",
-        "600000",
+        "--heartbeat",
+        "600000ms",
         "--offline-user-bytes",
         "16MiB",
         "--offline-sender-bytes",
@@ -553,7 +553,7 @@ fn f17_bye_and_close_never_shut_down_another_users_connection() {
 // F1: a session torn down while its input is paused leaves its receive buffer held, and the next
 // session on that slot is fed the dead one's bytes.
 
-/// Waits until the server has handled `echoes` ECHOs and c2m_bytes_out_total stopped moving;
+/// Waits until the server has handled `echoes` ECHOs and c2m_sent_bytes_total stopped moving;
 /// returns it. Bounded at 10 s.
 fn settled_after_echoes(server: &ServerProcess, echoes: u64) -> u64 {
     let (mut last, mut same) = (u64::MAX, 0);
@@ -561,7 +561,7 @@ fn settled_after_echoes(server: &ServerProcess, echoes: u64) -> u64 {
     loop {
         let text = server.scrape();
         let handled = sum_where(&text, "c2m_frames_in_total", "kind=\"echo\"") as u64;
-        let bo = sum(&text, "c2m_bytes_out_total") as u64;
+        let bo = sum(&text, "c2m_sent_bytes_total") as u64;
         if handled >= echoes {
             same = if bo == last { same + 1 } else { 0 };
             last = bo;
@@ -585,7 +585,7 @@ fn fill_out_area_with_echoes(server: &ServerProcess, c: &mut BlockingClient, ech
     loop {
         // Fast while the kernel still takes every reply; settled once some wait in the area.
         let text = server.scrape();
-        let mut bo = sum(&text, "c2m_bytes_out_total") as u64;
+        let mut bo = sum(&text, "c2m_sent_bytes_total") as u64;
         if (sum_where(&text, "c2m_frames_in_total", "kind=\"echo\"") as u64) < *echoes || sent_bytes > bo - base {
             bo = settled_after_echoes(server, *echoes);
         }
@@ -617,8 +617,8 @@ fn f1_session_torn_down_while_paused_leaves_no_held_buffer_nor_bytes_for_the_nex
         "1000",
         "--users",
         "100",
-        "--heartbeat-ms",
-        "600000",
+        "--heartbeat",
+        "600000ms",
     ]);
     let mut w = server.login(7); // a bystander, the target of X's SEND
     let mut x = connect(server.addr, Some(4096));
@@ -874,8 +874,8 @@ fn group_fanout_across_workers_never_drops_an_acked_copy() {
         "1",
         "--group-size",
         "1024",
-        "--heartbeat-ms",
-        "600000",
+        "--heartbeat",
+        "600000ms",
     ]);
     let on_worker = |user: u64, w: u64| -> BlockingClient {
         for _ in 0..50 {

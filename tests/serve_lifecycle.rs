@@ -87,7 +87,7 @@ fn full_slab_refuses_with_error_5_and_reuses_a_freed_slot() {
 
 #[test]
 fn sigterm_says_bye_to_every_session_and_exits_0() {
-    let mut server = ServerProcess::start(&["--workers", "2", "--drain-timeout", "3000", "--max-sessions", "1000"]);
+    let mut server = ServerProcess::start(&["--workers", "2", "--drain-timeout", "3s", "--max-sessions", "1000"]);
     let mut clients: Vec<BlockingClient> = (1..=20).map(|u| login(&server, u)).collect();
     // Two that connected but have not said HELLO yet are sessions too.
     clients.push(server.client());
@@ -100,7 +100,7 @@ fn sigterm_says_bye_to_every_session_and_exits_0() {
     eprintln!("SIGTERM to exit with 22 reading clients: {took:?}");
     assert!(status.success(), "exit status {status}");
     // Every client's kernel buffer takes its BYE at once, so the drain ends long before its bound.
-    assert!(took < Duration::from_secs(5), "exit took {took:?} with --drain-timeout 3000");
+    assert!(took < Duration::from_secs(5), "exit took {took:?} with --drain-timeout 3s");
 
     // The BYEs wait in the clients' sockets, each followed by the server's FIN.
     for (i, c) in clients.iter_mut().enumerate() {
@@ -114,7 +114,7 @@ fn sigterm_says_bye_to_every_session_and_exits_0() {
 
 #[test]
 fn sigterm_with_a_client_that_never_reads_still_exits_0_in_time() {
-    let mut server = ServerProcess::start(&["--workers", "1", "--drain-timeout", "3000", "--max-sessions", "1000"]);
+    let mut server = ServerProcess::start(&["--workers", "1", "--drain-timeout", "3s", "--max-sessions", "1000"]);
     // Logged in, then never reads and never closes.
     let holder = login(&server, 1);
     // One that never even said HELLO.
@@ -125,7 +125,7 @@ fn sigterm_with_a_client_that_never_reads_still_exits_0_in_time() {
     let took = t0.elapsed();
     eprintln!("SIGTERM to exit with a client that never reads: {took:?}");
     assert!(status.success(), "exit status {status}");
-    assert!(took < Duration::from_millis(3000 + 2000), "exit took {took:?} with --drain-timeout 3000");
+    assert!(took < Duration::from_millis(3000 + 2000), "exit took {took:?} with --drain-timeout 3s");
     drop((holder, silent));
 }
 
@@ -133,7 +133,7 @@ fn sigterm_with_a_client_that_never_reads_still_exits_0_in_time() {
 fn sigterm_with_a_send_stuck_on_a_full_socket_still_exits_0_in_time() {
     // The client never reads and its window is closed: a send of the server's is stuck in flight
     // and more replies wait in the slot when SIGTERM comes, so the BYE cannot go out.
-    let mut server = ServerProcess::start(&["--workers", "1", "--drain-timeout", "3000", "--max-sessions", "1000"]);
+    let mut server = ServerProcess::start(&["--workers", "1", "--drain-timeout", "3s", "--max-sessions", "1000"]);
     let mut c = small_window_client(&server);
     c.login(1).unwrap();
     let echo = encode_vec(&Frame::Echo { data: &[3; 4000] });
@@ -151,7 +151,7 @@ fn sigterm_with_a_send_stuck_on_a_full_socket_still_exits_0_in_time() {
         let text = server.scrape();
         assert_eq!(sum_where(&text, "c2m_sessions_closed_total", "reason=\"slow_consumer\""), 0.0, "{text}");
         let queued = 24.0 + 4004.0 * sum_where(&text, "c2m_frames_out_total", "kind=\"echo_reply\"");
-        owed = queued - sum(&text, "c2m_bytes_out_total");
+        owed = queued - sum(&text, "c2m_sent_bytes_total");
         if owed >= 4004.0 {
             eprintln!("{rounds} rounds, {queued} reply bytes queued, {owed} owed");
             break;
@@ -164,7 +164,7 @@ fn sigterm_with_a_send_stuck_on_a_full_socket_still_exits_0_in_time() {
     let took = t0.elapsed();
     eprintln!("SIGTERM to exit with a send stuck on a full socket: {took:?}");
     assert!(status.success(), "exit status {status}");
-    assert!(took < Duration::from_millis(3000 + 2000), "exit took {took:?} with --drain-timeout 3000");
+    assert!(took < Duration::from_millis(3000 + 2000), "exit took {took:?} with --drain-timeout 3s");
     drop(c);
 }
 

@@ -23,9 +23,9 @@ fn start() -> ServerProcess {
         "--workers",
         "2",
         "--hello-timeout",
-        "800",
-        "--heartbeat-ms",
-        "500",
+        "800ms",
+        "--heartbeat",
+        "500ms",
         "--max-sessions",
         "1000",
     ])
@@ -353,7 +353,7 @@ fn reset_mid_frame_is_counted_peer_closed_and_leaks_nothing() {
     let echo = encode_vec(&Frame::Echo { data: &[0x5a; 4000] });
     b.send_raw(&echo[..2000]).unwrap();
     wait_for(&server, "the partial frames to arrive", Duration::from_secs(5), |t| {
-        sum(t, "c2m_bytes_in_total") >= (10 + 20 + 2000) as f64
+        sum(t, "c2m_received_bytes_total") >= (10 + 20 + 2000) as f64
     });
     reset(a);
     reset(b);
@@ -377,7 +377,7 @@ fn reset_with_replies_unread_is_counted_and_leaks_nothing() {
     c.send_raw(&burst).unwrap();
     c.send_raw(&hello(3)[..7]).unwrap();
     wait_for(&server, "the burst to arrive", Duration::from_secs(5), |t| {
-        sum(t, "c2m_bytes_in_total") >= (20 + burst.len() + 7) as f64
+        sum(t, "c2m_received_bytes_total") >= (20 + burst.len() + 7) as f64
     });
     reset(c);
     let text =
@@ -389,7 +389,7 @@ fn reset_with_replies_unread_is_counted_and_leaks_nothing() {
 /// Reply bytes pushed (WELCOME is 24 bytes, each ECHO_REPLY 4004) but not yet sent, for one
 /// logged-in session that only sent ECHOs of 4000 bytes.
 fn owed(text: &str) -> f64 {
-    24.0 + 4004.0 * sum_where(text, "c2m_frames_out_total", "kind=\"echo_reply\"") - sum(text, "c2m_bytes_out_total")
+    24.0 + 4004.0 * sum_where(text, "c2m_frames_out_total", "kind=\"echo_reply\"") - sum(text, "c2m_sent_bytes_total")
 }
 
 #[test]
@@ -433,9 +433,9 @@ fn a_burst_bigger_than_the_out_area_is_answered_in_full_while_the_client_reads()
             "--workers",
             "2",
             "--hello-timeout",
-            "5000",
-            "--heartbeat-ms",
-            "5000",
+            "5000ms",
+            "--heartbeat",
+            "5000ms",
             "--max-sessions",
             "1000",
             "--recv-buffer-size",
@@ -586,9 +586,9 @@ fn start_with_few_buffers() -> ServerProcess {
         "--recv-buffers",
         "8",
         "--hello-timeout",
-        "5000",
-        "--heartbeat-ms",
-        "5000",
+        "5000ms",
+        "--heartbeat",
+        "5000ms",
         "--max-sessions",
         "1000",
     ])
@@ -683,9 +683,9 @@ fn receive_buffers_running_dry_lose_no_bytes() {
             "--recv-buffers",
             buffers,
             "--hello-timeout",
-            "5000",
-            "--heartbeat-ms",
-            "5000",
+            "5000ms",
+            "--heartbeat",
+            "5000ms",
             "--max-sessions",
             "1000",
             "--recv-arm",
@@ -716,7 +716,7 @@ fn a_client_that_reads_everything_is_never_a_slow_consumer() {
     let got = echo_storm(&server, 24, 20);
     let text = server.scrape();
     let queued = 24.0 * 24.0 + 4004.0 * sum_where(&text, "c2m_frames_out_total", "kind=\"echo_reply\"");
-    let owed = queued - sum(&text, "c2m_bytes_out_total");
+    let owed = queued - sum(&text, "c2m_sent_bytes_total");
     assert_eq!(
         closed_with_reason(&text, "slow_consumer"),
         0.0,

@@ -68,3 +68,50 @@ fn a_session_count_that_could_outgrow_memory_is_named_at_start() {
     let err = stderr_of_a_start(&["--max-sessions", "1000"]);
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// `c2m serve --listen ADDR`, run to its end (it must refuse to start), and its exit status and
+/// stderr.
+fn refused_start(listen: &str) -> (i32, String) {
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--workers", "2", "--max-sessions", "100", "--listen", listen])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run c2m serve");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// SO_REUSEPORT would let a second server join a busy port and take a share of its connections;
+/// a port someone listens on is refused instead, while one server's own workers still share it.
+#[test]
+fn a_port_another_process_listens_on_is_refused() {
+    // Another program's listener (no SO_REUSEPORT).
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (code, err) = refused_start(&other.local_addr().unwrap().to_string());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already in use") && err.contains("--listen"), "{err}");
+    if common::xdp_under_test() {
+        // The xdp server listens inside a namespace of its own: no loopback port to share.
+        return;
+    }
+    // Another c2m serve (SO_REUSEPORT on each of its two workers' listeners).
+    let first = ServerProcess::start(&["--workers", "2", "--max-sessions", "100"]);
+    let (code, err) = refused_start(&first.addr.to_string());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already in use"), "{err}");
+    // The first server still answers on its port.
+    common::login(&first, 1);
+}
+
+/// `--heartbeat 750ms` reaches clients in WELCOME, and the old `--heartbeat-ms` (hidden, bare
+/// milliseconds) still means what it did.
+#[test]
+fn the_heartbeat_takes_units_and_the_old_spelling_still_works() {
+    use c2m::proto::{Frame, encode_vec};
+    for flag in [["--heartbeat", "750ms"], ["--heartbeat-ms", "750"]] {
+        let server = ServerProcess::start(&["--workers", "1", "--max-sessions", "100", flag[0], flag[1]]);
+        let mut c = server.client();
+        c.send_raw(&encode_vec(&Frame::Hello { user_id: 1, client_time_ns: 0 })).unwrap();
+        let welcome = common::expect_frame(&mut c);
+        assert!(matches!(welcome.frame(), Frame::Welcome { heartbeat_ms: 750, .. }), "{flag:?}: {:?}", welcome.frame());
+    }
+}

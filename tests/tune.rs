@@ -107,7 +107,7 @@ fn apply_and_restore_through_the_binary_on_a_temporary_tree() {
     assert!(same.status.success() && text(&same).contains("nothing to change"), "{}", text(&same));
     std::fs::write(&conf, "net.core.somaxconn = 16384\n").unwrap();
     let again = run(args(&[]));
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(text(&again).contains("already exists"), "{}", text(&again));
     assert_eq!(std::fs::read_to_string(root.join("net/core/somaxconn")).unwrap(), "8192\n");
     let out = c2m(&["tune", "restore", "--state", state.to_str().unwrap(), "--proc-sys", root.to_str().unwrap()]);
@@ -124,12 +124,12 @@ fn check_exit_status_says_whether_the_count_fits() {
     assert!(text(&out).starts_with("This box can hold about"), "{}", text(&out));
     // A thousand billion connections fit nowhere.
     let out = c2m(&["tune", "check", "-c", "1000g", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["fits"], false);
     assert!(report["rows"].as_array().unwrap().iter().any(|r| r["verdict"] == "limits you"));
     let out = c2m(&["tune", "size", "--memory", "64G", "--cores", "8", "--from", "/nonexistent.json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
 fn effective_uid_is_root() -> bool {
@@ -233,7 +233,7 @@ fn a_key_that_would_leave_the_sysctl_tree_is_refused_naming_its_line() {
             }
             let out = c2m(&args);
             let printed = text(&out);
-            assert_eq!(out.status.code(), Some(2), "{bad}: {printed}");
+            assert_eq!(out.status.code(), Some(1), "{bad}: {printed}");
             assert!(printed.contains("bad.conf:2:") && printed.contains("key"), "{bad}: {printed}");
             assert!(!printed.contains("precious"), "{bad}: {printed}");
         }
@@ -263,7 +263,7 @@ fn symlinks_inside_the_sysctl_tree_are_not_followed() {
                 args.push("--dry-run");
             }
             let out = c2m(&args);
-            assert_eq!(out.status.code(), Some(2), "{key}: {}", text(&out));
+            assert_eq!(out.status.code(), Some(1), "{key}: {}", text(&out));
             assert!(!text(&out).contains("precious"), "{key}: {}", text(&out));
         }
         assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "precious\n", "{key}");
@@ -388,14 +388,14 @@ fn the_state_file_is_private_and_not_reached_through_a_symlink() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = restore(&state);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // Nor one reached through a symlink.
     let link = state_dir.join("link.json");
     std::os::unix::fs::symlink(&state, &link).unwrap();
     let out = restore(&link);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(root.join("net/core/a")).unwrap(), "101\n");
 
     let out = restore(&state);
@@ -408,7 +408,7 @@ fn the_state_file_is_private_and_not_reached_through_a_symlink() {
     std::fs::write(&target, "untouched").unwrap();
     std::os::unix::fs::symlink(&target, &state).unwrap();
     let out = apply(&state);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
     assert_eq!(std::fs::read_to_string(root.join("net/core/a")).unwrap(), "100\n");
 }
@@ -459,8 +459,8 @@ mod record_script {
 echo "$*" >> "$FAKE_LOG"
 case "$1 $2" in
   "tune check") exit "${FAKE_CHECK:-0}" ;;
-  "tune apply") if [ -f "$FAKE_STATE" ]; then echo "state file exists" >&2; exit 2; fi; echo saved > "$FAKE_STATE" ;;
-  "tune restore") if [ ! -f "$FAKE_STATE" ]; then echo "no state file" >&2; exit 2; fi; rm "$FAKE_STATE" ;;
+  "tune apply") if [ -f "$FAKE_STATE" ]; then echo "state file exists" >&2; exit 1; fi; echo saved > "$FAKE_STATE" ;;
+  "tune restore") if [ ! -f "$FAKE_STATE" ]; then echo "no state file" >&2; exit 1; fi; rm "$FAKE_STATE" ;;
   bench*) case "$FAKE_BENCH" in ok) exit 0 ;; fail) exit 1 ;; hang) exec sleep 30 ;; esac ;;
 esac
 "#;
@@ -551,12 +551,12 @@ esac
         let c = Checkout::new();
         std::fs::write(c.path("state"), "from a crashed run").unwrap();
         let (got, out) = wait(c.start("ok", "0"));
-        assert_eq!(got, Some(2), "{out}");
+        assert_eq!(got, Some(1), "{out}");
         assert_eq!(c.calls(), ["tune check -c 2m", "tune apply c2m-2m", "tune restore"], "{out}");
         assert!(!c.path("state").exists(), "{out}");
 
         let c = Checkout::new();
-        let (got, out) = wait(c.start("ok", "1"));
+        let (got, out) = wait(c.start("ok", "3"));
         assert_eq!(got, Some(1), "{out}");
         assert_eq!(c.calls(), ["tune check -c 2m"], "{out}");
     }

@@ -43,8 +43,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("c2m bench: wrote {}", report.display());
         return Ok(());
     }
-    let path = scenario::locate(&args.scenario)?;
-    let mut sc = scenario::load(&path)?;
+    let located = scenario::locate(&args.scenario)?;
+    let mut sc = located.parse()?;
     if let Some(n) = args.connections {
         sc.load.connections = AutoOr::Fixed(n);
         sc.load.max_connections = None;
@@ -52,7 +52,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(d) = args.duration {
         sc.load.duration = scenario::HumanDuration(d);
     }
-    sc.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    sc.validate().map_err(|e| anyhow!("{}: {e}", located.file))?;
 
     let machine = machine::read_machine().context("reading this machine")?;
     let model = CostModel::measured_or_default(&args.results_dir);
@@ -72,7 +72,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         human_bytes(args.keep_free as f64),
     ));
     signals::install().context("installing the SIGINT/SIGTERM handler")?;
-    let bench = Bench { args: &args, scenario: &sc, scenario_path: &path, machine, model, connections, progress };
+    let bench =
+        Bench { args: &args, scenario: &sc, scenario_file: &located.file, machine, model, connections, progress };
     let outcome = bench.execute();
     bench.progress.finish();
     outcome
@@ -95,12 +96,8 @@ fn size_connections(load: &LoadSettings, keep_free: u64, model: &CostModel) -> a
 }
 
 fn list() -> anyhow::Result<()> {
-    let Some((dir, scenarios)) = scenario::list() else {
-        bail!("no scenario folder: looked in {:?}", scenario::scenario_dirs());
-    };
-    println!("scenarios in {}:", dir.display());
-    for (path, parsed) in scenarios {
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    println!("built-in scenarios (--scenario NAME; a file of your own: --scenario ./mine.toml):");
+    for (name, parsed) in scenario::list() {
         match parsed {
             Ok(s) => println!("  {name:<12} {}", s.description),
             Err(e) => println!("  {name:<12} (does not parse: {e})"),
@@ -112,7 +109,7 @@ fn list() -> anyhow::Result<()> {
 struct Bench<'a> {
     args: &'a BenchArgs,
     scenario: &'a Scenario,
-    scenario_path: &'a Path,
+    scenario_file: &'a str,
     machine: crate::schema::bench::Machine,
     model: CostModel,
     connections: u64,
@@ -253,10 +250,18 @@ impl Bench<'_> {
             output::summary(&result, &json_path, hlog_written.then_some(hlog_path.as_path()), report.as_deref());
         let _ = writeln!(std::io::stdout(), "{summary}");
         if let Some(reason) = &result.abort_reason {
-            bail!("the run was aborted: {reason} (result written to {})", json_path.display());
+            return Err(crate::exit::FellShort(format!(
+                "the run was aborted: {reason} (result written to {})",
+                json_path.display()
+            ))
+            .into());
         }
         if let Some(short) = result.load.shortfall() {
-            bail!("the run fell short: {short} (result written to {})", json_path.display());
+            return Err(crate::exit::FellShort(format!(
+                "the run fell short: {short} (result written to {})",
+                json_path.display()
+            ))
+            .into());
         }
         Ok(())
     }
@@ -285,7 +290,7 @@ impl Bench<'_> {
         ScenarioInfo {
             name: self.scenario.name.clone(),
             description: self.scenario.description.clone(),
-            file: scenario::display_path(self.scenario_path),
+            file: self.scenario_file.to_string(),
             settings,
         }
     }

@@ -15,7 +15,7 @@ pub const SCENARIO_DIR: &str = "bench/scenarios";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("no scenario {name:?}: looked for {looked}")]
+    #[error("no scenario {name:?}: looked in {looked}")]
     NotFound { name: String, looked: String },
     #[error("reading {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
@@ -262,35 +262,54 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     Scenario::parse(&text, path)
 }
 
-/// Where scenario names are looked up, in order: `bench/scenarios` under the current
-/// directory, then under the executable's `../../` (so `target/release/c2m` finds the
-/// checkout it was built in).
-pub fn scenario_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![PathBuf::from(SCENARIO_DIR)];
-    if let Some(root) =
-        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-    {
-        dirs.push(root.join(SCENARIO_DIR));
-    }
-    dirs
+/// The scenarios of `bench/scenarios`, built into the binary so a copied `c2m` runs them
+/// anywhere (a test checks this list against the folder).
+pub const BUILT_IN: [(&str, &str); 6] = [
+    ("c100k", include_str!("../../bench/scenarios/c100k.toml")),
+    ("c1m", include_str!("../../bench/scenarios/c1m.toml")),
+    ("default", include_str!("../../bench/scenarios/default.toml")),
+    ("record", include_str!("../../bench/scenarios/record.toml")),
+    ("smoke", include_str!("../../bench/scenarios/smoke.toml")),
+    ("whatsapp-2012", include_str!("../../bench/scenarios/whatsapp-2012.toml")),
+];
+
+/// A scenario to run: a built-in one by name, or a file given by path.
+#[derive(Clone, Debug)]
+pub struct Located {
+    /// How results name it: `bench/scenarios/NAME.toml` for a built-in one, else the path.
+    pub file: String,
+    text: std::borrow::Cow<'static, str>,
 }
 
-/// A scenario file: a path as given when it looks like one (has a `/` or ends in `.toml`),
-/// else `NAME.toml` in the first of [`scenario_dirs`] that has it.
-pub fn locate(name_or_path: &str) -> Result<PathBuf, ScenarioError> {
+impl Located {
+    pub fn parse(&self) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(&self.text, Path::new(&self.file))
+    }
+}
+
+/// A scenario: a path as given when it looks like one (has a `/` or ends in `.toml`), else the
+/// built-in scenario of that name.
+pub fn locate(name_or_path: &str) -> Result<Located, ScenarioError> {
     if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
         let path = PathBuf::from(name_or_path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(ScenarioError::NotFound { name: name_or_path.into(), looked: path.display().to_string() })
-        };
+        let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                ScenarioError::NotFound { name: name_or_path.into(), looked: path.display().to_string() }
+            }
+            _ => ScenarioError::Read { path: path.clone(), source },
+        })?;
+        return Ok(Located { file: display_path(&path), text: text.into() });
     }
-    let candidates: Vec<PathBuf> = scenario_dirs().iter().map(|d| d.join(format!("{name_or_path}.toml"))).collect();
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| ScenarioError::NotFound {
-        name: name_or_path.into(),
-        looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-    })
+    match BUILT_IN.iter().find(|(name, _)| *name == name_or_path) {
+        Some((name, text)) => Ok(Located { file: format!("{SCENARIO_DIR}/{name}.toml"), text: (*text).into() }),
+        None => Err(ScenarioError::NotFound {
+            name: name_or_path.into(),
+            looked: format!(
+                "the built-in scenarios ({}); a file needs a path (./mine.toml)",
+                BUILT_IN.map(|(name, _)| name).join(", ")
+            ),
+        }),
+    }
 }
 
 /// How a result names its scenario file: `bench/scenarios/NAME.toml` when it is in a checkout's
@@ -303,24 +322,9 @@ pub fn display_path(path: &Path) -> String {
     }
 }
 
-/// A scenario file and what parsing it gave.
-pub type Listed = (PathBuf, Result<Scenario, ScenarioError>);
-
-/// Every `*.toml` in the first scenario folder that exists (returned too), sorted, each parsed.
-pub fn list() -> Option<(PathBuf, Vec<Listed>)> {
-    let dir = scenario_dirs().into_iter().find(|d| d.is_dir())?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    let parsed = files.into_iter().map(|p| {
-        let s = load(&p);
-        (p, s)
-    });
-    Some((dir.clone(), parsed.collect()))
+/// Every built-in scenario, by name, each parsed.
+pub fn list() -> Vec<(&'static str, Result<Scenario, ScenarioError>)> {
+    BUILT_IN.iter().map(|(name, _)| (*name, locate(name).and_then(|l| l.parse()))).collect()
 }
 
 #[cfg(test)]
@@ -413,6 +417,43 @@ mod tests {
         assert_eq!(v["load"]["duration"], "90s");
         assert_eq!(v["server"]["workers"], "auto");
         assert_eq!(v["server"]["session_bytes"], 40960);
+    }
+
+    /// The built-in list is exactly the folder: a scenario added there and not here would be
+    /// unreachable by name.
+    #[test]
+    fn built_in_scenarios_are_the_folder() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SCENARIO_DIR);
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        assert_eq!(on_disk, BUILT_IN.map(|(name, _)| name.to_string()));
+        for (name, parsed) in list() {
+            let sc = parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(sc.name, name);
+            let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(BUILT_IN.iter().find(|(n, _)| *n == name).unwrap().1, text);
+        }
+    }
+
+    #[test]
+    fn names_are_built_in_and_paths_are_read() {
+        assert_eq!(locate("smoke").unwrap().file, "bench/scenarios/smoke.toml");
+        let err = locate("nope").unwrap_err().to_string();
+        assert!(err.contains("built-in") && err.contains("whatsapp-2012") && err.contains("./mine.toml"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine.toml");
+        let smoke = BUILT_IN.iter().find(|(n, _)| *n == "smoke").unwrap().1;
+        std::fs::write(&mine, smoke.replace("name = \"smoke\"", "name = \"mine\"")).unwrap();
+        let located = locate(mine.to_str().unwrap()).unwrap();
+        assert_eq!(located.file, mine.display().to_string());
+        assert_eq!(located.parse().unwrap().name, "mine");
+        assert!(matches!(locate("/nonexistent/x.toml"), Err(ScenarioError::NotFound { .. })));
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl ServerChild {
         cmd.args(["serve", "--listen", &listen, "--metrics", &metrics])
             .args(["--max-sessions", &max_sessions(connections).to_string()])
             .args(["--session-bytes", &settings.session_bytes.0.to_string()])
-            .args(["--heartbeat-ms", &settings.heartbeat.0.as_millis().to_string()]);
+            .args(["--heartbeat", &format!("{}ms", settings.heartbeat.0.as_millis())]);
         if let AutoOr::Fixed(w) = settings.workers {
             cmd.args(["--workers", &w.to_string()]);
         }

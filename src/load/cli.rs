@@ -15,6 +15,10 @@ fn count(s: &str) -> Result<u64, String> {
     parse_count(s)
 }
 
+fn count_u32(s: &str) -> Result<u32, String> {
+    crate::units::count_in(0..=u32::MAX as u64)(s).map(|n| n as u32)
+}
+
 /// Every duration of a run is at most [`MAX_RUN_DURATION`] (so it fits the nanosecond clocks
 /// the workers keep, and `Instant` arithmetic never overflows).
 fn duration(s: &str) -> Result<Duration, String> {
@@ -55,10 +59,9 @@ fn interval_of(flag: &str, rate: f64, connections: f64, over: &str) -> Result<Du
 
 #[derive(Args, Clone, Debug)]
 pub struct LoadArgs {
-    /// Server to load (host:port). Any address works; c2m's own tests and benchmarks use only
-    /// loopback.
+    /// Server to load: host:port, an address, or a host name (port 7700 when none is given).
     #[arg(long, default_value = crate::server::defaults::LISTEN)]
-    pub server: SocketAddr,
+    pub server: String,
     /// Connections to open (10k, 2m, 2000000).
     #[arg(short = 'c', long, value_parser = count, default_value = "1000")]
     pub connections: u64,
@@ -71,8 +74,9 @@ pub struct LoadArgs {
     /// A connect (or the login after it) that takes longer fails as a timeout; 0: no timeout.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    /// Local source addresses: a comma-separated list of addresses, A-B ranges and CIDR blocks
-    /// [default: as many of 127.0.1.1, 127.0.1.2, ... as the connections need].
+    /// Local source addresses: a comma-separated list of addresses, A-B ranges and CIDR blocks,
+    /// each one this host's own [default: a loopback target: as many of 127.0.1.1, 127.0.1.2, ...
+    /// as the connections need; a remote one: the address the kernel routes from towards it].
     #[arg(long)]
     pub sources: Option<String>,
     /// Source ports each address uses (c2m binds them itself, so the kernel's ephemeral range
@@ -88,8 +92,8 @@ pub struct LoadArgs {
     /// After the messages, hold the connections open (silent) this long before closing.
     #[arg(long, value_parser = duration, default_value = "0s")]
     pub hold: Duration,
-    /// What each connection does once logged in: idle, ping or echo.
-    #[arg(long, value_parser = Workload::parse, default_value = "ping")]
+    /// What each connection does once logged in.
+    #[arg(long, value_enum, default_value_t = Workload::Ping)]
     pub workload: Workload,
     /// Per connection, between two messages (each connection starts at a random point of its
     /// first interval, so they do not send in step).
@@ -101,7 +105,7 @@ pub struct LoadArgs {
     /// Closed loop: each connection keeps N messages outstanding and sends the next as soon as a
     /// reply arrives (no schedule: measures throughput, not latency under a given rate). 0: the
     /// open-loop schedule of --ping-interval / --rate.
-    #[arg(long, default_value_t = 0, conflicts_with = "rate")]
+    #[arg(long, value_parser = count_u32, default_value = "0", conflicts_with = "rate")]
     pub in_flight: u32,
     /// How connections wait for replies: auto (on-demand for open-loop ping, multishot
     /// otherwise), multishot (a receive armed all the time) or on-demand (armed only while a
@@ -112,7 +116,7 @@ pub struct LoadArgs {
     #[arg(long, value_parser = bytes, default_value = "64")]
     pub size: u64,
     /// User id of the first connection (connection i logs in as first-user + i).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = count, default_value = "1")]
     pub first_user: u64,
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
@@ -129,7 +133,7 @@ pub struct LoadArgs {
     pub users: Option<u64>,
     #[arg(long, value_parser = count, default_value = "0")]
     pub groups: u64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = count_u32, default_value = "0")]
     pub group_size: u32,
     /// Chat: body bytes of a SEND.
     #[arg(long, value_parser = bytes, default_value = "16")]
@@ -140,6 +144,9 @@ pub struct LoadArgs {
     /// Write the latency intervals (HdrHistogram log format) here.
     #[arg(long)]
     pub hlog: Option<PathBuf>,
+    /// Serve the run's live counters (Prometheus text) at http://ADDR/metrics while it goes.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     /// No live line.
     #[arg(long)]
     pub no_progress: bool,
@@ -172,19 +179,23 @@ impl LoadArgs {
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return Err(format!("-c/--connections must be in 1..={MAX_CONNECTIONS}"));
         }
+        let target = super::target::resolve(&self.server)?;
+        let dataplane = self.dataplane.dataplane()?;
+        // c2m's own TCP (xdp) or another namespace: the addresses are not this namespace's.
+        let kernel_here = matches!(dataplane, crate::transport::DataPlane::Kernel) && self.dataplane.netns.is_none();
         let (first_port, last_port) = parse_port_range(&self.source_ports)?;
-        let mut plan = PortPlan {
-            sources: Sources::loopback_for(1, 1),
-            first_port,
-            last_port,
-            skip_port: Some(self.server.port()),
-        };
+        let mut plan =
+            PortPlan { sources: Sources::loopback_for(1, 1), first_port, last_port, skip_port: Some(target.port()) };
         let (sources, specs) = match &self.sources {
             Some(spec) => (
                 Sources::parse(spec).map_err(|e| e.to_string())?,
                 spec.split(',').map(|s| s.trim().to_string()).collect(),
             ),
-            None if self.server.is_ipv6() => (Sources::parse("::1").map_err(|e| e.to_string())?, vec!["::1".into()]),
+            None if !target.ip().is_loopback() && kernel_here => {
+                let from = super::target::route_source(target)?;
+                (Sources::parse(&from.to_string()).map_err(|e| e.to_string())?, vec![from.to_string()])
+            }
+            None if target.is_ipv6() => (Sources::parse("::1").map_err(|e| e.to_string())?, vec!["::1".into()]),
             None => {
                 let needed = self.connections.div_ceil(plan.ports_per_address().max(1));
                 if needed > LOOPBACK_ADDRESSES {
@@ -203,6 +214,9 @@ impl LoadArgs {
             }
         };
         plan.sources = sources;
+        if kernel_here {
+            super::target::check_local(&plan, self.connections)?;
+        }
         let connect_rate = match self.ramp {
             Some(ramp) if !ramp.is_zero() => self.connections as f64 / ramp.as_secs_f64(),
             _ => self.connect_rate,
@@ -213,7 +227,7 @@ impl LoadArgs {
             (None, None) => self.ping_interval,
         };
         Ok(LoadConfig {
-            target: self.server,
+            target,
             connections: self.connections,
             connect_rate,
             connect_concurrency: self.connect_concurrency,
@@ -243,7 +257,7 @@ impl LoadArgs {
                 group_fraction: self.group_fraction,
                 body: self.body as usize,
             },
-            dataplane: self.dataplane.dataplane()?,
+            dataplane,
             netns: self.dataplane.netns.clone(),
         })
     }
@@ -286,6 +300,41 @@ mod tests {
         assert_eq!(cfg.chat.users, 100);
         let cfg = config("-c 2m --ramp 60s --hold 60s --workload idle --workers 2").unwrap();
         assert!((cfg.connect_rate - 2e6 / 60.0).abs() < 1e-6);
+    }
+
+    /// A non-loopback IPv4 address of this host, if it has one.
+    fn own_address() -> Option<std::net::Ipv4Addr> {
+        nix::ifaddrs::getifaddrs().ok()?.find_map(|i| {
+            let ip = i.address?.as_sockaddr_in()?.ip();
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
+    }
+
+    #[test]
+    fn targets_by_name_and_sources_of_this_host() {
+        let cfg = config("--server localhost:7701 -c 10 --workers 2").unwrap();
+        assert!(cfg.target.ip().is_loopback() && cfg.target.port() == 7701);
+        assert_eq!(cfg.ports.sources.nth(0), Some("127.0.1.1".parse().unwrap()), "loopback keeps 127.0.1.x");
+        refused("--server no-such-host.invalid -c 10", &["--server", "cannot resolve"]);
+        refused("-c 10 --sources 198.51.100.1", &["198.51.100.1 is not an address of this host", "ip addr add"]);
+    }
+
+    /// Towards a remote target the kernel's route picks the source, and the plan's capacity is
+    /// one address's ports. (Its own non-loopback address stands in for a remote target: the
+    /// route towards it leaves from it; nothing is sent.)
+    #[test]
+    fn a_remote_target_sources_from_the_route() {
+        let Some(own) = own_address() else {
+            eprintln!("skipped: this host has no non-loopback IPv4 address");
+            return;
+        };
+        let cfg = config(&format!("--server {own}:7700 -c 50k --workers 2")).unwrap();
+        assert_eq!(cfg.ports.sources.len(), 1);
+        assert_eq!(cfg.ports.sources.nth(0), Some(std::net::IpAddr::V4(own)));
+        assert_eq!(cfg.ports.capacity(), 55_001, "ports 10000-65000");
+        let plan = crate::load::target::describe(cfg.target, &cfg.ports, &cfg.source_specs, cfg.connections);
+        assert!(plan.contains(&format!("from {own} (1 address)")) && plan.contains("room for 55,001"), "{plan}");
+        refused(&format!("--server {own}:7700 -c 100k --workers 2"), &["55001 ports", "more load hosts"]);
     }
 
     /// Values that once panicked (`Duration::from_secs_f64` of 10^20 s) or wrapped are refused

@@ -10,7 +10,7 @@ use crate::server::{MAX_FILES_PER_RING, RECV_BUFFER_SIZES};
 use crate::units::{duration_range, human_duration};
 
 /// What each connection does once logged in (as in scenario files: `idle`, `ping`, `echo`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Log in and stay silent (the server's heartbeat timeout must be longer than the run).
@@ -182,7 +182,7 @@ impl LoadConfig {
         }
         if self.connections > self.ports.capacity() {
             return bad(format!(
-                "{} connections need {} distinct source (address, port) pairs, but --sources x --source-ports give {} ({} addresses x {} ports): add addresses",
+                "{} connections need {} distinct source (address, port) pairs, but --sources x --source-ports give {} ({} addresses x {} ports): add addresses of this host to --sources, widen --source-ports, or split the run over more load hosts",
                 self.connections,
                 self.connections,
                 self.ports.capacity(),

@@ -10,10 +10,12 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod conns;
+pub mod metrics;
 pub mod progress;
 pub mod run;
 pub mod sources;
 pub mod stats;
+pub mod target;
 
 pub use config::{LoadConfig, Workload};
 pub use run::{RunOptions, run};

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// `Event` JSON lines on stdout, for a parent process.
     pub events: bool,
+    /// Serve the run's live counters at http://ADDR/metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn mem_free() -> u64 {
@@ -269,6 +271,12 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
     let control = Arc::new(Control::new(ledger.clone()));
     let cfg = Arc::new(cfg);
     let workers = start_workers(&cfg, &control)?;
+    if let Some(addr) = opts.metrics {
+        let render = super::metrics::render(workers.stats.clone(), control.clone());
+        let bound = crate::stats::metrics_http::spawn(addr, render)
+            .map_err(|e| LoadError::io(format!("metrics endpoint on {addr}"), e))?;
+        eprintln!("c2m load: metrics at http://{bound}/metrics");
+    }
     let mut hlog_out = match &opts.hlog {
         Some(path) => Some(BufWriter::new(
             File::create(path).map_err(|e| LoadError::io(format!("creating {}", path.display()), e))?,

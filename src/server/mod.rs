@@ -198,10 +198,10 @@ impl ServeConfig {
             ));
         }
         if self.heartbeat_ms == 0 {
-            return bad(format!("--heartbeat-ms must be in 1..={}", u32::MAX));
+            return bad(format!("--heartbeat must be in 1ms..={}ms", u32::MAX));
         }
         if self.hello_timeout_ms == 0 {
-            return bad(format!("--hello-timeout must be in 1..={}", u32::MAX));
+            return bad(format!("--hello-timeout must be in 1ms..={}ms", u32::MAX));
         }
         if self.backlog > i32::MAX as u32 {
             return bad(format!("--backlog must be in 0..={}", i32::MAX));
@@ -427,6 +427,7 @@ impl Server {
         // kernel resets what it cannot install (small tables only: with RLIMIT_NOFILE's 20,000
         // the margin is the backlog + 64).
         let backlog = cfg.backlog.min(margin.saturating_sub(64).max(margin / 4).max(1));
+        kernel::ensure_port_free(cfg.listen).map_err(io("listening"))?;
         let first = listener(cfg.listen, backlog).map_err(io("listening"))?;
         let addr = first
             .local_addr()
@@ -840,8 +841,10 @@ mod tests {
             refused(ServeConfig { recv_buffer_size: 0, ..base() }).starts_with("--recv-buffer-size must be in 64..=")
         );
         assert!(refused(ServeConfig { files_per_ring: Some(u32::MAX), ..base() }).contains("64..=1048576"));
-        assert!(refused(ServeConfig { heartbeat_ms: 0, ..base() }).starts_with("--heartbeat-ms must be in 1..="));
-        assert!(refused(ServeConfig { hello_timeout_ms: 0, ..base() }).starts_with("--hello-timeout must be in 1..="));
+        assert!(refused(ServeConfig { heartbeat_ms: 0, ..base() }).starts_with("--heartbeat must be in 1ms..="));
+        assert!(
+            refused(ServeConfig { hello_timeout_ms: 0, ..base() }).starts_with("--hello-timeout must be in 1ms..=")
+        );
         assert!(
             refused(ServeConfig { backlog: u32::MAX, ..base() }).starts_with("--backlog must be in 0..=2147483647")
         );

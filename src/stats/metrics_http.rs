@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
-use super::{WorkerStats, render_prometheus};
+/// What a scrape answers: the families of the process that serves them (`c2m serve`'s or
+/// `c2m load`'s); [`super::process::render`] (build info, process_*) is added to every answer.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Request line and headers together, at most.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -39,13 +41,13 @@ const LISTENER: u64 = 0;
 
 /// Binds `addr` and serves Prometheus text at `/metrics` from a background thread. Returns the
 /// bound address (useful with port 0).
-pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerStats>>) -> std::io::Result<SocketAddr> {
+pub fn spawn(addr: SocketAddr, render: Render) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
-    let endpoint = Endpoint { listener, epoll, conns: HashMap::new(), next_id: LISTENER + 1, workers };
+    let endpoint = Endpoint { listener, epoll, conns: HashMap::new(), next_id: LISTENER + 1, render };
     std::thread::Builder::new().name("c2m-metrics".into()).spawn(move || endpoint.run())?;
     Ok(bound)
 }
@@ -55,7 +57,7 @@ struct Endpoint {
     epoll: Epoll,
     conns: HashMap<u64, Conn>,
     next_id: u64,
-    workers: Vec<Arc<WorkerStats>>,
+    render: Render,
 }
 
 struct Conn {
@@ -184,7 +186,7 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(&id) else {
             return Next::Close;
         };
-        conn.phase = Phase::Answering { out: answer(head, &self.workers), sent: 0 };
+        conn.phase = Phase::Answering { out: answer(head, &*self.render), sent: 0 };
         conn.deadline = Instant::now() + ANSWER_DEADLINE;
         let _ = self.epoll.modify(&conn.stream, &mut EpollEvent::new(EpollFlags::EPOLLOUT, id));
         send_answer(conn, &self.epoll, id)
@@ -277,14 +279,16 @@ fn header_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The whole HTTP answer to a request head; `None`: the head was too large.
-fn answer(head: Option<&[u8]>, workers: &[Arc<WorkerStats>]) -> Vec<u8> {
+fn answer(head: Option<&[u8]>, render: &(dyn Fn() -> String + Send + Sync)) -> Vec<u8> {
     let Some(head) = head else {
         return response("431 Request Header Fields Too Large", "request line and headers are limited to 8 KiB\n");
     };
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let path = line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).nth(1).unwrap_or_default();
     if path == b"/metrics" || path.starts_with(b"/metrics?") {
-        response("200 OK", &render_prometheus(workers))
+        let mut body = render();
+        super::process::render(&mut body);
+        response("200 OK", &body)
     } else {
         response("404 Not Found", "try /metrics\n")
     }
@@ -326,11 +330,13 @@ mod tests {
     #[test]
     fn answers_metrics_404_and_431() {
         let text = |v: Vec<u8>| String::from_utf8(v).unwrap();
-        assert!(text(answer(Some(b"GET /metrics HTTP/1.1\r\n\r\n"), &[])).starts_with("HTTP/1.1 200 OK"));
-        assert!(text(answer(Some(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"), &[])).starts_with("HTTP/1.1 200 OK"));
-        assert!(text(answer(Some(b"GET / HTTP/1.1\r\n\r\n"), &[])).starts_with("HTTP/1.1 404"));
-        assert!(text(answer(Some(b"\r\n\r\n"), &[])).starts_with("HTTP/1.1 404"));
-        let too_large = text(answer(None, &[]));
+        let none = || String::new();
+        let ok = text(answer(Some(b"GET /metrics HTTP/1.1\r\n\r\n"), &none));
+        assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.contains("c2m_build_info{"), "{ok}");
+        assert!(text(answer(Some(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"), &none)).starts_with("HTTP/1.1 200 OK"));
+        assert!(text(answer(Some(b"GET / HTTP/1.1\r\n\r\n"), &none)).starts_with("HTTP/1.1 404"));
+        assert!(text(answer(Some(b"\r\n\r\n"), &none)).starts_with("HTTP/1.1 404"));
+        let too_large = text(answer(None, &none));
         assert!(too_large.starts_with("HTTP/1.1 431") && too_large.ends_with("8 KiB\n"), "{too_large}");
     }
 
@@ -338,7 +344,8 @@ mod tests {
     /// request, and a request past the cap gets 431.
     #[test]
     fn serves_a_scrape_beside_a_stalled_request_and_caps_requests() {
-        let addr = spawn("127.0.0.1:0".parse().unwrap(), vec![Arc::new(WorkerStats::default())]).unwrap();
+        let workers = vec![Arc::new(super::super::WorkerStats::default())];
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), super::super::server_render(workers)).unwrap();
         let mut stalled = TcpStream::connect(addr).unwrap();
         stalled.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: 1\r\n").unwrap();
         let t = Instant::now();

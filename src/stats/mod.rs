@@ -5,6 +5,7 @@
 //! that are at most a moment old.
 
 pub mod metrics_http;
+pub mod process;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -234,6 +235,11 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The server's families for [`metrics_http::spawn`].
+pub fn server_render(workers: Vec<std::sync::Arc<WorkerStats>>) -> metrics_http::Render {
+    std::sync::Arc::new(move || render_prometheus(&workers))
+}
+
 /// Renders every worker's counters in the Prometheus text format, with a `worker` label (the
 /// sum over it is the server's total).
 pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
@@ -278,11 +284,10 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
     ] {
         family(&mut out, name, "counter", help);
         for (w, s) in workers.iter().enumerate() {
+            // Every kind from the start, zeros included: a series that appears only once it moves
+            // makes rate() and absent() lie about the first scrape.
             for k in Kind::ALL {
-                let v = pick(s)[k.index()].get();
-                if v > 0 {
-                    let _ = writeln!(out, "{name}{{worker=\"{w}\",kind=\"{}\"}} {v}", k.name());
-                }
+                let _ = writeln!(out, "{name}{{worker=\"{w}\",kind=\"{}\"}} {}", k.name(), pick(s)[k.index()].get());
             }
         }
     }
@@ -298,8 +303,10 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
             );
         }
     }
-    per_worker(&mut out, "c2m_bytes_in_total", "counter", "Payload bytes received.", &|s| s.transport.bytes_in.get());
-    per_worker(&mut out, "c2m_bytes_out_total", "counter", "Bytes sent.", &|s| s.transport.bytes_out.get());
+    per_worker(&mut out, "c2m_received_bytes_total", "counter", "Payload bytes received.", &|s| {
+        s.transport.bytes_in.get()
+    });
+    per_worker(&mut out, "c2m_sent_bytes_total", "counter", "Payload bytes sent.", &|s| s.transport.bytes_out.get());
     per_worker(&mut out, "c2m_accept_errors_total", "counter", "Accept completions that failed.", &|s| {
         s.transport.accept_errors.get()
     });
@@ -514,8 +521,8 @@ mod tests {
             "c2m_frames_in_total",
             "c2m_frames_out_total",
             "c2m_protocol_errors_total",
-            "c2m_bytes_in_total",
-            "c2m_bytes_out_total",
+            "c2m_received_bytes_total",
+            "c2m_sent_bytes_total",
             "c2m_slab_resident_bytes",
             "c2m_rings",
             "c2m_fixed_files_in_use",
@@ -526,5 +533,8 @@ mod tests {
         assert_eq!(sum_metric(&text, "c2m_frames_in_total"), Some(7.0));
         assert!(text.contains("c2m_protocol_errors_total{worker=\"1\",code=\"6\",name=\"timeout\"} 1"));
         assert_eq!(sum_metric(&text, "c2m_nothing"), None);
+        // Every frame kind of every worker from the start, zero or not.
+        assert!(text.contains("c2m_frames_out_total{worker=\"1\",kind=\"deliver\"} 0"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("c2m_frames_in_total{")).count(), 2 * Kind::ALL.len());
     }
 }

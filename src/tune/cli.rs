@@ -21,7 +21,7 @@ pub struct TuneArgs {
 #[derive(Subcommand, Debug)]
 pub enum TuneCommand {
     /// Read every limit that caps connections and say which stops you first.
-    /// Exit status: 0 if the count fits, 1 if not, 2 on error.
+    /// Exit status: 0 if the count fits, 3 if not, 1 on error.
     Check(CheckArgs),
     /// Write a sysctl.d profile to /proc/sys, saving the values it replaces first.
     Apply(ApplyArgs),
@@ -105,8 +105,8 @@ pub struct SizeArgs {
     pub json: bool,
 }
 
-/// Runs a tune subcommand; the exit status it should end with (check: 1 when the count does not
-/// fit).
+/// Runs a tune subcommand; the exit status it should end with (check: [`crate::exit::FELL_SHORT`]
+/// when the count does not fit).
 pub fn run(args: TuneArgs) -> anyhow::Result<i32> {
     match args.command {
         TuneCommand::Check(a) => run_check(a),
@@ -130,7 +130,7 @@ fn run_check(a: CheckArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", check::render(&report));
     }
-    Ok(if report.fits { 0 } else { 1 })
+    Ok(if report.fits { crate::exit::DONE } else { crate::exit::FELL_SHORT })
 }
 
 fn run_apply(a: ApplyArgs) -> anyhow::Result<i32> {

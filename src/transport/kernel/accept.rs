@@ -43,6 +43,30 @@ pub fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// Refuses `addr` when another socket already listens on it. SO_REUSEPORT lets any process of
+/// the same user join a port and silently take a share of its connections, so before binding its
+/// own reuseport listeners the server binds once without SO_REUSEPORT: that bind fails with
+/// EADDRINUSE exactly when someone listens there (SO_REUSEADDR keeps TIME-WAIT leftovers of an
+/// earlier run from counting). Port 0 asks for a fresh port and cannot collide.
+pub fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "{addr} is already in use by another process (another c2m serve?): stop it, or pick a free port \
+                 with --listen (`ss -ltnp 'sport = :{}'` shows who holds it)",
+                addr.port()
+            ),
+        )),
+        other => other,
+    }
+}
+
 /// Connections waiting in a listener's accept queue (TCP_INFO's `tcpi_unacked` on a listener).
 pub fn accept_queue_len(listener: BorrowedFd<'_>) -> std::io::Result<u32> {
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;

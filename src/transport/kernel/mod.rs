@@ -10,7 +10,7 @@
 mod accept;
 mod connect;
 
-pub use accept::{accept_queue_len, listener};
+pub use accept::{accept_queue_len, ensure_port_free, listener};
 mod held;
 mod stream;
 

@@ -1,4 +1,4 @@
-//! The part of c2m's wire protocol v1 a peer speaks (see DESIGN.md, "Wire protocol v1"): HELLO
+//! The part of c2m's wire protocol v1 a peer speaks (see docs/protocol.md): HELLO
 //! -> WELCOME, PING -> PONG, ECHO -> ECHO_REPLY, SEND -> NACK 7 (no routing, as in c2m serve),
 //! RECEIPT ignored, BYE -> close, and the same fatal ERROR codes as c2m for bad input.
 //!
