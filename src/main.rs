@@ -252,7 +252,14 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => c2m::bench::run(args),
+        Command::Bench(args) => match c2m::bench::run(args) {
+            // The result is written; the exit status tells a script the run fell short.
+            Err(e) if e.is::<c2m::bench::RunFellShort>() => {
+                eprintln!("c2m bench: {e}");
+                std::process::exit(3)
+            }
+            other => other,
+        },
         Command::Load(args) => load(args),
         Command::Tune(args) => match c2m::tune::run(args) {
             Ok(code) => std::process::exit(code),

@@ -15,6 +15,9 @@ use super::child::{ChildProcess, read_lines};
 use super::progress::Progress;
 use super::scenario::{AutoOr, ServerSettings};
 
+/// The server's gauge of open sessions (accepted, not yet closed).
+pub const SESSIONS_ACTIVE: &str = "c2m_sessions_active";
+
 /// How long the server may take to print its banner.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of its stderr kept for error messages.
@@ -25,6 +28,8 @@ pub struct ServerChild {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub banner: String,
+    /// The command line it was started with, program first.
+    pub argv: Vec<String>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -41,23 +46,28 @@ pub fn max_sessions(connections: u64) -> u64 {
 }
 
 impl ServerChild {
+    /// `max_sessions`: its session limit, [`max_sessions`] of the count unless overridden.
     pub fn start(
         exe: &Path,
         settings: &ServerSettings,
-        connections: u64,
+        max_sessions: u64,
         progress: &Progress,
     ) -> anyhow::Result<ServerChild> {
         let listen = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let metrics = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", &listen, "--metrics", &metrics])
-            .args(["--max-sessions", &max_sessions(connections).to_string()])
+            .args(["--max-sessions", &max_sessions.to_string()])
             .args(["--session-bytes", &settings.session_bytes.0.to_string()])
             .args(["--heartbeat-ms", &settings.heartbeat.0.as_millis().to_string()]);
         if let AutoOr::Fixed(w) = settings.workers {
             cmd.args(["--workers", &w.to_string()]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let argv = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let (process, mut handle) =
             ChildProcess::spawn("c2m serve", &mut cmd).with_context(|| format!("starting {} serve", exe.display()))?;
 
@@ -92,6 +102,7 @@ impl ServerChild {
             addr: listen.parse().context("listen address")?,
             metrics: metrics.parse().context("metrics address")?,
             banner: String::new(),
+            argv,
             stderr_tail,
         };
         let deadline = Instant::now() + START_TIMEOUT;

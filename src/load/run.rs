@@ -580,8 +580,29 @@ impl Course {
             phases: std::mem::take(&mut self.phases),
             timeline: std::mem::take(&mut self.timeline),
             chat,
+            histograms: embedded(&histograms),
         }
     }
+}
+
+/// The run's histograms as the report embeds them, keyed by their `latency` field's name;
+/// empty ones are left out.
+fn embedded(h: &RunHistograms) -> BTreeMap<String, String> {
+    [
+        ("connect", &h.connect),
+        ("connect_corrected", &h.connect_corrected),
+        ("login", &h.login),
+        ("rtt_corrected", &h.rtt_corrected),
+        ("rtt_uncorrected", &h.rtt_uncorrected),
+        ("schedule_lag", &h.schedule_lag),
+        ("chat_ack", &h.ack),
+        ("chat_deliver", &h.deliver),
+        ("chat_receipt", &h.receipt),
+    ]
+    .into_iter()
+    .filter(|(_, h)| !h.is_empty())
+    .filter_map(|(name, h)| Some((name.to_string(), crate::schema::histogram::encode(h).ok()?)))
+    .collect()
 }
 
 /// The chat ledger's accounting at the end of the run.

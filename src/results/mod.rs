@@ -2,5 +2,6 @@
 //! result types themselves are in `crate::schema`.
 
 pub mod chart;
+pub mod checks;
 pub mod peers_table;
 pub mod report;

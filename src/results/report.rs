@@ -498,6 +498,7 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
                 "status",
                 match r.status {
                     RunStatus::Complete => "complete".to_string(),
+                    RunStatus::FellShort => format!("**FELL SHORT**: {}", r.abort_reason.as_deref().unwrap_or("")),
                     RunStatus::Aborted => format!("**ABORTED**: {}", r.abort_reason.as_deref().unwrap_or("")),
                 },
             ),
@@ -622,6 +623,7 @@ fn summary_row(name: &str, r: &BenchResult) -> Vec<String> {
 fn status_word(status: RunStatus) -> &'static str {
     match status {
         RunStatus::Complete => "complete",
+        RunStatus::FellShort => "**fell short**",
         RunStatus::Aborted => "**ABORTED**",
     }
 }

@@ -333,6 +333,8 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
         established: last.established,
         server: last.server,
         load: last.load,
+        server_sessions: None,
+        kernel_sockets: None,
     };
     let per = per_connection(&baseline, rss_start, 0, &held);
     // The load reports a rate only when its connect phase finished; a run the budget stopped
