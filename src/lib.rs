@@ -2,7 +2,6 @@
 pub mod bench;
 pub mod client;
 pub mod engine;
-pub mod fit;
 pub mod host;
 pub mod load;
 pub mod proto;

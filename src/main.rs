@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use c2m::server::{ServeConfig, Server};
+use c2m::server::{ServeConfig, Server, defaults};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,44 +35,44 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on (one SO_REUSEPORT listener per worker).
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, default_value = defaults::LISTEN)]
     listen: SocketAddr,
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
     workers: Option<usize>,
     /// Sessions held at most, all workers together (one budget, whichever worker the kernel picks).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = defaults::MAX_SESSIONS)]
     max_sessions: usize,
     /// Bytes of one session slot (rounded up to pages); only touched pages become resident.
-    #[arg(long, default_value_t = 40 * 1024)]
+    #[arg(long, default_value_t = defaults::SESSION_BYTES)]
     session_bytes: usize,
     /// Slot memory all sessions together may fill with replies not yet sent; past it a session
     /// waits (as with a full out area) instead of growing.
-    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "4GiB")]
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = defaults::SLOT_BUDGET)]
     slot_budget: u64,
     /// Largest frame accepted, header included.
     #[arg(long, default_value_t = c2m::proto::DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// Heartbeat period told to clients; a session silent for 3 periods is closed.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = defaults::millis(defaults::HEARTBEAT))]
     heartbeat_ms: u32,
     /// Time a new connection has to say HELLO, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults::millis(defaults::HELLO_TIMEOUT))]
     hello_timeout: u32,
     /// On SIGINT/SIGTERM, time to say BYE and drain before exiting, in milliseconds.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = defaults::millis(defaults::DRAIN_TIMEOUT))]
     drain_timeout: u32,
     /// Listen backlog per worker (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = defaults::BACKLOG)]
     backlog: u32,
     /// Fixed-file slots per ring [default: RLIMIT_NOFILE, at most 2^20].
     #[arg(long)]
     files_per_ring: Option<u32>,
     /// Provided receive buffers per ring (power of two).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::RECV_BUFFERS)]
     recv_buffers: u16,
     /// Size of one receive buffer.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = defaults::RECV_BUFFER_SIZE)]
     recv_buffer_size: u32,
     /// How a session waits for input: `poll` (a multishot poll, then a receive: least kernel
     /// memory per idle session) or `multishot` (a multishot receive: fewest completions).
@@ -85,7 +85,7 @@ struct ServeArgs {
     metrics: Option<SocketAddr>,
     /// Chat: user ids 1..=N can receive messages (8 bytes of directory per id, resident once
     /// used); a SEND to any other id gets NACK 7.
-    #[arg(long, value_parser = c2m::units::parse_count, default_value = "4000000")]
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = defaults::USERS)]
     users: u64,
     /// Chat: static groups, ids 2^63 + g (g < N); member i of group g is user 1 + (g*K + i) % users.
     #[arg(long, value_parser = c2m::units::parse_count, default_value = "0")]
@@ -94,30 +94,30 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     group_size: u32,
     /// Chat: how long a message waits for an offline user (default 30 days, at most 87600h).
-    #[arg(long, value_parser = c2m::units::duration_in(Duration::ZERO..=c2m::server::MAX_OFFLINE_TTL), default_value = "720h")]
+    #[arg(long, value_parser = c2m::units::duration_in(Duration::ZERO..=c2m::server::MAX_OFFLINE_TTL), default_value = defaults::OFFLINE_TTL)]
     offline_ttl: Duration,
     /// Chat: messages and bytes held for one recipient until receipted (offline, queued or in
     /// flight); over either, the sender gets NACK 8.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::OFFLINE_USER_MESSAGES)]
     offline_user_messages: u32,
-    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "1MiB")]
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = defaults::OFFLINE_USER_BYTES)]
     offline_user_bytes: u64,
     /// Chat: messages and bytes one sender may have held, not yet receipted (at most half the
     /// totals, so one client cannot lock everyone else out).
-    #[arg(long, value_parser = c2m::units::parse_count, default_value = "10k")]
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = defaults::OFFLINE_SENDER_MESSAGES)]
     offline_sender_messages: u64,
-    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "16MiB")]
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = defaults::OFFLINE_SENDER_BYTES)]
     offline_sender_bytes: u64,
     /// Chat: messages and bytes held for all users together.
-    #[arg(long, value_parser = c2m::units::parse_count, default_value = "10m")]
+    #[arg(long, value_parser = c2m::units::parse_count, default_value = defaults::OFFLINE_TOTAL_MESSAGES)]
     offline_total_messages: u64,
-    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = "1GiB")]
+    #[arg(long, value_parser = c2m::units::parse_bytes, default_value = defaults::OFFLINE_TOTAL_BYTES)]
     offline_total_bytes: u64,
 }
 
 #[derive(Args)]
 struct HoldArgs {
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, default_value = defaults::LISTEN)]
     server: SocketAddr,
     /// Source address to connect from (any of 127.0.0.0/8).
     #[arg(long)]
@@ -227,8 +227,8 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
     if !args.force {
         // Both ends are on this box when the target is loopback: count both sockets.
         let both_ends_here = args.server.ip().is_loopback();
-        let model = c2m::fit::CostModel::measured_or_default(std::path::Path::new("results"));
-        c2m::fit::check(cfg.connections, both_ends_here, cfg.keep_free, &model)
+        let model = c2m::tune::capacity::CostModel::measured_or_default(std::path::Path::new("results"));
+        c2m::tune::capacity::check(cfg.connections, both_ends_here, cfg.keep_free, &model)
             .map_err(|e| anyhow::anyhow!("{e} (--force starts anyway; the MemFree guard still stops the run)"))?;
     }
     let opts = c2m::load::RunOptions {

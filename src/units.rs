@@ -154,6 +154,27 @@ pub fn human_bytes(n: f64) -> String {
     if u == 0 { format!("{v:.0} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
+/// `412_345` -> `412_000`: a count a person would ask for.
+pub fn round_down_3_digits(n: u64) -> u64 {
+    let mut unit = 1;
+    while n / unit >= 1000 {
+        unit *= 10;
+    }
+    n / unit * unit
+}
+
+/// A count as `-c` takes it: `412k`, `1.23m`, `950`.
+pub fn short_count(n: u64) -> String {
+    let trim = |s: String| s.trim_end_matches('0').trim_end_matches('.').to_string();
+    if n >= 1_000_000 && n.is_multiple_of(10_000) {
+        format!("{}m", trim(format!("{:.2}", n as f64 / 1e6)))
+    } else if n >= 1_000 && n.is_multiple_of(10) {
+        format!("{}k", trim(format!("{:.2}", n as f64 / 1e3)))
+    } else {
+        n.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +258,16 @@ mod tests {
         assert_eq!(thousands(12), "12");
         assert_eq!(human_bytes(512.0), "512 B");
         assert_eq!(human_bytes(1536.0), "1.5 KiB");
+    }
+
+    #[test]
+    fn rounding_and_short_counts_parse_back() {
+        assert_eq!(round_down_3_digits(412_345), 412_000);
+        assert_eq!(round_down_3_digits(999), 999);
+        assert_eq!(round_down_3_digits(1_234_567), 1_230_000);
+        for (n, s) in [(412_000, "412k"), (1_230_000, "1.23m"), (2_000_000, "2m"), (950, "950"), (5_430, "5.43k")] {
+            assert_eq!(short_count(n), s);
+            assert_eq!(parse_count(s), Ok(n));
+        }
     }
 }

@@ -15,7 +15,6 @@ use super::progress::Progress;
 use super::scenario::{self, AutoOr, LoadSettings, Scenario};
 use super::server::{self, ServerChild};
 use super::signals;
-use crate::fit::{self, CostModel};
 use crate::host::memory::SettlePlan;
 use crate::host::{clock, machine, memory, process};
 use crate::results::checks::{self, Sources};
@@ -24,6 +23,7 @@ use crate::schema::bench::{
     ScenarioInfo, SystemMemory,
 };
 use crate::schema::load::RunStatus;
+use crate::tune::capacity::{self, CostModel};
 use crate::units::{human_bytes, thousands};
 
 /// How long the server has to drain and exit after SIGTERM before SIGKILL.
@@ -69,7 +69,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let machine = machine::read_machine().context("reading this machine")?;
     let model = CostModel::measured_or_default(&args.results_dir);
     let connections = size_connections(&sc.load, args.keep_free, &model)?;
-    let fit = fit::check(connections, true, args.keep_free, &model)?;
+    let fit = capacity::check(connections, true, args.keep_free, &model)?;
     sc.load.connections = AutoOr::Fixed(connections);
 
     let progress = Progress::new(!args.no_progress);
@@ -96,7 +96,7 @@ fn size_connections(load: &LoadSettings, keep_free: u64, model: &CostModel) -> a
     match load.connections {
         AutoOr::Fixed(n) => Ok(n),
         AutoOr::Auto => {
-            let most = fit::check(1, true, keep_free, model)?.max_connections;
+            let most = capacity::check(1, true, keep_free, model)?.max_connections;
             let n = load.max_connections.map_or(most, |cap| cap.0.min(most));
             if n == 0 {
                 bail!("no connection fits here with {} kept free", human_bytes(keep_free as f64));

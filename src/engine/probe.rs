@@ -75,9 +75,7 @@ pub fn probe() -> Result<Features, EngineError> {
         EngineError::Unsupported(format!("provided buffer rings (IORING_REGISTER_PBUF_RING, Linux 5.19+): {e}"))
     })?;
     let _ = submitter.unregister_buf_ring(0);
-    let rlimit_nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(1024);
+    let rlimit_nofile = crate::host::limits::nofile_soft();
     Ok(Features {
         kernel: kernel_release(),
         io_uring_disabled: disabled,

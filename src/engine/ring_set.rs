@@ -20,21 +20,8 @@ use super::buf_ring::BufRing;
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit (and the hard one too where allowed) and
 /// returns the fixed-file table size a ring may have.
 pub fn table_limit() -> u32 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(1 << 20);
-    let want = nr_open.min(1 << 20);
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
-            // Raised (CAP_SYS_RESOURCE).
-        } else if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
-    let soft = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(1024);
-    soft.min(1 << 20) as u32
+    let want = crate::host::limits::nr_open().unwrap_or(1 << 20).min(1 << 20);
+    crate::host::limits::raise_nofile(want).min(1 << 20) as u32
 }
 
 /// Rings a worker needs so that `items` sockets, plus a reserve of `margin` free slots per

@@ -47,11 +47,8 @@ pub fn files_free() -> Result<u64, HostError> {
 /// Whether this process has CAP_SYS_ADMIN (bit 21 of CapEff), which exempts it from
 /// fs.file-max.
 pub fn exempt_from_file_max() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("CapEff:")).map(|l| l[7..].trim().to_string()))
-        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
-        .is_some_and(|caps| caps & (1 << 21) != 0)
+    use super::limits::{CAP_SYS_ADMIN, cap_eff, has_cap};
+    has_cap(cap_eff(), CAP_SYS_ADMIN)
 }
 
 /// The host name (uname's nodename).
@@ -133,8 +130,7 @@ pub fn read_machine() -> Result<Machine, HostError> {
     let uname = uname()?;
     let mem = memory::read_meminfo()?;
     let cpuinfo = read_text("/proc/cpuinfo")?;
-    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_err(|e| HostError::Sys { call: "getrlimit", source: e.into() })?;
+    let (soft, hard) = super::limits::rlimit(nix::sys::resource::Resource::RLIMIT_NOFILE);
     let sysctls: BTreeMap<String, String> =
         SYSCTLS.iter().filter_map(|name| Some((name.to_string(), read_sysctl(name)?))).collect();
     Ok(Machine {

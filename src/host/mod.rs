@@ -1,9 +1,11 @@
 //! What this host says about itself: memory (/proc/meminfo, /proc/net/sockstat), one process's
 //! memory and CPU (/proc/PID/smaps_rollup, /proc/PID/stat, wait4), the machine (uname, cpuinfo,
-//! limits, sysctls), the git commit of the checkout, UTC time stamps, and stop signals.
+//! sysctls), the limits this process runs under (capabilities, rlimits, cgroup), the git commit
+//! of the checkout, UTC time stamps, and stop signals.
 
 pub mod clock;
 pub mod git;
+pub mod limits;
 pub mod machine;
 pub mod memory;
 pub mod process;

@@ -57,7 +57,7 @@ fn interval_of(flag: &str, rate: f64, connections: f64, over: &str) -> Result<Du
 pub struct LoadArgs {
     /// Server to load (host:port). Any address works; c2m's own tests and benchmarks use only
     /// loopback.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, default_value = crate::server::defaults::LISTEN)]
     pub server: SocketAddr,
     /// Connections to open (10k, 2m, 2000000).
     #[arg(short = 'c', long, value_parser = count, default_value = "1000")]
@@ -77,7 +77,7 @@ pub struct LoadArgs {
     pub sources: Option<String>,
     /// Source ports each address uses (c2m binds them itself, so the kernel's ephemeral range
     /// does not cap a run).
-    #[arg(long, default_value = "10000-65000")]
+    #[arg(long, default_value = super::config::SOURCE_PORTS)]
     pub source_ports: String,
     /// How long messages flow once every connect is done.
     #[arg(short = 'd', long, value_parser = duration, default_value = "10s")]
@@ -159,9 +159,9 @@ pub struct LoadArgs {
     #[arg(long, hide = true)]
     pub files_per_ring: Option<u32>,
     /// Provided receive buffers per ring (power of two) and their size.
-    #[arg(long, hide = true, default_value_t = 256)]
+    #[arg(long, hide = true, default_value_t = super::config::RECV_BUFFERS)]
     pub recv_buffers: u16,
-    #[arg(long, hide = true, default_value_t = 2048)]
+    #[arg(long, hide = true, default_value_t = super::config::RECV_BUFFER_SIZE)]
     pub recv_buffer_size: u32,
     #[command(flatten)]
     pub dataplane: crate::transport::DataPlaneArgs,

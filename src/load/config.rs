@@ -119,6 +119,15 @@ impl Default for ChatParams {
     }
 }
 
+/// Each load ring's submission and completion queues, and its provided receive buffers (a power
+/// of two) and their size. `c2m tune check` sizes the memory a ring pins from these.
+pub const SQ_ENTRIES: u32 = 2048;
+pub const CQ_ENTRIES: u32 = 16384;
+pub const RECV_BUFFERS: u16 = 256;
+pub const RECV_BUFFER_SIZE: u32 = 2048;
+/// Source ports each address uses by default.
+pub const SOURCE_PORTS: &str = "10000-65000";
+
 /// Smallest ECHO frame: a header and the two timestamps.
 pub const MIN_ECHO: usize = proto::HEADER_LEN + 16;
 /// Longest duration of any part of a run (a year): the workers keep time in u64 nanoseconds.

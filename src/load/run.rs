@@ -126,8 +126,8 @@ fn start_kernel(
         // two processes' busiest threads do not start on one core.
         core_offset: core_affinity::get_core_ids().map_or(0, |c| c.len() / 2),
         ring: RingConfig {
-            sq_entries: 2048,
-            cq_entries: 16384,
+            sq_entries: super::config::SQ_ENTRIES,
+            cq_entries: super::config::CQ_ENTRIES,
             files,
             recv_buffers: cfg.recv_buffers,
             recv_buffer_size: cfg.recv_buffer_size,

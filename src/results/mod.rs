@@ -3,5 +3,6 @@
 
 pub mod chart;
 pub mod checks;
+pub mod files;
 pub mod peers_table;
 pub mod report;

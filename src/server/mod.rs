@@ -3,6 +3,7 @@
 //! kernel one (io_uring over kernel sockets).
 
 mod budget;
+pub mod defaults;
 pub mod directory;
 pub mod mailbox;
 pub mod offline;
@@ -103,23 +104,23 @@ pub use crate::transport::{DataPlane, XdpSettings};
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
-            listen: "127.0.0.1:7700".parse().unwrap(),
+            listen: defaults::LISTEN.parse().expect("a socket address"),
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            max_sessions: 1_000_000,
-            session_bytes: 40 * 1024,
-            slot_budget: 4 << 30,
+            max_sessions: defaults::MAX_SESSIONS,
+            session_bytes: defaults::SESSION_BYTES,
+            slot_budget: defaults::bytes(defaults::SLOT_BUDGET) as usize,
             max_frame: proto::DEFAULT_MAX_FRAME,
-            heartbeat_ms: 30_000,
-            hello_timeout_ms: 10_000,
-            drain_timeout_ms: 5_000,
-            backlog: 4096,
+            heartbeat_ms: defaults::millis(defaults::HEARTBEAT),
+            hello_timeout_ms: defaults::millis(defaults::HELLO_TIMEOUT),
+            drain_timeout_ms: defaults::millis(defaults::DRAIN_TIMEOUT),
+            backlog: defaults::BACKLOG,
             files_per_ring: None,
-            recv_buffers: 512,
-            recv_buffer_size: 2048,
+            recv_buffers: defaults::RECV_BUFFERS,
+            recv_buffer_size: defaults::RECV_BUFFER_SIZE,
             recv_arm: RecvArm::Poll,
-            sq_entries: 1024,
-            cq_entries: 8192,
-            users: 4_000_000,
+            sq_entries: defaults::SQ_ENTRIES,
+            cq_entries: defaults::CQ_ENTRIES,
+            users: defaults::count(defaults::USERS),
             groups: 0,
             group_size: 0,
             offline: offline::OfflineLimits::default(),

@@ -43,14 +43,15 @@ pub struct OfflineLimits {
 
 impl Default for OfflineLimits {
     fn default() -> Self {
+        use super::defaults as d;
         OfflineLimits {
-            per_user_messages: 1000,
-            per_user_bytes: 1 << 20,
-            per_sender_messages: 10_000,
-            per_sender_bytes: 16 << 20,
-            total_messages: 10_000_000,
-            total_bytes: 1 << 30,
-            ttl: Duration::from_secs(30 * 24 * 3600),
+            per_user_messages: d::OFFLINE_USER_MESSAGES,
+            per_user_bytes: d::bytes(d::OFFLINE_USER_BYTES),
+            per_sender_messages: d::count(d::OFFLINE_SENDER_MESSAGES),
+            per_sender_bytes: d::bytes(d::OFFLINE_SENDER_BYTES),
+            total_messages: d::count(d::OFFLINE_TOTAL_MESSAGES),
+            total_bytes: d::bytes(d::OFFLINE_TOTAL_BYTES),
+            ttl: d::duration(d::OFFLINE_TTL),
         }
     }
 }

@@ -143,6 +143,11 @@ pub struct TransportStats {
     /// waiting out TIME-WAIT.
     pub tcp_open: Counter,
     pub tcp_time_wait: Counter,
+    /// SYNs c2m's TCP received on a listening address, the SYN cookies it answered with once its
+    /// SYN-RECEIVED table was full, and that table's entries now (a SYN flood's footprint).
+    pub syns_in: Counter,
+    pub syn_cookies_sent: Counter,
+    pub syn_queue: Counter,
     /// Input a paused session could not take, held by the xdp data plane until it resumes.
     pub held_input_bytes: Counter,
 }
@@ -418,6 +423,12 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         ("c2m_tcp_tx_full_total", "Segments c2m's TCP could not send for want of a free TX frame.", |s| {
             s.transport.tx_full.get()
         }),
+        ("c2m_tcp_syns_received_total", "SYNs c2m's TCP received on a listening address.", |s| {
+            s.transport.syns_in.get()
+        }),
+        ("c2m_tcp_syn_cookies_sent_total", "SYN-ACKs sent as SYN cookies (the SYN-RECEIVED table was full).", |s| {
+            s.transport.syn_cookies_sent.get()
+        }),
     ] {
         per_worker(&mut out, name, "counter", help, &get);
     }
@@ -434,6 +445,13 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         "gauge",
         "Input held for paused sessions (xdp data plane).",
         &|s| s.transport.held_input_bytes.get(),
+    );
+    per_worker(
+        &mut out,
+        "c2m_tcp_syn_queue",
+        "gauge",
+        "Half-open passive opens of c2m's TCP waiting for their final ACK (bounded; SYN cookies past it).",
+        &|s| s.transport.syn_queue.get(),
     );
     per_worker(
         &mut out,

@@ -548,6 +548,9 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
         s.retransmits.set(t.retransmits);
         s.resets.set(t.resets_in + t.resets_out);
         s.tx_full.set(t.tx_full);
+        s.syns_in.set(t.syns_in);
+        s.syn_cookies_sent.set(t.cookies_sent);
+        s.syn_queue.set(u64::from(self.endpoint.syn_queue_len()));
         if let Ok(k) = self.xsk.kernel_stats() {
             s.xsk_dropped.set(k.rx_dropped + k.rx_ring_full + k.rx_fill_ring_empty_descs + k.rx_invalid_descs);
         }

@@ -6,10 +6,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::host::{self as tune_host, CAP_IPC_LOCK, CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CgroupMemory};
+use super::capacity::CostModel;
 use super::sysctl::ProcSys;
-use crate::fit::{CostModel, round_down_3_digits};
-use crate::units::{human_bytes, thousands};
+use crate::host::limits::{self as tune_host, CAP_IPC_LOCK, CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CgroupMemory};
+use crate::load::config as load_config;
+use crate::server::defaults as serve_defaults;
+use crate::units::{human_bytes, round_down_3_digits, thousands};
 
 /// Ordinary descriptors a c2m process keeps besides its rings (stdio, listeners, metrics, ...).
 const FDS_BESIDES_RINGS: u64 = 64;
@@ -18,12 +20,16 @@ const MAX_FILES_PER_RING: u64 = 1 << 20;
 /// Mappings per ring: SQ/CQ rings, SQEs, the buffer ring and its buffers.
 const MAPS_PER_RING: u64 = 4;
 /// c2m serve's default session slot; strict overcommit charges it per --max-sessions.
-const SESSION_BYTES: u64 = 40 * 1024;
+const SESSION_BYTES: u64 = serve_defaults::SESSION_BYTES as u64;
 /// c2m serve's listen backlog per worker.
-const SERVE_BACKLOG: u64 = 4096;
-/// Sources c2m load uses by default: 127.0.1.1 .. 127.255.255.254 x ports 10000-65000.
+const SERVE_BACKLOG: u64 = serve_defaults::BACKLOG as u64;
+/// Sources c2m load uses by default: 127.0.1.1 .. 127.255.255.254 x its default source ports.
 const LOAD_SOURCE_ADDRESSES: u64 = 0x7fff_fffe - 0x7f00_0101 + 1;
-const LOAD_SOURCE_PORTS: u64 = 65_000 - 10_000 + 1;
+
+/// Ports of c2m load's default source port range.
+fn load_source_ports() -> u64 {
+    crate::load::sources::parse_port_range(load_config::SOURCE_PORTS).map_or(0, |(lo, hi)| u64::from(hi - lo) + 1)
+}
 
 /// One io_uring's sizes, for the memory the kernel pins for it.
 #[derive(Clone, Copy, Debug)]
@@ -32,9 +38,17 @@ pub struct RingSizes {
     pub cq: u64,
     pub bufs: u64,
 }
-/// As `c2m serve` and `c2m load` build their rings (src/server/mod.rs, src/load/run.rs).
-pub const SERVE_RING: RingSizes = RingSizes { sq: 1024, cq: 8192, bufs: 512 };
-pub const LOAD_RING: RingSizes = RingSizes { sq: 2048, cq: 16384, bufs: 256 };
+/// As `c2m serve` and `c2m load` build their rings by default.
+pub const SERVE_RING: RingSizes = RingSizes {
+    sq: serve_defaults::SQ_ENTRIES as u64,
+    cq: serve_defaults::CQ_ENTRIES as u64,
+    bufs: serve_defaults::RECV_BUFFERS as u64,
+};
+pub const LOAD_RING: RingSizes = RingSizes {
+    sq: load_config::SQ_ENTRIES as u64,
+    cq: load_config::CQ_ENTRIES as u64,
+    bufs: load_config::RECV_BUFFERS as u64,
+};
 
 impl RingSizes {
     /// Pages the kernel allocates (and charges) for the ring: SQ/CQ rings with their header and
@@ -343,7 +357,7 @@ pub fn evaluate(s: &Snapshot, o: &CheckOptions) -> CheckReport {
     rows.push(row(
         "source 4-tuples (c2m load)",
         "127.0.1.1-127.255.255.254 x ports 10000-65000".into(),
-        Some(LOAD_SOURCE_ADDRESSES * LOAD_SOURCE_PORTS),
+        Some(LOAD_SOURCE_ADDRESSES * load_source_ports()),
         "c2m load binds each connection's source address and port itself (--sources, --source-ports): \
          distinct 4-tuples to one server address:port"
             .into(),
@@ -606,7 +620,7 @@ fn memlock_row(s: &Snapshot, o: &CheckOptions, files_per_ring: u64) -> Row {
     let fmt = |v: u64| if v == u64::MAX { "unlimited".to_string() } else { human_bytes(v as f64) };
     let value = format!("{} (hard {})", fmt(soft), fmt(hard));
     let lift = "ulimit -l unlimited (tuning/limits.d/c2m.conf, or LimitMEMLOCK=infinity)";
-    let version = super::host::parse_kernel_version(&s.kernel).unwrap_or((0, 0));
+    let version = tune_host::parse_kernel_version(&s.kernel).unwrap_or((0, 0));
     if tune_host::has_cap(s.cap_eff, CAP_IPC_LOCK) {
         return row(
             "RLIMIT_MEMLOCK",

@@ -8,9 +8,9 @@
 //! - [`size`]: connections and connect rate other hardware would reach, from a measured result.
 //! - [`sysctl`]: /proc/sys (or a test tree standing in for it) and the sysctl.d format.
 
+pub mod capacity;
 pub mod check;
 pub mod cli;
-pub mod host;
 pub mod profile;
 pub mod size;
 pub mod state;

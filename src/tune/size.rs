@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::TuneError;
-use crate::fit::round_down_3_digits;
 use crate::schema::bench::BenchResult;
+use crate::units::round_down_3_digits;
 use crate::units::{human_bytes, thousands};
 
 /// MemFree c2m's guards keep free (`--keep-free` default).
@@ -51,12 +51,12 @@ pub struct Prediction {
 
 /// Finds the complete result with the most connections under `dir` (newest of equals).
 pub fn largest_result(dir: &Path) -> Option<(PathBuf, BenchResult)> {
-    crate::fit::largest_result(dir, 1)
+    crate::results::files::largest_result(dir, 1)
 }
 
 /// Reads a c2m-bench-result file.
 pub fn read_result(path: &Path) -> Result<BenchResult, TuneError> {
-    crate::fit::read_result(path).map_err(|why| TuneError::Result(format!("{}: {why}", path.display())))
+    crate::results::files::read_result(path).map_err(|why| TuneError::Result(format!("{}: {why}", path.display())))
 }
 
 /// Scales `r`'s measured costs to `target`.
@@ -134,7 +134,7 @@ pub fn predict(label: &str, r: &BenchResult, target: &Target) -> Result<Predicti
                 " (--reserve)"
             }
         ),
-        format!("no margin on the measured cost (c2m's own start-up check adds {:.0}% to a cost measured over this many connections)", (crate::fit::margin_for(n) - 1.0) * 100.0),
+        format!("no margin on the measured cost (c2m's own start-up check adds {:.0}% to a cost measured over this many connections)", (crate::tune::capacity::margin_for(n) - 1.0) * 100.0),
         "same kernel struct sizes (tcp_sock, file, inode, dentry, io_uring request): another kernel version or config moves the kernel part".into(),
         "no other limit stops it first: the sysctls raised as in tuning/ (run `c2m tune check` on the box itself)".into(),
         format!(

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 #[path = "../xdp_common/mod.rs"]
-mod xdp_common;
+pub mod xdp_common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -55,8 +55,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// A server on the data plane under test (`C2M_TEST_DATAPLANE`).
     pub fn start(extra: &[&str]) -> ServerProcess {
-        let net = xdp_under_test().then(|| xdp_common::Topology::up("sp"));
+        ServerProcess::start_on(xdp_under_test(), extra)
+    }
+
+    /// A server on the xdp data plane (its namespace pair of its own) or on loopback.
+    pub fn start_on(xdp: bool, extra: &[&str]) -> ServerProcess {
+        let net = xdp.then(|| xdp_common::Topology::up("sp"));
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--metrics", "127.0.0.1:0"]);
         match &net {

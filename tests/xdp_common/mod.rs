@@ -78,6 +78,23 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// The MAC address of `dev` in namespace `ns`.
+    pub fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
+        let text = self.link_show(ns, dev);
+        let word = text
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no link/ether for {dev} in {ns}: {text}"));
+        let mut mac = [0u8; 6];
+        for (b, part) in mac.iter_mut().zip(word.split(':')) {
+            *b = u8::from_str_radix(part, 16).expect("a hex byte");
+        }
+        mac
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         let out = self.script("down");

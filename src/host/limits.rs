@@ -1,5 +1,6 @@
-//! What `c2m tune check` reads about this process and host beyond src/host: capabilities,
-//! rlimits, the memory cgroup's limit, the kernel version and mappings in use.
+//! The limits this process runs under: capabilities, rlimits (read, and RLIMIT_NOFILE raised for
+//! the engine's file tables), the memory cgroup's limit, the kernel version, mappings in use and
+//! the commit limit. The one reader of these for tune, the engine and bench.
 
 /// Capability bits (linux/capability.h) that change which limits apply.
 pub const CAP_IPC_LOCK: u32 = 14;
@@ -32,6 +33,29 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 /// (soft, hard) of an rlimit; `u64::MAX` is unlimited.
 pub fn rlimit(resource: nix::sys::resource::Resource) -> (u64, u64) {
     nix::sys::resource::getrlimit(resource).unwrap_or((0, 0))
+}
+
+/// RLIMIT_NOFILE's soft limit.
+pub fn nofile_soft() -> u64 {
+    rlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).0
+}
+
+/// Raises RLIMIT_NOFILE towards `want`: both limits to `want` where allowed (CAP_SYS_RESOURCE),
+/// else the soft limit to the hard one. Returns the soft limit after.
+pub fn raise_nofile(want: u64) -> u64 {
+    use nix::sys::resource::{Resource, setrlimit};
+    let (soft, hard) = rlimit(Resource::RLIMIT_NOFILE);
+    if hard < want && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        // Raised past the hard limit.
+    } else if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    nofile_soft()
+}
+
+/// fs.nr_open: the most RLIMIT_NOFILE can be raised to.
+pub fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok()?.trim().parse().ok()
 }
 
 /// A memory cgroup's limit and what it holds now, in bytes.

@@ -1,5 +1,6 @@
-//! Will N connections fit? The prediction `c2m bench` and `c2m load` make before they start, so
-//! a run that would exhaust memory is refused up front with what would fit instead.
+//! Will N connections fit? The capacity model: the prediction `c2m bench`, `c2m load` and
+//! `c2m tune check` make before they start, so a run that would exhaust memory is refused up front
+//! with what would fit instead.
 //!
 //! Cost per connection comes from the best result measured here (`results/<scenario>/*.json`)
 //! or, without one, from the idle-memory runs in `results/idle-memory/`. Memory is compared with
@@ -7,12 +8,11 @@
 //! that must stay free; open files with what fs.file-max still allows.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::host::{HostError, machine, memory};
-use crate::schema::bench::{BenchResult, SCHEMA_NAME};
-use crate::schema::load::RunStatus;
-use crate::units::{human_bytes, thousands};
+use crate::results::files::largest_result;
+use crate::units::{human_bytes, round_down_3_digits, short_count, thousands};
 
 /// Head room on a measured cost: MemFree moves with page-cache activity and with what earlier
 /// runs left in the slab caches, by hundreds of bytes per connection.
@@ -104,49 +104,6 @@ impl CostModel {
     pub fn bytes_each(&self, both_ends_here: bool) -> f64 {
         if both_ends_here { self.per_connection_bytes } else { self.per_connection_bytes - self.kernel_bytes / 2.0 }
     }
-}
-
-/// The complete c2m-bench-result under `dir` (two levels down) with the most connections held
-/// (at least `min`), the newest of equals. Files that are not bench results are skipped.
-pub fn largest_result(dir: &Path, min: u64) -> Option<(PathBuf, BenchResult)> {
-    let mut best: Option<(PathBuf, BenchResult)> = None;
-    for path in json_files(dir, 2) {
-        let Ok(result) = read_result(&path) else { continue };
-        let n = result.memory.connections;
-        if result.status != RunStatus::Complete || n < min.max(1) {
-            continue;
-        }
-        let key = (n, result.started_utc.clone());
-        if best.as_ref().is_none_or(|(_, b)| key > (b.memory.connections, b.started_utc.clone())) {
-            best = Some((path, result));
-        }
-    }
-    best
-}
-
-/// The .json files under `dir`, `depth` levels down at most.
-fn json_files(dir: &Path, depth: u32) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() && depth > 0 {
-            out.extend(json_files(&path, depth - 1));
-        } else if path.extension().is_some_and(|e| e == "json") {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// Reads a c2m-bench-result file; the error says why it is not one.
-pub fn read_result(path: &Path) -> Result<BenchResult, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    if value.get("schema").and_then(|s| s.as_str()) != Some(SCHEMA_NAME) {
-        return Err(format!("not a {SCHEMA_NAME}"));
-    }
-    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// A count that fits.
@@ -297,31 +254,11 @@ pub fn check_with(
     Ok(Fit { connections, need_bytes, mem_free, keep_free, max_connections })
 }
 
-/// `412_345` -> `412_000`: a count a person would ask for.
-pub fn round_down_3_digits(n: u64) -> u64 {
-    let mut unit = 1;
-    while n / unit >= 1000 {
-        unit *= 10;
-    }
-    n / unit * unit
-}
-
-/// A count as `-c` takes it: `412k`, `1.23m`, `950`.
-pub fn short_count(n: u64) -> String {
-    let trim = |s: String| s.trim_end_matches('0').trim_end_matches('.').to_string();
-    if n >= 1_000_000 && n.is_multiple_of(10_000) {
-        format!("{}m", trim(format!("{:.2}", n as f64 / 1e6)))
-    } else if n >= 1_000 && n.is_multiple_of(10) {
-        format!("{}k", trim(format!("{:.2}", n as f64 / 1e3)))
-    } else {
-        n.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::parse_count;
+    use crate::schema::bench::{BenchResult, SCHEMA_NAME};
+    use crate::schema::load::RunStatus;
 
     const GIB: u64 = 1 << 30;
 
@@ -377,17 +314,6 @@ mod tests {
         assert!(err.to_string().ends_with("Memory alone allows at most 1,500,000."), "{err}");
         // With the server elsewhere one file per connection.
         assert!(check_with(1_500_000, false, 2 * GIB, &model(1_000.0, 900.0), 100 * GIB, 2_466_183).is_ok());
-    }
-
-    #[test]
-    fn rounding_and_short_counts_parse_back() {
-        assert_eq!(round_down_3_digits(412_345), 412_000);
-        assert_eq!(round_down_3_digits(999), 999);
-        assert_eq!(round_down_3_digits(1_234_567), 1_230_000);
-        for (n, s) in [(412_000, "412k"), (1_230_000, "1.23m"), (2_000_000, "2m"), (950, "950"), (5_430, "5.43k")] {
-            assert_eq!(short_count(n), s);
-            assert_eq!(parse_count(s), Ok(n));
-        }
     }
 
     fn bench_result(connections: u64, total: f64, status: RunStatus, started_utc: &str) -> BenchResult {
