@@ -123,6 +123,22 @@ fn smoke_end_to_end() {
 
     let hlog = json.with_extension("hlog");
     assert!(hlog.is_file(), "no {}", hlog.display());
+    // Every reply is in the interval log, under both round trips, the last partial second too.
+    let text = std::fs::read(&hlog).unwrap();
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut deserializer = hdrhistogram::serialization::Deserializer::new();
+    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text) {
+        if let Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(i)) = entry {
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, i.encoded_histogram()).unwrap();
+            let h: hdrhistogram::Histogram<u64> = deserializer.deserialize(&mut bytes.as_slice()).unwrap();
+            *counts.entry(i.tag().map(|t| t.as_str().to_string()).unwrap_or_default()).or_default() += h.len();
+        }
+    }
+    let received = result.load.messages.received;
+    assert_eq!(counts.get("rtt"), Some(&received), "{counts:?}");
+    assert_eq!(counts.get("rtt_uncorrected"), Some(&received), "{counts:?}");
+    assert_eq!(counts.get("connect"), Some(&10_000), "{counts:?}");
     assert_eq!(result.hlog, hlog.file_name().unwrap().to_str().unwrap());
     let report = std::fs::read_to_string(dir.path().join("REPORT.md")).expect("REPORT.md written");
     assert!(report.contains("## smoke"), "the report has the scenario's section");
