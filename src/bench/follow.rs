@@ -194,8 +194,10 @@ impl<'a> Follower<'a> {
     fn measure_held(&mut self, server_pid: u32, load_pid: u32) -> Option<Held> {
         let mut held = self.measure(server_pid, load_pid)?;
         held.kernel_sockets = sockets::established_on_port(self.listen).ok().map(|c| c.total());
-        held.server_sessions =
-            server::scrape_totals(self.metrics).ok().and_then(|m| m.get(server::SESSIONS_ACTIVE).map(|&v| v as u64));
+        match server::scrape_totals(self.metrics) {
+            Ok(m) => held.server_sessions = m.get(server::SESSIONS_ACTIVE).map(|&v| v as u64),
+            Err(e) => self.progress.println(&format!("c2m bench: the server's sessions at the hold: {e:#}")),
+        }
         Some(held)
     }
 

@@ -236,7 +236,7 @@ impl Bench<'_> {
             load: &load,
             server_metrics: &server_metrics,
             memory: &memory,
-            server_sessions_held: followed.settled.as_ref().and_then(|h| h.server_sessions),
+            server_sessions_held: followed.settled.as_ref().map(|h| h.server_sessions),
             kernel_sockets_held: followed.settled.as_ref().and_then(|h| h.kernel_sockets),
             tcp_inuse_before_load: server_up.tcp_inuse,
         });

@@ -23,8 +23,10 @@ pub struct Sources<'a> {
     /// The server's metrics after the load ended (empty if the scrape failed).
     pub server_metrics: &'a BTreeMap<String, f64>,
     pub memory: &'a MemoryMeasurement,
-    /// The server's open sessions at the `loaded` measurement (older results: none).
-    pub server_sessions_held: Option<u64>,
+    /// The server's open sessions at the `loaded` measurement: `None` in older results (no
+    /// check), `Some(None)` when its /metrics did not answer then (the check fails: nothing
+    /// stands in for it).
+    pub server_sessions_held: Option<Option<u64>>,
     /// The kernel's established sockets on the server's port at the `loaded` measurement
     /// (older results: none; sockstat stands in).
     pub kernel_sockets_held: Option<u64>,
@@ -104,14 +106,24 @@ pub fn cross_checks(s: &Sources<'_>) -> Vec<CrossCheck> {
         ));
     }
     let held = s.memory.connections;
-    if let Some(sessions) = s.server_sessions_held {
-        out.push(exact(
+    match s.server_sessions_held {
+        Some(Some(sessions)) => out.push(exact(
             "sessions at the hold: c2m serve vs c2m load",
             held as f64,
             "c2m load: logged in at the measurement",
             sessions as f64,
             "c2m serve: sessions open then",
-        ));
+        )),
+        Some(None) => out.push(CrossCheck {
+            name: "sessions at the hold: c2m serve vs c2m load".into(),
+            expected: held as f64,
+            expected_from: "c2m load: logged in at the measurement".into(),
+            observed_from: "nothing: c2m serve's /metrics did not answer then".into(),
+            difference: -(held as f64),
+            note: "not checked".into(),
+            ..Default::default()
+        }),
+        None => {}
     }
     if let Some(sockets) = s.kernel_sockets_held {
         out.push(exact(
@@ -290,7 +302,7 @@ mod tests {
             load: &l,
             server_metrics: &m,
             memory: &mem,
-            server_sessions_held: Some(100),
+            server_sessions_held: Some(Some(100)),
             kernel_sockets_held: Some(200),
             tcp_inuse_before_load: 3,
         };
@@ -309,7 +321,7 @@ mod tests {
             load: &l,
             server_metrics: &m,
             memory: &mem,
-            server_sessions_held: Some(99),
+            server_sessions_held: Some(Some(99)),
             kernel_sockets_held: None,
             tcp_inuse_before_load: 3,
         };
@@ -332,7 +344,8 @@ mod tests {
         assert!(reasons[5].contains("(off by -10)"), "{reasons:?}");
         // More sockets than the run's are someone else's: noted, not failed.
         let more = memory(100, 250);
-        let s = Sources { memory: &more, server_sessions_held: Some(100), server_metrics: &metrics(100, 500), ..s };
+        let s =
+            Sources { memory: &more, server_sessions_held: Some(Some(100)), server_metrics: &metrics(100, 500), ..s };
         let sockets = cross_checks(&s).pop().unwrap();
         assert!(sockets.passed && sockets.note.contains("47 sockets beyond"), "{sockets:?}");
         // The kernel's count of the run's own sockets must agree exactly.
