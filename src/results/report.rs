@@ -713,7 +713,15 @@ fn write_scenario(md: &mut String, runs: &ScenarioRuns<'_>, charts: &ScenarioCha
     push_line(md, &format!("## {}", r.scenario.name));
     push_line(md, "");
     if !r.scenario.description.is_empty() {
-        push_line(md, &format!("*{}*", r.scenario.description.trim()));
+        // The scenario's words; the run may have asked for another count (`-c`).
+        push_line(
+            md,
+            &format!(
+                "*{}* (the scenario file; this run asked for {} connections)",
+                r.scenario.description.trim(),
+                thousands(r.load.connections.requested)
+            ),
+        );
         push_line(md, "");
     }
     write_status(md, r);
