@@ -200,8 +200,8 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
     let mut turn = Turn { server: server.name.clone(), ..Default::default() };
     let load_note = |what: &str, status: &str, reason: &Option<String>, turn: &mut Turn| {
         if status != "complete" {
-            turn.errors
-                .push(format!("{what}: the load was aborted: {}", reason.as_deref().unwrap_or("no reason given")));
+            let how = if status == "fell short" { "fell short" } else { "was aborted" };
+            turn.errors.push(format!("{what}: the load {how}: {}", reason.as_deref().unwrap_or("no reason given")));
         }
     };
     match trials::echo(setup, server) {
