@@ -99,12 +99,85 @@ fn smoke_end_to_end() {
     assert!(errors.is_empty(), "the smoke result breaks the schema: {errors:?}");
     assert!(result.load.latency.rtt_corrected.count > 0, "round trips were measured");
 
+    // The run checks its own figures: every cross-check is there and agrees, memory has its
+    // floor, and the result says what made it.
+    let names: Vec<&str> = result.checks.iter().map(|c| c.name.split(':').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["accepted", "frames in", "frames out", "bytes in", "bytes out", "sessions at the hold", "sockets at the hold"]
+    );
+    assert!(result.checks.iter().all(|c| c.passed), "{:?}", result.checks);
+    assert!(result.shortfalls.is_empty(), "{:?}", result.shortfalls);
+    let p = &result.memory.per_connection;
+    assert!(p.total_floor >= p.kernel_slab && p.total_floor > 0.0, "{p:?}");
+    assert_eq!(p.below_floor, p.total < p.total_floor);
+    assert!(result.memory.settle.is_some() && result.memory.server_up.is_some());
+    assert_eq!(result.c2m.git_commit.len(), 40, "{:?}", result.c2m);
+    assert!(result.server.argv.iter().any(|a| a == "--max-sessions"), "{:?}", result.server.argv);
+    assert!(result.server.effective.contains("listening on"), "{}", result.server.effective);
+    assert!(result.load_process.argv.iter().any(|a| a == "--hlog"), "{:?}", result.load_process.argv);
+    assert!(!result.machine.virtualization.is_empty() && result.load_average.is_some());
+    // The whole histograms travel in the result and read back as what the summary says.
+    let rtt = c2m::schema::histogram::decode(&result.load.histograms["rtt_corrected"]).unwrap();
+    assert_eq!(rtt.len(), result.load.latency.rtt_corrected.count);
+
     let hlog = json.with_extension("hlog");
     assert!(hlog.is_file(), "no {}", hlog.display());
+    // Every reply is in the interval log, under both round trips, the last partial second too.
+    let text = std::fs::read(&hlog).unwrap();
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut deserializer = hdrhistogram::serialization::Deserializer::new();
+    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text) {
+        if let Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(i)) = entry {
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, i.encoded_histogram()).unwrap();
+            let h: hdrhistogram::Histogram<u64> = deserializer.deserialize(&mut bytes.as_slice()).unwrap();
+            *counts.entry(i.tag().map(|t| t.as_str().to_string()).unwrap_or_default()).or_default() += h.len();
+        }
+    }
+    let received = result.load.messages.received;
+    assert_eq!(counts.get("rtt"), Some(&received), "{counts:?}");
+    assert_eq!(counts.get("rtt_uncorrected"), Some(&received), "{counts:?}");
+    assert_eq!(counts.get("connect"), Some(&10_000), "{counts:?}");
     assert_eq!(result.hlog, hlog.file_name().unwrap().to_str().unwrap());
     let report = std::fs::read_to_string(dir.path().join("REPORT.md")).expect("REPORT.md written");
     assert!(report.contains("## smoke"), "the report has the scenario's section");
     for chart in ["connections", "memory", "latency"] {
         assert!(dir.path().join(format!("charts/smoke-{chart}.svg")).is_file(), "no {chart} chart");
     }
+}
+
+/// A run made to fall short (the server takes fewer sessions than the load opens) says so in
+/// its result and its exit status, with the reasons and by how much.
+#[test]
+fn a_short_run_says_so_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(&[
+        "--scenario",
+        "smoke",
+        "-c",
+        "2000",
+        "--max-sessions",
+        "1500",
+        "--duration",
+        "2s",
+        "--results-dir",
+        dir.path().to_str().unwrap(),
+        "--no-progress",
+        "--no-report",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
+    assert!(stderr.contains("fell short") && stderr.contains("500 short"), "{stderr}");
+    let json = std::fs::read_dir(dir.path().join("smoke"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("the result is written");
+    let result: BenchResult = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(result.status, RunStatus::FellShort, "{:?}", result.shortfalls);
+    assert_eq!(result.shortfalls[0], "1,500 of 2,000 connections logged in (500 short)");
+    // The HELLOs of the 500 refused never reached a session: the server read 500 x 20 B fewer.
+    let bytes_in = result.checks.iter().find(|c| c.name.starts_with("bytes in")).unwrap();
+    assert!(!bytes_in.passed && bytes_in.difference == -10_000.0, "{bytes_in:?}");
 }

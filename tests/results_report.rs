@@ -163,11 +163,12 @@ fn result(s: &Shape<'_>) -> BenchResult {
         phases,
         timeline: timeline(established, 20, 60, messages),
         chat: None,
+        histograms: Default::default(),
     };
     BenchResult {
         schema: SCHEMA_NAME.into(),
         schema_version: SCHEMA_VERSION,
-        c2m: Build { version: "0.1.0".into(), git_commit: "81ca120-dirty".into() },
+        c2m: Build { version: "0.1.0".into(), git_commit: "81ca120-dirty".into(), git_dirty: None },
         machine: Machine {
             host: "vm".into(),
             kernel: "6.18.44-fc-v657".into(),
@@ -181,6 +182,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
                 ("net.ipv4.ip_local_port_range".to_string(), "1024\t65535".to_string()),
                 ("net.ipv4.tcp_mem".to_string(), "289401\t385869\t578802".to_string()),
             ]),
+            virtualization: "none".into(),
         },
         scenario: ScenarioInfo {
             name: s.name.into(),
@@ -198,8 +200,14 @@ fn result(s: &Shape<'_>) -> BenchResult {
         elapsed_seconds: 75.5,
         status: s.status,
         abort_reason,
+        shortfalls: Vec::new(),
+        checks: Vec::new(),
+        load_average: None,
         server: ProcessUsage {
             command: "c2m serve".into(),
+            argv: Vec::new(),
+            effective: String::new(),
+            anon_bytes: 0,
             pid: 4242,
             rss_bytes: 6_000_000 + established * 214,
             pss_bytes: 5_900_000 + established * 214,
@@ -209,6 +217,9 @@ fn result(s: &Shape<'_>) -> BenchResult {
         },
         load_process: ProcessUsage {
             command: "c2m load".into(),
+            argv: Vec::new(),
+            effective: String::new(),
+            anon_bytes: 0,
             pid: 4243,
             rss_bytes: 9_000_000 + established * 120,
             pss_bytes: 8_800_000 + established * 120,
@@ -228,7 +239,10 @@ fn result(s: &Shape<'_>) -> BenchResult {
                 tcp_buffers: 8.0,
                 kernel_total: 8_826.2,
                 total: 9_160.0,
+                total_floor: 0.0,
+                below_floor: false,
             },
+            ..Default::default()
         },
         memory_timeline: (0..60).map(|t| system_memory(t as f64, 0)).collect(),
         server_metrics: BTreeMap::from([
@@ -347,7 +361,7 @@ fn broken_results_fail_validation() {
     assert_rejected("an unknown load status", |j| j["load"]["status"] = json!("done"));
     assert_rejected("an unknown field", |j| j["machine"]["numa_nodes"] = json!(1));
     assert_rejected("another schema name", |j| j["schema"] = json!("c2m-load-report"));
-    assert_rejected("a later schema version", |j| j["schema_version"] = json!(2));
+    assert_rejected("a later schema version", |j| j["schema_version"] = json!(3));
     assert_rejected("a spectrum triple", |j| j["load"]["latency"]["connect"]["spectrum"][0] = json!([50.0, 10.0, 3.0]));
     assert_rejected("three source ports", |j| j["load"]["params"]["source_ports"] = json!([1024, 2048, 65535]));
     assert_rejected("a port above 65535", |j| j["load"]["params"]["source_ports"] = json!([1024, 70000]));

@@ -17,7 +17,7 @@ use super::measure::{self, Held};
 use super::progress::{Progress, Status};
 use super::{server, signals};
 use crate::host::process::Exit;
-use crate::host::{memory, process};
+use crate::host::{memory, process, sockets};
 use crate::schema::bench::SystemMemory;
 use crate::schema::load::{Event, Phase, RunStatus, Sample};
 use crate::units::human_bytes;
@@ -66,6 +66,8 @@ pub struct Follower<'a> {
     pub watchdog: Duration,
     /// The server's /metrics address.
     pub metrics: SocketAddr,
+    /// The address it serves on (its port names the run's sockets).
+    pub listen: SocketAddr,
     pub progress: &'a Progress,
     pub out: Followed,
     established: u64,
@@ -84,6 +86,7 @@ impl<'a> Follower<'a> {
         keep_free: u64,
         watchdog: Duration,
         metrics: SocketAddr,
+        listen: SocketAddr,
         progress: &'a Progress,
     ) -> Follower<'a> {
         Follower {
@@ -92,6 +95,7 @@ impl<'a> Follower<'a> {
             keep_free,
             watchdog,
             metrics,
+            listen,
             progress,
             out: Followed::default(),
             established: 0,
@@ -130,7 +134,7 @@ impl<'a> Follower<'a> {
                 next_tick = (next_tick + TICK).max(now);
             }
             if self.messages_at.is_some_and(|at| at.elapsed() >= SETTLE) && self.out.settled.is_none() {
-                self.out.settled = self.measure(server_pid, load.process.pid);
+                self.out.settled = self.measure_held(server_pid, load.process.pid);
             }
             if let Some(exit) = load.process.try_reap()? {
                 // Its last lines may still be in the pipe.
@@ -169,7 +173,7 @@ impl<'a> Follower<'a> {
                         // The message phase was shorter than the settle time: measure before the
                         // connections go.
                         "hold" | "drain" | "close" if self.out.reached_messages && self.out.settled.is_none() => {
-                            self.out.settled = self.measure(server_pid, pid);
+                            self.out.settled = self.measure_held(server_pid, pid);
                         }
                         "close" => self.measure_early(server_pid, pid),
                         _ => {}
@@ -183,6 +187,18 @@ impl<'a> Follower<'a> {
             }
             Event::Done { status, abort_reason } => self.out.done = Some((status, abort_reason)),
         }
+    }
+
+    /// The `loaded` measurement, with the server's and the kernel's own counts at the same
+    /// moment (for the cross-checks).
+    fn measure_held(&mut self, server_pid: u32, load_pid: u32) -> Option<Held> {
+        let mut held = self.measure(server_pid, load_pid)?;
+        held.kernel_sockets = sockets::established_on_port(self.listen).ok().map(|c| c.total());
+        match server::scrape_totals(self.metrics) {
+            Ok(m) => held.server_sessions = m.get(server::SESSIONS_ACTIVE).map(|&v| v as u64),
+            Err(e) => self.progress.println(&format!("c2m bench: the server's sessions at the hold: {e:#}")),
+        }
+        Some(held)
     }
 
     fn measure(&mut self, server_pid: u32, load_pid: u32) -> Option<Held> {

@@ -11,6 +11,10 @@ pub struct Held {
     pub established: u64,
     pub server: ProcessMemory,
     pub load: ProcessMemory,
+    /// The server's own count of open sessions then (`None` if its /metrics did not answer).
+    pub server_sessions: Option<u64>,
+    /// The kernel's established sockets on the server's port then, both ends.
+    pub kernel_sockets: Option<u64>,
 }
 
 /// Measures now; `t` is seconds since the bench started.
@@ -20,13 +24,17 @@ pub fn take(t: f64, established: u64, server_pid: u32, load_pid: u32) -> Result<
         established,
         server: process::memory(server_pid)?,
         load: process::memory(load_pid)?,
+        server_sessions: None,
+        kernel_sockets: None,
     })
 }
 
-/// Per connection, from `baseline` (taken with the server up and the load not yet started) to
-/// `held`. The load did not exist at the baseline, so all of its RSS is growth; its
-/// `load_rss_start` only separates its start-up from what its connections cost (`load_user`).
-/// Zero everywhere when no connection was up.
+/// Per connection, from `baseline` (taken before either process started, memory settled) to
+/// `held`. Neither process existed at the baseline, so both count the same way: all of their
+/// anonymous memory is growth, start-up included; `server_user` and `load_user` leave their
+/// start-up out (RSS growth from just before their first connection). The floor is what MemFree
+/// must have lost at least: Slab growth plus both processes' anonymous memory. Zero everywhere
+/// when no connection was up.
 pub fn per_connection(
     baseline: &SystemMemory,
     server_rss_start: u64,
@@ -38,16 +46,21 @@ pub fn per_connection(
     }
     let n = held.established as f64;
     let delta = |after: u64, before: u64| after as f64 - before as f64;
-    let server_growth = delta(held.server.rss, server_rss_start);
     let free_drop = delta(baseline.mem_free, held.memory.mem_free);
+    let slab = delta(held.memory.slab, baseline.slab);
+    let user = (held.server.anon + held.load.anon) as f64;
+    let total_floor = (slab + user) / n;
+    let total = free_drop / n;
     PerConnection {
-        server_user: server_growth / n,
+        server_user: delta(held.server.rss, server_rss_start) / n,
         load_user: delta(held.load.rss, load_rss_start) / n,
-        kernel_slab: delta(held.memory.slab, baseline.slab) / n,
+        kernel_slab: slab / n,
         kernel_unreclaimable: delta(held.memory.slab_unreclaimable, baseline.slab_unreclaimable) / n,
         tcp_buffers: delta(held.memory.tcp_mem_bytes, baseline.tcp_mem_bytes) / n,
-        kernel_total: (free_drop - server_growth - held.load.rss as f64) / n,
-        total: free_drop / n,
+        kernel_total: (free_drop - user) / n,
+        total,
+        total_floor,
+        below_floor: total < total_floor,
     }
 }
 
@@ -73,8 +86,10 @@ mod tests {
                 ..Default::default()
             },
             established: 100_000,
-            server: ProcessMemory { rss: 30_000_000, pss: 0 },
-            load: ProcessMemory { rss: 60_000_000, pss: 0 },
+            server: ProcessMemory { rss: 30_000_000, pss: 0, anon: 25_000_000 },
+            load: ProcessMemory { rss: 60_000_000, pss: 0, anon: 55_000_000 },
+            server_sessions: Some(100_000),
+            kernel_sockets: Some(200_000),
         };
         let p = per_connection(&baseline, 10_000_000, 20_000_000, &held);
         assert_eq!(p.server_user, 200.0);
@@ -83,8 +98,18 @@ mod tests {
         assert_eq!(p.kernel_unreclaimable, 6_000.0);
         assert_eq!(p.tcp_buffers, 4.096);
         assert_eq!(p.total, 10_000.0);
-        // 1 GB dropped - 20 MB server growth - 60 MB load = 920 MB.
+        // 1 GB dropped - 80 MB of both processes' anonymous memory = 920 MB.
         assert_eq!(p.kernel_total, 9_200.0);
+        // 800 MB slab + 80 MB anonymous.
+        assert_eq!(p.total_floor, 8_800.0);
+        assert!(!p.below_floor);
+        assert_eq!(p.headline(), 10_000.0);
+        // MemFree fell by less than the slab grew: page cache came back meanwhile.
+        let mut given_back = held.clone();
+        given_back.memory.mem_free = 10_000_000_000 - 500_000_000;
+        let p = per_connection(&baseline, 10_000_000, 20_000_000, &given_back);
+        assert!(p.below_floor && p.total == 5_000.0);
+        assert_eq!(p.headline(), 8_800.0);
         let none = Held { established: 0, ..held };
         assert_eq!(per_connection(&baseline, 0, 0, &none), PerConnection::default());
     }

@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// it does (e.g. 2GiB, 512MiB).
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     pub keep_free: u64,
+    /// The server's session limit instead of the connection count: a run made to fall short,
+    /// to see that the bench says so (e.g. 9000 with -c 10000).
+    #[arg(long, value_parser = parse_count)]
+    pub max_sessions: Option<u64>,
     /// Do not rebuild results/REPORT.md after the run.
     #[arg(long)]
     pub no_report: bool,

@@ -88,6 +88,7 @@ pub fn stand_in_report(
         phases: followed.phases.clone(),
         timeline: followed.samples.clone(),
         chat: None,
+        histograms: Default::default(),
     }
 }
 
@@ -99,6 +100,7 @@ pub fn summary(r: &BenchResult, json: &Path, hlog: Option<&Path>, report: Option
     let p = &r.memory.per_connection;
     let status = match r.status {
         RunStatus::Complete => "complete".to_string(),
+        RunStatus::FellShort => format!("FELL SHORT: {}", r.shortfalls.join("; ")),
         RunStatus::Aborted => format!("ABORTED: {}", r.abort_reason.as_deref().unwrap_or("no reason given")),
     };
     let mut out = format!("c2m bench {}: {status} in {:.1} s\n", r.scenario.name, r.elapsed_seconds);
@@ -134,14 +136,26 @@ pub fn summary(r: &BenchResult, json: &Path, hlog: Option<&Path>, report: Option
             );
         }
     }
-    out += &format!(
-        "  memory       {} per connection at {}: kernel {}, server {}, load {}\n",
-        human_bytes(p.total),
-        thousands(r.memory.connections),
-        human_bytes(p.kernel_total),
-        human_bytes(p.server_user),
-        human_bytes(p.load_user)
-    );
+    if p.below_floor {
+        out += &format!(
+            "  memory       at least {} per connection at {} (MemFree fell by only {}, below its floor of Slab + both processes' memory: not a measurement)\n",
+            human_bytes(p.total_floor),
+            thousands(r.memory.connections),
+            human_bytes(p.total)
+        );
+    } else {
+        out += &format!(
+            "  memory       {} per connection at {} (floor {}): kernel {}, server {}, load {}\n",
+            human_bytes(p.total),
+            thousands(r.memory.connections),
+            human_bytes(p.total_floor),
+            human_bytes(p.kernel_total),
+            human_bytes(p.server_user),
+            human_bytes(p.load_user)
+        );
+    }
+    let failed = r.checks.iter().filter(|c| !c.passed).count();
+    out += &format!("  checks       {} of {} cross-checks agree\n", r.checks.len() - failed, r.checks.len());
     out += &format!("  result       {}\n", json.display());
     if let Some(h) = hlog {
         out += &format!("  histograms   {}\n", h.display());

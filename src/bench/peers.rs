@@ -24,7 +24,7 @@ use self::manifest::Server;
 use self::trials::Setup;
 use super::output::{result_base, with_ext};
 use super::{BenchArgs, signals};
-use crate::host::{clock, git, machine};
+use crate::host::{clock, machine};
 use crate::schema::load::RunStatus;
 use crate::schema::peers::{
     PEERS_RESULTS_DIR, PEERS_SCHEMA_NAME, PEERS_SCHEMA_VERSION, PeersResult, PeersSettings, Round, ServerInfo, Turn,
@@ -139,10 +139,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let result = PeersResult {
         schema: PEERS_SCHEMA_NAME.into(),
         schema_version: PEERS_SCHEMA_VERSION,
-        c2m: crate::schema::bench::Build {
-            version: env!("CARGO_PKG_VERSION").into(),
-            git_commit: git::commit(Path::new(".")),
-        },
+        c2m: crate::schema::bench::Build::this_binary(),
         machine,
         started_utc: clock::rfc3339(started_unix),
         elapsed_seconds: started.elapsed().as_secs_f64(),
@@ -203,8 +200,8 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
     let mut turn = Turn { server: server.name.clone(), ..Default::default() };
     let load_note = |what: &str, status: &str, reason: &Option<String>, turn: &mut Turn| {
         if status != "complete" {
-            turn.errors
-                .push(format!("{what}: the load was aborted: {}", reason.as_deref().unwrap_or("no reason given")));
+            let how = if status == "fell short" { "fell short" } else { "was aborted" };
+            turn.errors.push(format!("{what}: the load {how}: {}", reason.as_deref().unwrap_or("no reason given")));
         }
     };
     match trials::echo(setup, server) {
@@ -303,6 +300,7 @@ fn server_info(s: &Server) -> ServerInfo {
 fn status_word(r: &PeersResult) -> &'static str {
     match r.status {
         RunStatus::Complete => "complete",
+        RunStatus::FellShort => "FELL SHORT",
         RunStatus::Aborted => "ABORTED",
     }
 }

@@ -1,7 +1,7 @@
 //! `c2m bench`, step by step: scenario and fit, server, baseline, load, follow, stop, result.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -13,11 +13,14 @@ use super::measure::{self, Held};
 use super::output::{self, with_ext};
 use super::progress::Progress;
 use super::scenario::{self, AutoOr, LoadSettings, Scenario};
-use super::server::ServerChild;
+use super::server::{self, ServerChild};
 use super::signals;
-use crate::host::{clock, git, machine, memory, process};
+use crate::host::memory::SettlePlan;
+use crate::host::{clock, machine, memory, process};
+use crate::results::checks::{self, Sources};
 use crate::schema::bench::{
-    BenchResult, Build, MemoryMeasurement, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION, ScenarioInfo,
+    BenchResult, Build, LoadAverage, MemoryMeasurement, MemorySettle, ProcessUsage, SCHEMA_NAME, SCHEMA_VERSION,
+    ScenarioInfo, SystemMemory,
 };
 use crate::schema::load::RunStatus;
 use crate::tune::capacity::{self, CostModel};
@@ -129,10 +132,23 @@ impl Bench<'_> {
         let load_json =
             std::env::temp_dir().join(format!("c2m-bench-{}-{}.load.json", std::process::id(), started_unix));
 
-        let mut server = ServerChild::start(&exe, &self.scenario.server, self.connections, &self.progress)?;
+        let load_average_before = machine::load_average().ok();
+        // Both processes start after the baseline, so both count their start-up the same way.
+        self.progress.println("c2m bench: letting memory settle before the baseline");
+        let settle = memory::settle(&SettlePlan::default()).context("settling memory")?;
+        if !settle.settled {
+            self.progress.println(&format!(
+                "c2m bench: MemFree still moved {} in the last second after {:.0} s; measuring anyway (noted)",
+                crate::units::human_bytes(settle.last_change_bytes.unsigned_abs() as f64),
+                settle.seconds
+            ));
+        }
+        let baseline = memory::system_memory(started.elapsed().as_secs_f64()).context("baseline memory")?;
+        let max_sessions = self.args.max_sessions.unwrap_or_else(|| server::max_sessions(self.connections));
+        let mut server = ServerChild::start(&exe, &self.scenario.server, max_sessions, &self.progress)?;
         self.progress.println(&format!("c2m bench: {}", server.banner));
         std::thread::sleep(SERVER_SETTLE);
-        let baseline = memory::system_memory(started.elapsed().as_secs_f64()).context("baseline memory")?;
+        let server_up = memory::system_memory(started.elapsed().as_secs_f64()).context("memory with the server up")?;
         let server_start = process::memory(server.process.pid).context("c2m serve's memory at start")?;
 
         let plan = LoadPlan::new(
@@ -151,6 +167,7 @@ impl Bench<'_> {
             self.args.keep_free,
             self.watchdog(),
             server.metrics,
+            server.addr,
             &self.progress,
         );
         let load_exit = follower.follow(&mut load_child, &mut server.process)?;
@@ -179,29 +196,49 @@ impl Bench<'_> {
 
         // The measurement: while the messages ran, else the most connections seen before.
         let held = followed.settled.clone().or_else(|| followed.early.clone()).unwrap_or_default();
-        // Why the run fell short, cause first: the bench's own stop (the load's reason then only
-        // echoes the signal it was sent), else the load's.
-        let mut reasons: Vec<String> = followed.stop_reason.iter().cloned().collect();
+        // Why the run stopped early, cause first: the bench's own stop (the load's reason then
+        // only echoes the signal it was sent), else the load's.
+        let mut aborted: Vec<String> = followed.stop_reason.iter().cloned().collect();
+        let mut short = Vec::new();
         let load = match load_report {
             Ok(report) => {
                 if report.status == RunStatus::Aborted && followed.stop_reason.is_none() {
-                    reasons.push(report.abort_reason.clone().unwrap_or_else(|| "c2m load aborted".into()));
-                } else if report.status == RunStatus::Complete && !load_exit.success() {
-                    reasons.push(format!("c2m load: {load_exit}"));
+                    aborted.push(report.abort_reason.clone().unwrap_or_else(|| "c2m load aborted".into()));
+                } else if report.status == RunStatus::Complete && !load_exit.success() && load_exit.code != Some(3) {
+                    // Exit 3 is the load saying it fell short, which the checks below say too.
+                    short.push(format!("c2m load: {load_exit}"));
                 }
                 report
             }
             Err(why) => {
                 let reason = format!("c2m load wrote no report ({load_exit}; {why})");
-                reasons.push(reason.clone());
+                aborted.push(reason.clone());
                 output::stand_in_report(&plan, &followed, started_unix as u64 * 1000, elapsed, &reason)
             }
         };
         if !followed.reached_messages {
-            reasons.push("the load never reached its message phase".into());
+            aborted.push("the load never reached its message phase".into());
         }
-        reasons.dedup();
-        let status = if reasons.is_empty() { RunStatus::Complete } else { RunStatus::Aborted };
+        let memory = memory_measurement(&baseline, &server_up, settle, server_start.rss, &followed, &held);
+        let checks = checks::cross_checks(&Sources {
+            load: &load,
+            server_metrics: &server_metrics,
+            memory: &memory,
+            server_sessions_held: followed.settled.as_ref().map(|h| h.server_sessions),
+            kernel_sockets_held: followed.settled.as_ref().and_then(|h| h.kernel_sockets),
+            tcp_inuse_before_load: server_up.tcp_inuse,
+        });
+        short.extend(checks::shortfalls(&load, &checks));
+        let status = if !aborted.is_empty() {
+            RunStatus::Aborted
+        } else if !short.is_empty() {
+            RunStatus::FellShort
+        } else {
+            RunStatus::Complete
+        };
+        let mut shortfalls = aborted;
+        shortfalls.extend(short);
+        shortfalls.dedup();
 
         let hlog_name = hlog_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let hlog_written = hlog_path.is_file();
@@ -211,32 +248,42 @@ impl Bench<'_> {
         let result = BenchResult {
             schema: SCHEMA_NAME.into(),
             schema_version: SCHEMA_VERSION,
-            c2m: Build { version: env!("CARGO_PKG_VERSION").into(), git_commit: git::commit(Path::new(".")) },
+            c2m: Build::this_binary(),
             machine: self.machine.clone(),
             scenario: self.scenario_info(),
             started_utc: clock::rfc3339(started_unix),
             elapsed_seconds: elapsed,
             status,
-            abort_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+            abort_reason: (!shortfalls.is_empty()).then(|| shortfalls.join("; ")),
+            shortfalls,
+            checks,
+            load_average: load_average_before
+                .map(|before| LoadAverage { before, after: machine::load_average().unwrap_or_default() }),
             server: ProcessUsage {
                 command: "c2m serve".into(),
+                argv: server.argv.clone(),
+                effective: server.banner.clone(),
                 pid: server.process.pid,
                 rss_bytes: held.server.rss,
                 pss_bytes: held.server.pss,
+                anon_bytes: held.server.anon,
                 rss_start_bytes: server_start.rss,
                 cpu_user_seconds: server_exit.cpu.user_seconds,
                 cpu_system_seconds: server_exit.cpu.system_seconds,
             },
             load_process: ProcessUsage {
                 command: "c2m load".into(),
+                argv: std::iter::once(exe.display().to_string()).chain(plan.args()).collect(),
+                effective: "see load.params".into(),
                 pid: load_pid,
                 rss_bytes: held.load.rss,
                 pss_bytes: held.load.pss,
+                anon_bytes: held.load.anon,
                 rss_start_bytes: followed.load_rss_start,
                 cpu_user_seconds: load_exit.cpu.user_seconds,
                 cpu_system_seconds: load_exit.cpu.system_seconds,
             },
-            memory: memory_measurement(&baseline, server_start.rss, &followed, &held),
+            memory,
             memory_timeline: followed.timeline.clone(),
             server_metrics,
             load,
@@ -249,16 +296,11 @@ impl Bench<'_> {
         let summary =
             output::summary(&result, &json_path, hlog_written.then_some(hlog_path.as_path()), report.as_deref());
         let _ = writeln!(std::io::stdout(), "{summary}");
-        if let Some(reason) = &result.abort_reason {
+        if result.status != RunStatus::Complete {
+            let how = if result.status == RunStatus::Aborted { "was aborted" } else { "fell short" };
             return Err(crate::exit::FellShort(format!(
-                "the run was aborted: {reason} (result written to {})",
-                json_path.display()
-            ))
-            .into());
-        }
-        if let Some(short) = result.load.shortfall() {
-            return Err(crate::exit::FellShort(format!(
-                "the run fell short: {short} (result written to {})",
+                "the run {how}: {} (result written to {})",
+                result.shortfalls.join("; "),
                 json_path.display()
             ))
             .into());
@@ -308,14 +350,18 @@ impl Bench<'_> {
 }
 
 fn memory_measurement(
-    baseline: &crate::schema::bench::SystemMemory,
+    baseline: &SystemMemory,
+    server_up: &SystemMemory,
+    settle: MemorySettle,
     server_rss_start: u64,
     followed: &Followed,
     held: &Held,
 ) -> MemoryMeasurement {
     MemoryMeasurement {
         connections: held.established,
+        settle: Some(settle),
         baseline: baseline.clone(),
+        server_up: Some(server_up.clone()),
         loaded: held.memory.clone(),
         per_connection: measure::per_connection(baseline, server_rss_start, followed.load_rss_start, held),
     }

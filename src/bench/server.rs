@@ -15,6 +15,9 @@ use super::child::{ChildProcess, read_lines};
 use super::progress::Progress;
 use super::scenario::{AutoOr, ServerSettings};
 
+/// The server's gauge of open sessions (accepted, not yet closed).
+pub const SESSIONS_ACTIVE: &str = "c2m_sessions_active";
+
 /// How long the server may take to print its banner.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of its stderr kept for error messages.
@@ -25,6 +28,8 @@ pub struct ServerChild {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub banner: String,
+    /// The command line it was started with, program first.
+    pub argv: Vec<String>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -41,23 +46,28 @@ pub fn max_sessions(connections: u64) -> u64 {
 }
 
 impl ServerChild {
+    /// `max_sessions`: its session limit, [`max_sessions`] of the count unless overridden.
     pub fn start(
         exe: &Path,
         settings: &ServerSettings,
-        connections: u64,
+        max_sessions: u64,
         progress: &Progress,
     ) -> anyhow::Result<ServerChild> {
         let listen = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let metrics = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", &listen, "--metrics", &metrics])
-            .args(["--max-sessions", &max_sessions(connections).to_string()])
+            .args(["--max-sessions", &max_sessions.to_string()])
             .args(["--session-bytes", &settings.session_bytes.0.to_string()])
             .args(["--heartbeat", &format!("{}ms", settings.heartbeat.0.as_millis())]);
         if let AutoOr::Fixed(w) = settings.workers {
             cmd.args(["--workers", &w.to_string()]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let argv = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let (process, mut handle) =
             ChildProcess::spawn("c2m serve", &mut cmd).with_context(|| format!("starting {} serve", exe.display()))?;
 
@@ -92,6 +102,7 @@ impl ServerChild {
             addr: listen.parse().context("listen address")?,
             metrics: metrics.parse().context("metrics address")?,
             banner: String::new(),
+            argv,
             stderr_tail,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -154,13 +165,44 @@ pub fn scrape_totals(metrics: SocketAddr) -> anyhow::Result<BTreeMap<String, f64
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(300));
         }
-        match crate::stats::metrics_http::scrape(metrics) {
+        let scraped = match crate::stats::metrics_http::scrape(metrics) {
+            // A load holding its connections has every ephemeral port (its sources bind them):
+            // connect from a port below the load's source ports instead.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                connect_from_low_port(metrics).and_then(|s| crate::stats::metrics_http::scrape_on(s, metrics))
+            }
+            other => other,
+        };
+        match scraped {
             Ok(body) => return Ok(sum_by_name(&body)),
             Err(e) => last = Some(e),
         }
     }
     let err = last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no attempt made"));
     Err(err.context(format!("scraping http://{metrics}/metrics ({TRIES} tries)")))
+}
+
+/// A connection to `to` from a source port below 10,000 (the load's source ports start there),
+/// the first one free.
+fn connect_from_low_port(to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let from_ip =
+        if to.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+    // Spread over the range so that a scrape does not wait on the last one's TIME-WAIT.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id() ^ nanos) % 8_000;
+    let mut last = None;
+    for i in 0..256u16 {
+        let port = 1_500 + ((start + u32::from(i) * 31) % 8_000) as u16;
+        let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+        if let Err(e) = socket.bind(&SocketAddr::new(from_ip, port).into()) {
+            last = Some(e);
+            continue;
+        }
+        socket.connect_timeout(&to.into(), Duration::from_secs(2))?;
+        return Ok(socket.into());
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free low port")))
 }
 
 /// Sums every sample line of a Prometheus text body by metric name.

@@ -86,6 +86,45 @@ pub fn parse_cpu_model(cpuinfo: &str) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Whether this is a virtual machine, and what said so: the cpuinfo `hypervisor` flag (set by
+/// every x86 hypervisor), and the DMI vendor and product where readable. `none` when neither
+/// shows one.
+pub fn virtualization(cpuinfo: &str, dmi_vendor: Option<&str>, dmi_product: Option<&str>) -> String {
+    let flagged = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "hypervisor"));
+    const KNOWN: &[(&str, &str)] = &[
+        ("Google", "kvm (Google Compute Engine)"),
+        ("Amazon EC2", "kvm (Amazon EC2)"),
+        ("QEMU", "kvm (QEMU)"),
+        ("KVM", "kvm"),
+        ("VMware", "vmware"),
+        ("Microsoft Corporation", "hyper-v"),
+        ("Xen", "xen"),
+        ("innotek GmbH", "virtualbox"),
+    ];
+    let dmi = [dmi_vendor, dmi_product]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find_map(|field| KNOWN.iter().find(|(key, _)| field.contains(key)).map(|(_, name)| name.to_string()));
+    match (dmi, flagged) {
+        (Some(name), _) => name,
+        (None, true) => "virtual (cpuinfo hypervisor flag)".into(),
+        (None, false) => "none".into(),
+    }
+}
+
+/// /proc/loadavg's three averages.
+pub fn load_average() -> Result<[f64; 3], HostError> {
+    let path = "/proc/loadavg";
+    let text = read_text(path)?;
+    parse_loadavg(&text).ok_or_else(|| HostError::Missing { path: path.into(), field: "1 5 15 minute averages".into() })
+}
+
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut w = text.split_whitespace().map(|x| x.parse::<f64>().ok());
+    Some([w.next()??, w.next()??, w.next()??])
+}
+
 /// Reads the machine as a result records it.
 pub fn read_machine() -> Result<Machine, HostError> {
     let uname = uname()?;
@@ -103,6 +142,11 @@ pub fn read_machine() -> Result<Machine, HostError> {
         mem_free_bytes: mem.mem_free,
         rlimit_nofile: [soft, hard],
         sysctls,
+        virtualization: virtualization(
+            &cpuinfo,
+            std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").ok().as_deref(),
+            std::fs::read_to_string("/sys/class/dmi/id/product_name").ok().as_deref(),
+        ),
     })
 }
 
@@ -115,6 +159,21 @@ mod tests {
         let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t: fpu\n";
         assert_eq!(parse_cpu_model(text), "AMD EPYC 9B14");
         assert_eq!(parse_cpu_model("processor : 0\n"), "unknown");
+    }
+
+    #[test]
+    fn virtual_or_not() {
+        let flagged = "flags\t: fpu vme hypervisor lahf_lm\n";
+        assert_eq!(virtualization("flags\t: fpu vme\n", None, None), "none");
+        assert_eq!(virtualization(flagged, None, None), "virtual (cpuinfo hypervisor flag)");
+        assert_eq!(
+            virtualization(flagged, Some("Google\n"), Some("Google Compute Engine\n")),
+            "kvm (Google Compute Engine)"
+        );
+        assert_eq!(virtualization("", Some("QEMU"), Some("Standard PC")), "kvm (QEMU)");
+        assert_eq!(parse_loadavg("0.52 1.10 0.98 2/311 4242\n"), Some([0.52, 1.10, 0.98]));
+        assert_eq!(parse_loadavg("0.52\n"), None);
+        assert!(load_average().is_ok());
     }
 
     #[test]

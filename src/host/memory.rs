@@ -3,8 +3,10 @@
 //! MemFree is what the guards watch, not MemAvailable: MemAvailable counts live sockets' inodes
 //! and dentries as reclaimable and overstates what is free (see DESIGN.md).
 
+use std::time::{Duration, Instant};
+
 use super::{HostError, read_text};
-use crate::schema::bench::SystemMemory;
+use crate::schema::bench::{MemorySettle, SystemMemory};
 
 const MEMINFO: &str = "/proc/meminfo";
 const SOCKSTAT: &str = "/proc/net/sockstat";
@@ -93,6 +95,67 @@ pub fn system_memory(t: f64) -> Result<SystemMemory, HostError> {
     })
 }
 
+/// How memory is brought to rest before a baseline.
+#[derive(Clone, Copy, Debug)]
+pub struct SettlePlan {
+    /// Drop clean page cache first (only done as root; others cannot).
+    pub drop_page_cache: bool,
+    /// MemFree must move less than `tolerance` over one `window`.
+    pub window: Duration,
+    pub tolerance: u64,
+    /// Give up (and say so) after this long.
+    pub timeout: Duration,
+}
+
+impl Default for SettlePlan {
+    fn default() -> Self {
+        SettlePlan {
+            drop_page_cache: true,
+            window: Duration::from_secs(1),
+            tolerance: 4 << 20,
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Drops clean page cache (when root) and waits for MemFree to stop moving: memory an earlier
+/// run freed comes back for seconds, and page cache given back during a run would make MemFree
+/// fall by less than the run took.
+pub fn settle(plan: &SettlePlan) -> Result<MemorySettle, HostError> {
+    let started = Instant::now();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dropped = plan.drop_page_cache && root && drop_page_cache().is_ok();
+    let step = plan.window / 4;
+    let mut samples: Vec<(Instant, u64)> = vec![(Instant::now(), read_meminfo()?.mem_free)];
+    loop {
+        std::thread::sleep(step);
+        let now = Instant::now();
+        samples.push((now, read_meminfo()?.mem_free));
+        let window_start = samples.iter().rev().find(|(at, _)| now.duration_since(*at) >= plan.window).copied();
+        if let Some((_, before)) = window_start {
+            let change = samples.last().map_or(0, |&(_, free)| free as i64 - before as i64);
+            let settled = change.unsigned_abs() < plan.tolerance;
+            if settled || started.elapsed() >= plan.timeout {
+                return Ok(MemorySettle {
+                    dropped_page_cache: dropped,
+                    settled,
+                    seconds: started.elapsed().as_secs_f64(),
+                    last_change_bytes: change,
+                    tolerance_bytes: plan.tolerance,
+                });
+            }
+        }
+    }
+}
+
+/// `vm.drop_caches = 1`: clean page cache only (dirty pages stay; nothing is synced). A
+/// trigger, not a setting: there is nothing to restore.
+fn drop_page_cache() -> Result<(), HostError> {
+    let path = "/proc/sys/vm/drop_caches";
+    std::fs::write(path, "1").map_err(|source| HostError::Read { path: path.into(), source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +185,22 @@ mod tests {
         let text = "sockets: used 212\nTCP: inuse 7 orphan 0 tw 3 alloc 9 mem 42\nUDP: inuse 1 mem 2\n";
         assert_eq!(parse_sockstat(text).unwrap(), TcpSockstat { inuse: 7, mem_pages: 42 });
         assert!(parse_sockstat("UDP: inuse 1 mem 2\n").is_err());
+    }
+
+    #[test]
+    fn settles_or_says_it_did_not() {
+        let plan = SettlePlan {
+            drop_page_cache: false,
+            window: Duration::from_millis(200),
+            tolerance: 1 << 40,
+            timeout: Duration::from_secs(2),
+        };
+        let s = settle(&plan).unwrap();
+        assert!(s.settled && !s.dropped_page_cache && s.seconds >= 0.2, "{s:?}");
+        // Nothing moves less than 0 bytes: it gives up at the timeout and says so.
+        let strict = SettlePlan { tolerance: 0, timeout: Duration::from_millis(400), ..plan };
+        let s = settle(&strict).unwrap();
+        assert!(!s.settled && s.seconds >= 0.4 && s.seconds < 2.0, "{s:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod machine;
 pub mod memory;
 pub mod process;
 pub mod signal;
+pub mod sockets;
 
 /// Why something could not be read from the host.
 #[derive(Debug, thiserror::Error)]

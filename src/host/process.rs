@@ -8,9 +8,11 @@ use super::{HostError, read_text};
 pub struct ProcessMemory {
     pub rss: u64,
     pub pss: u64,
+    /// `Anonymous:`: memory it allocated, not file pages.
+    pub anon: u64,
 }
 
-/// Parses smaps_rollup text (`Rss:` and `Pss:` in kB).
+/// Parses smaps_rollup text (`Rss:`, `Pss:` and `Anonymous:` in kB).
 pub fn parse_smaps_rollup(text: &str, path: &str) -> Result<ProcessMemory, HostError> {
     let field = |name: &str| {
         text.lines()
@@ -19,7 +21,7 @@ pub fn parse_smaps_rollup(text: &str, path: &str) -> Result<ProcessMemory, HostE
             .map(|kb| kb * 1024)
             .ok_or_else(|| HostError::Missing { path: path.into(), field: name.into() })
     };
-    Ok(ProcessMemory { rss: field("Rss:")?, pss: field("Pss:")? })
+    Ok(ProcessMemory { rss: field("Rss:")?, pss: field("Pss:")?, anon: field("Anonymous:")? })
 }
 
 pub fn memory(pid: u32) -> Result<ProcessMemory, HostError> {
@@ -119,8 +121,11 @@ mod tests {
     #[test]
     fn smaps_rollup_fields() {
         let text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:                5120 kB\n\
-            Pss:                3072 kB\nPss_Anon:           1024 kB\n";
-        assert_eq!(parse_smaps_rollup(text, "x").unwrap(), ProcessMemory { rss: 5120 * 1024, pss: 3072 * 1024 });
+            Pss:                3072 kB\nPss_Anon:           1024 kB\nAnonymous:          2048 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(text, "x").unwrap(),
+            ProcessMemory { rss: 5120 * 1024, pss: 3072 * 1024, anon: 2048 * 1024 }
+        );
     }
 
     #[test]

@@ -213,7 +213,11 @@ fn begin_hlog<'a>(
     started: SystemTime,
 ) -> Result<Hlog<'a>, LoadError> {
     IntervalLogWriterBuilder::new()
-        .add_comment("c2m load: tag rtt = round trip from the scheduled send (corrected), tag connect = connect latency; values in ns")
+        .add_comment(
+            "c2m load: values in ns; tags: connect = connect latency, rtt = round trip from the scheduled send \
+             (corrected), rtt_uncorrected = from the send, ack / deliver / receipt = chat SEND scheduled to its \
+             ACK, its DELIVER, its RECEIPT notice; every interval, the last partial one included",
+        )
         .with_start_time(started)
         .with_max_value_divisor(1e6)
         .begin_log_with(out, serializer)
@@ -239,8 +243,7 @@ struct Sampler {
     last_at: Instant,
     last_connected: u64,
     last_received: u64,
-    interval_rtt: Histogram<u64>,
-    interval_connect: Histogram<u64>,
+    interval: Interval,
 }
 
 fn us(ns: u64) -> f64 {
@@ -291,13 +294,8 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
     let mut progress = Progress::new(opts.progress, opts.events, cfg.connections);
     progress.phase("connect", 0.0, 0);
     let mut course = Course::new(&cfg);
-    let mut sampler = Sampler {
-        last_at: Instant::now(),
-        last_connected: 0,
-        last_received: 0,
-        interval_rtt: Histogram::new(3).expect("histogram"),
-        interval_connect: Histogram::new(3).expect("histogram"),
-    };
+    let mut sampler =
+        Sampler { last_at: Instant::now(), last_connected: 0, last_received: 0, interval: Interval::new() };
     let stats = workers.stats.clone();
     let mut next_sample = Instant::now() + Duration::from_secs(1);
     loop {
@@ -333,7 +331,13 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
         }
     }
 
-    let (histograms, errors) = gather(workers.pool.join(), &mut course);
+    let (histograms, errors, last_interval) = gather(workers.pool.join(), &mut course);
+    if let Some(h) = hlog.as_mut() {
+        // The last, partial second: what the workers had not published yet.
+        let since = sampler.last_at.elapsed();
+        collect_interval(&mut sampler, &workers.intervals, Some(&last_interval));
+        log_interval(h, &sampler.interval, &control, since)?;
+    }
     let report = course.report(
         &cfg,
         &stats,
@@ -361,14 +365,16 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
 fn gather(
     outcomes: Vec<Result<Conns, crate::engine::EngineError>>,
     course: &mut Course,
-) -> (RunHistograms, BTreeMap<String, u64>) {
+) -> (RunHistograms, BTreeMap<String, u64>, Interval) {
     let mut histograms = RunHistograms::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rest = Interval::new();
     for outcome in outcomes {
         match outcome {
             Ok(conns) => {
-                let WorkerOutcome { histograms: h, errors: e } = conns.into_outcome();
+                let WorkerOutcome { histograms: h, errors: e, last_interval } = conns.into_outcome();
                 histograms.add(&h);
+                rest.add(&last_interval);
                 for (k, v) in e {
                     *errors.entry(k).or_insert(0) += v;
                 }
@@ -376,7 +382,7 @@ fn gather(
             Err(e) => course.abort(e.to_string()),
         }
     }
-    (histograms, errors)
+    (histograms, errors, rest)
 }
 
 /// The run's course through its phases: when each began and ended, why it stopped early, and
@@ -588,8 +594,29 @@ impl Course {
             phases: std::mem::take(&mut self.phases),
             timeline: std::mem::take(&mut self.timeline),
             chat,
+            histograms: embedded(&histograms),
         }
     }
+}
+
+/// The run's histograms as the report embeds them, keyed by their `latency` field's name;
+/// empty ones are left out.
+fn embedded(h: &RunHistograms) -> BTreeMap<String, String> {
+    [
+        ("connect", &h.connect),
+        ("connect_corrected", &h.connect_corrected),
+        ("login", &h.login),
+        ("rtt_corrected", &h.rtt_corrected),
+        ("rtt_uncorrected", &h.rtt_uncorrected),
+        ("schedule_lag", &h.schedule_lag),
+        ("chat_ack", &h.ack),
+        ("chat_deliver", &h.deliver),
+        ("chat_receipt", &h.receipt),
+    ]
+    .into_iter()
+    .filter(|(_, h)| !h.is_empty())
+    .filter_map(|(name, h)| Some((name.to_string(), crate::schema::histogram::encode(h).ok()?)))
+    .collect()
 }
 
 /// The chat ledger's accounting at the end of the run.
@@ -623,6 +650,26 @@ fn chat_counts(
     }
 }
 
+/// This interval's histograms: what the workers published since the last sample, and `rest`.
+fn collect_interval(s: &mut Sampler, intervals: &Receiver<Interval>, rest: Option<&Interval>) {
+    s.interval.reset();
+    while let Ok(i) = intervals.try_recv() {
+        s.interval.add(&i);
+    }
+    if let Some(rest) = rest {
+        s.interval.add(rest);
+    }
+}
+
+/// One interval of every tag, ending now and `len` long.
+fn log_interval(h: &mut Hlog<'_>, interval: &Interval, control: &Control, len: Duration) -> Result<(), LoadError> {
+    let start = control.base.elapsed().saturating_sub(len);
+    for (tag, histogram) in interval.tagged() {
+        write_interval(h, tag, histogram, start, len)?;
+    }
+    Ok(())
+}
+
 fn take_sample(
     s: &mut Sampler,
     stats: &[Arc<LoadStats>],
@@ -631,23 +678,17 @@ fn take_sample(
     control: &Control,
     t: f64,
 ) -> Result<Sample, LoadError> {
-    s.interval_rtt.reset();
-    s.interval_connect.reset();
-    while let Ok(i) = intervals.try_recv() {
-        let _ = s.interval_rtt.add(&i.rtt_corrected);
-        let _ = s.interval_connect.add(&i.connect);
-    }
-    let dt = s.last_at.elapsed().as_secs_f64().max(1e-3);
+    let since = s.last_at.elapsed();
+    collect_interval(s, intervals, None);
+    let dt = since.as_secs_f64().max(1e-3);
     s.last_at = Instant::now();
     let connected = sum(stats, |x| x.connected.get());
     let received = sum(stats, |x| x.received.get());
     if let Some(h) = hlog {
-        let start = control.base.elapsed().saturating_sub(Duration::from_secs_f64(dt));
-        let len = Duration::from_secs_f64(dt);
-        write_interval(h, "rtt", &s.interval_rtt, start, len)?;
-        write_interval(h, "connect", &s.interval_connect, start, len)?;
+        log_interval(h, &s.interval, control, since)?;
     }
-    let pct = |q: f64| if s.interval_rtt.is_empty() { 0.0 } else { us(s.interval_rtt.value_at_quantile(q)) };
+    let live = s.interval.live_rtt();
+    let pct = |q: f64| if live.is_empty() { 0.0 } else { us(live.value_at_quantile(q)) };
     let sample = Sample {
         t,
         established: sum(stats, |x| x.established.get()),

@@ -158,14 +158,85 @@ impl Default for RunHistograms {
     }
 }
 
-/// One second of one worker's measurements, for the live line and the interval log.
+/// One second of one worker's measurements, for the live line and the interval log: every
+/// connect and reply in that second, whatever the phase (the run's histograms keep only the
+/// message phase's round trips).
 pub struct Interval {
-    pub rtt_corrected: Histogram<u64>,
     pub connect: Histogram<u64>,
+    pub rtt_corrected: Histogram<u64>,
+    pub rtt_uncorrected: Histogram<u64>,
+    /// Chat: SEND scheduled to ACK, to DELIVER, to the RECEIPT notice.
+    pub ack: Histogram<u64>,
+    pub deliver: Histogram<u64>,
+    pub receipt: Histogram<u64>,
+}
+
+impl Interval {
+    pub fn new() -> Interval {
+        Interval {
+            connect: histogram(),
+            rtt_corrected: histogram(),
+            rtt_uncorrected: histogram(),
+            ack: histogram(),
+            deliver: histogram(),
+            receipt: histogram(),
+        }
+    }
+
+    /// The interval log's tag for each histogram, and the histogram.
+    pub fn tagged(&self) -> [(&'static str, &Histogram<u64>); 6] {
+        [
+            ("connect", &self.connect),
+            ("rtt", &self.rtt_corrected),
+            ("rtt_uncorrected", &self.rtt_uncorrected),
+            ("ack", &self.ack),
+            ("deliver", &self.deliver),
+            ("receipt", &self.receipt),
+        ]
+    }
+
+    pub fn add(&mut self, other: &Interval) {
+        for (a, b) in [
+            (&mut self.connect, &other.connect),
+            (&mut self.rtt_corrected, &other.rtt_corrected),
+            (&mut self.rtt_uncorrected, &other.rtt_uncorrected),
+            (&mut self.ack, &other.ack),
+            (&mut self.deliver, &other.deliver),
+            (&mut self.receipt, &other.receipt),
+        ] {
+            let _ = a.add(b);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        for h in [
+            &mut self.connect,
+            &mut self.rtt_corrected,
+            &mut self.rtt_uncorrected,
+            &mut self.ack,
+            &mut self.deliver,
+            &mut self.receipt,
+        ] {
+            h.reset();
+        }
+    }
+
+    /// The live line's round trip: the corrected one, or for chat the ACK.
+    pub fn live_rtt(&self) -> &Histogram<u64> {
+        if self.rtt_corrected.is_empty() { &self.ack } else { &self.rtt_corrected }
+    }
+}
+
+impl Default for Interval {
+    fn default() -> Self {
+        Interval::new()
+    }
 }
 
 /// What a worker hands back when it ends.
 pub struct WorkerOutcome {
     pub histograms: RunHistograms,
     pub errors: BTreeMap<String, u64>,
+    /// What it measured since it last published an interval (the run's last, partial second).
+    pub last_interval: Interval,
 }

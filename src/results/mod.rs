@@ -2,6 +2,7 @@
 //! result types themselves are in `crate::schema`.
 
 pub mod chart;
+pub mod checks;
 pub mod files;
 pub mod peers_table;
 pub mod report;

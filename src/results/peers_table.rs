@@ -274,6 +274,7 @@ mod tests {
             mem_free_bytes: 1,
             rlimit_nofile: [1, 1],
             sysctls: Default::default(),
+            virtualization: String::new(),
         };
         let settings = crate::schema::peers::PeersSettings {
             rounds: 1,
@@ -300,7 +301,7 @@ mod tests {
         PeersResult {
             schema: "c2m-peers-result".into(),
             schema_version: 1,
-            c2m: crate::schema::bench::Build { version: "0".into(), git_commit: "x".into() },
+            c2m: crate::schema::bench::Build { version: "0".into(), git_commit: "x".into(), git_dirty: None },
             machine,
             started_utc: String::new(),
             elapsed_seconds: 0.0,

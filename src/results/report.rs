@@ -9,8 +9,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::checks;
 use crate::results::chart::{self, Bar, ChartError, Spectrum};
-use crate::schema::bench::{BenchResult, SCHEMA_NAME, SCHEMA_VERSION, SystemMemory};
+use crate::schema::bench::{BenchResult, PerConnection, SCHEMA_NAME, SCHEMA_VERSION, SystemMemory};
 use crate::schema::load::{LatencySummary, Phase, RunStatus};
 use crate::units::{human_bytes, thousands};
 
@@ -48,6 +49,7 @@ pub fn render_report(results_dir: &Path) -> Result<PathBuf, ReportError> {
     let mut md = String::new();
     write_header(&mut md, &scenarios, found.len());
     write_summary(&mut md, &scenarios);
+    write_audit(&mut md, &found);
     for (name, runs) in &scenarios {
         let charts = render_charts(&charts_dir, name, &runs.latest.result)?;
         write_scenario(&mut md, runs, &charts);
@@ -286,9 +288,9 @@ fn memory_parts(r: &BenchResult) -> Vec<(&'static str, f64, bool, &'static str)>
             "kernel_total",
             p.kernel_total,
             true,
-            "(MemFree drop - both processes' RSS growth) / connections: all kernel memory",
+            "(MemFree drop - both processes' memory) / connections: all kernel memory",
         ),
-        ("total", p.total, true, "MemFree drop / connections: everything"),
+        ("total", p.total, true, "MemFree drop / connections: everything (not a measurement below its floor)"),
     ]
 }
 
@@ -498,6 +500,7 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
                 "status",
                 match r.status {
                     RunStatus::Complete => "complete".to_string(),
+                    RunStatus::FellShort => format!("**FELL SHORT**: {}", r.abort_reason.as_deref().unwrap_or("")),
                     RunStatus::Aborted => format!("**ABORTED**: {}", r.abort_reason.as_deref().unwrap_or("")),
                 },
             ),
@@ -578,7 +581,8 @@ fn write_summary(md: &mut String, scenarios: &BTreeMap<&str, ScenarioRuns<'_>>) 
             "status",
             "established / requested",
             "connect rate",
-            "mem/conn total",
+            "mem/conn",
+            "floor",
             "kernel",
             "server user",
             "rtt p50",
@@ -587,28 +591,99 @@ fn write_summary(md: &mut String, scenarios: &BTreeMap<&str, ScenarioRuns<'_>>) 
             "started (UTC)",
             "machine",
         ],
-        "llrrrrrrrrll",
+        "llrrrrrrrrrll",
         &rows,
     );
     push_line(
         md,
-        "Memory per connection: *total* is the MemFree drop, *kernel* the part not in either \
-         process's RSS, *server user* the server's RSS growth. rtt is the message round trip \
-         corrected for coordinated omission.",
+        "Status is today's verdict on each result: *complete* only when every connection asked for \
+         logged in, every message was answered and every cross-check (the load's counts against the \
+         server's and the kernel's) agreed; a result that said `complete` when written may say *fell short* \
+         here. Memory per connection: *mem/conn* is the MemFree drop, and *floor* the least it can be \
+         (Slab growth plus both processes' memory); a drop below its floor is not a measurement (memory \
+         was given back meanwhile), so it is struck through and the floor is the figure (marked ≥). \
+         *kernel* is the part not in either process, *server user* the server's RSS growth. rtt is the \
+         message round trip corrected for coordinated omission.",
+    );
+    push_line(md, "");
+}
+
+/// Memory per connection as a headline: the total, or when it is below its floor, the floor
+/// (a lower bound) with the total struck through.
+fn headline_memory(p: &PerConnection) -> String {
+    if p.below_floor {
+        format!("≥ {} (~~{}~~ below floor)", human_bytes(p.total_floor), human_bytes(p.total))
+    } else {
+        human_bytes(p.total)
+    }
+}
+
+/// Every result file, not only each scenario's latest, under today's checks: what it said when
+/// written, what it is now, and its memory against its floor.
+fn write_audit(md: &mut String, found: &[FoundResult]) {
+    if found.is_empty() {
+        return;
+    }
+    push_line(md, "## Every result under today's checks");
+    push_line(md, "");
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|f| {
+            let r = &f.result;
+            let (status, reasons) = checks::assessed_status(r);
+            let p = checks::per_connection_with_floor(r);
+            let floor = if p.below_floor {
+                format!("**below** by {}", format_bytes_exact(p.total_floor - p.total))
+            } else {
+                "above".into()
+            };
+            vec![
+                format!("[{0}]({1})", f.rel_path, link_target(&f.rel_path)),
+                r.status.words().to_string(),
+                status_word(status).to_string(),
+                format!("{} / {}", thousands(r.load.connections.established), thousands(r.load.connections.requested)),
+                format_bytes_exact(p.total),
+                format_bytes_exact(p.total_floor),
+                floor,
+                reasons.join("; "),
+            ]
+        })
+        .collect();
+    table(
+        md,
+        &[
+            "result",
+            "written as",
+            "now",
+            "established / requested",
+            "mem/conn",
+            "floor",
+            "vs floor",
+            "why not complete",
+        ],
+        "lllrrrll",
+        &rows,
+    );
+    push_line(
+        md,
+        "Results written before the checks existed carry no cross-checks; theirs are recomputed from the \
+         stored counts (the kernel's from sockstat, which counts the whole box) and their floor is Slab \
+         growth plus both processes' RSS growth (start-up left out: a lower bound).",
     );
     push_line(md, "");
 }
 
 fn summary_row(name: &str, r: &BenchResult) -> Vec<String> {
     let c = &r.load.connections;
-    let p = &r.memory.per_connection;
+    let p = checks::per_connection_with_floor(r);
     let rtt = &r.load.latency.rtt_corrected;
     vec![
         format!("[{name}](#{})", anchor(name)),
-        status_word(r.status).to_string(),
+        status_word(checks::assessed_status(r).0).to_string(),
         format!("{} / {}", thousands(c.established), thousands(c.requested)),
         format_rate(c.connect_rate_achieved),
-        human_bytes(p.total),
+        headline_memory(&p),
+        human_bytes(p.total_floor),
         human_bytes(p.kernel_total),
         human_bytes(p.server_user),
         latency_cell(rtt, rtt.p50),
@@ -622,6 +697,7 @@ fn summary_row(name: &str, r: &BenchResult) -> Vec<String> {
 fn status_word(status: RunStatus) -> &'static str {
     match status {
         RunStatus::Complete => "complete",
+        RunStatus::FellShort => "**fell short**",
         RunStatus::Aborted => "**ABORTED**",
     }
 }
@@ -637,7 +713,15 @@ fn write_scenario(md: &mut String, runs: &ScenarioRuns<'_>, charts: &ScenarioCha
     push_line(md, &format!("## {}", r.scenario.name));
     push_line(md, "");
     if !r.scenario.description.is_empty() {
-        push_line(md, &format!("*{}*", r.scenario.description.trim()));
+        // The scenario's words; the run may have asked for another count (`-c`).
+        push_line(
+            md,
+            &format!(
+                "*{}* (the scenario file; this run asked for {} connections)",
+                r.scenario.description.trim(),
+                thousands(r.load.connections.requested)
+            ),
+        );
         push_line(md, "");
     }
     write_status(md, r);
@@ -650,6 +734,7 @@ fn write_scenario(md: &mut String, runs: &ScenarioRuns<'_>, charts: &ScenarioCha
     write_messages(md, r);
     write_latency(md, r);
     write_chart_link(md, "Latency by percentile", &charts.latency);
+    write_checks(md, r);
     write_memory(md, r);
     write_chart_link(md, "Memory per connection", &charts.memory);
     write_processes(md, r);
@@ -657,24 +742,72 @@ fn write_scenario(md: &mut String, runs: &ScenarioRuns<'_>, charts: &ScenarioCha
     write_files(md, runs);
 }
 
-/// An aborted run is said first and loudly: its figures are not what was asked for.
+/// A run that is not complete is said first and loudly, with every reason: an aborted one, or
+/// one that fell short under today's checks (even if it said `complete` when written).
 fn write_status(md: &mut String, r: &BenchResult) {
-    let bench = (r.status == RunStatus::Aborted).then(|| reason_text(&r.abort_reason));
-    let load = (r.load.status == RunStatus::Aborted).then(|| reason_text(&r.load.abort_reason));
-    let aborted = match (bench, load) {
-        (Some(b), Some(l)) if b == l => vec![format!("the bench and the load: {b}")],
-        (b, l) => b.map(|b| format!("the bench: {b}")).into_iter().chain(l.map(|l| format!("the load: {l}"))).collect(),
-    };
-    if aborted.is_empty() {
-        push_line(md, "**Status: complete.**");
-    } else {
-        push_line(md, "> **⚠ ABORTED — these figures are not what the scenario asked for.**");
-        for a in aborted {
-            push_line(md, ">");
-            push_line(md, &format!("> Aborted by {a}"));
+    let (status, reasons) = checks::assessed_status(r);
+    match status {
+        RunStatus::Complete => push_line(md, "**Status: complete** (all connections, all answers, every cross-check)."),
+        RunStatus::FellShort => {
+            let written = if r.status == RunStatus::Complete {
+                " It was written as `complete`, before these checks existed."
+            } else {
+                ""
+            };
+            push_line(md, &format!("> **⚠ FELL SHORT — it did not do all the scenario asked.**{written}"));
+            for reason in reasons {
+                push_line(md, ">");
+                push_line(md, &format!("> - {reason}"));
+            }
+        }
+        RunStatus::Aborted => {
+            let bench = (r.status == RunStatus::Aborted).then(|| reason_text(&r.abort_reason));
+            let load = (r.load.status == RunStatus::Aborted).then(|| reason_text(&r.load.abort_reason));
+            let aborted = match (bench, load) {
+                (Some(b), Some(l)) if b == l => vec![format!("the bench and the load: {b}")],
+                (b, l) => b
+                    .map(|b| format!("the bench: {b}"))
+                    .into_iter()
+                    .chain(l.map(|l| format!("the load: {l}")))
+                    .collect(),
+            };
+            push_line(md, "> **⚠ ABORTED — these figures are not what the scenario asked for.**");
+            for a in aborted {
+                push_line(md, ">");
+                push_line(md, &format!("> Aborted by {a}"));
+            }
         }
     }
     push_line(md, "");
+}
+
+/// The load's counts against the server's and the kernel's.
+fn write_checks(md: &mut String, r: &BenchResult) {
+    push_line(md, "### Cross-checks");
+    push_line(md, "");
+    let checks = checks::checks_of(r);
+    if r.checks.is_empty() {
+        push_line(
+            md,
+            "Recomputed from this older result's stored figures (it carried none); the kernel's count \
+             is sockstat's, which counts the whole box.",
+        );
+        push_line(md, "");
+    }
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                format!("{} ({})", thousands(c.expected.max(0.0) as u64), c.expected_from),
+                format!("{} ({})", thousands(c.observed.max(0.0) as u64), c.observed_from),
+                signed_thousands(c.difference),
+                if c.passed { "agrees".into() } else { "**differs**".into() },
+                c.note.clone(),
+            ]
+        })
+        .collect();
+    table(md, &["check", "expected", "observed", "difference", "", "note"], "lrrrll", &rows);
 }
 
 fn reason_text(reason: &Option<String>) -> String {
@@ -689,11 +822,17 @@ fn write_run(md: &mut String, found: &FoundResult, older: usize) {
     push_line(
         md,
         &format!(
-            "Started {} (UTC), ran {}. c2m {} at commit `{}`.{}",
+            "Started {} (UTC), ran {}. c2m {} built from commit `{}`{}.{}",
             r.started_utc,
             format_seconds(r.elapsed_seconds),
             r.c2m.version,
             r.c2m.git_commit,
+            match r.c2m.git_dirty {
+                Some(true) => " with uncommitted changes",
+                Some(false) => " (clean)",
+                None if r.c2m.git_commit.ends_with("-dirty") => " (read at run time from a tree with changes)",
+                None => "",
+            },
             if older > 0 {
                 format!(" {older} older result(s) of this scenario in `{}/`.", found.rel_dir)
             } else {
@@ -717,6 +856,17 @@ fn write_machine(md: &mut String, r: &BenchResult) {
             ("cores", m.cores.to_string()),
             ("memory", human_bytes(m.memory_bytes as f64)),
             ("free at start", human_bytes(m.mem_free_bytes as f64)),
+            ("virtualised", if m.virtualization.is_empty() { "not recorded".into() } else { m.virtualization.clone() }),
+            (
+                "load average (1, 5, 15 min)",
+                match &r.load_average {
+                    Some(l) => format!(
+                        "{:.2} {:.2} {:.2} before, {:.2} {:.2} {:.2} after",
+                        l.before[0], l.before[1], l.before[2], l.after[0], l.after[1], l.after[2]
+                    ),
+                    None => "not recorded".into(),
+                },
+            ),
             (
                 "RLIMIT_NOFILE soft / hard",
                 format!("{} / {}", thousands(m.rlimit_nofile[0]), thousands(m.rlimit_nofile[1])),
@@ -934,13 +1084,53 @@ fn write_memory(md: &mut String, r: &BenchResult) {
         &format!("Divided by {} connections logged in when the loaded figures were taken.", thousands(mem.connections)),
     );
     push_line(md, "");
+    let p = checks::per_connection_with_floor(r);
+    if p.below_floor {
+        push_line(
+            md,
+            &format!(
+                "> **⚠ Below its floor:** MemFree fell by {} per connection, less than the {} that Slab growth and \
+                 the processes' own memory took. Memory came back from elsewhere during the run (page cache, an \
+                 earlier run's), so the total is not this run's cost; **at least {}** is.",
+                format_bytes_exact(p.total),
+                format_bytes_exact(p.total_floor),
+                format_bytes_exact(p.total_floor)
+            ),
+        );
+        push_line(md, "");
+    }
+    match &mem.settle {
+        Some(settle) => push_line(
+            md,
+            &format!(
+                "Before the baseline (taken before either process started): page cache {}, MemFree {} ({} in the \
+                 last second) after {:.1} s.",
+                if settle.dropped_page_cache { "dropped" } else { "not dropped" },
+                if settle.settled { "settled" } else { "**still moving**" },
+                signed_thousands(settle.last_change_bytes as f64) + " B",
+                settle.seconds
+            ),
+        ),
+        None => push_line(
+            md,
+            "An older result: its baseline was taken with the server already up (its start-up memory left \
+             out) and memory not settled first; its floor is Slab growth plus both processes' RSS growth.",
+        ),
+    }
+    push_line(md, "");
     let conns = mem.connections as f64;
-    let rows: Vec<Vec<String>> = memory_parts(r)
+    let mut rows: Vec<Vec<String>> = memory_parts(r)
         .into_iter()
         .map(|(label, v, _, what)| {
             vec![label.to_string(), format_bytes_exact(v), human_bytes(v * conns), what.to_string()]
         })
         .collect();
+    rows.push(vec![
+        "total_floor".into(),
+        format_bytes_exact(p.total_floor),
+        human_bytes(p.total_floor * conns),
+        "the least total can be: Slab growth + both processes' memory".into(),
+    ]);
     table(md, &["part", "per connection", "all connections", "what"], "lrrl", &rows);
     write_system_memory(md, &mem.baseline, &mem.loaded);
 }
@@ -999,6 +1189,16 @@ fn write_processes(md: &mut String, r: &BenchResult) {
         "llrrrrr",
         &rows,
     );
+    for (role, p) in [("server", &r.server), ("load", &r.load_process)] {
+        if !p.argv.is_empty() {
+            push_line(md, &format!("The {role}'s command line: `{}`", p.argv.join(" ")));
+            push_line(md, "");
+        }
+        if p.effective.contains("listening on") {
+            push_line(md, &format!("The {role}'s effective settings (its banner): `{}`", p.effective));
+            push_line(md, "");
+        }
+    }
 }
 
 fn write_server_metrics(md: &mut String, r: &BenchResult) {

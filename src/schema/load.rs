@@ -10,10 +10,23 @@ use serde::{Deserialize, Serialize};
 
 /// Whether a run did what it was asked or was stopped early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Complete,
+    /// It ran to its end but did not do all it was asked (connections, answers, checks).
+    FellShort,
     Aborted,
+}
+
+impl RunStatus {
+    /// `complete`, `fell short`, `aborted`.
+    pub fn words(self) -> &'static str {
+        match self {
+            RunStatus::Complete => "complete",
+            RunStatus::FellShort => "fell short",
+            RunStatus::Aborted => "aborted",
+        }
+    }
 }
 
 /// The load's parameters as run (after defaults and derived values).
@@ -245,6 +258,11 @@ pub struct LoadReport {
     /// Present for `--workload chat`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatCounts>,
+    /// The run's whole HdrHistograms (values in ns), each HdrHistogram V2 deflate-compressed and
+    /// base64-encoded, as in an .hlog line: results of several load processes merge exactly by
+    /// adding these. Keys are the `latency` field names. Absent in older results.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub histograms: BTreeMap<String, String>,
 }
 
 impl LoadReport {

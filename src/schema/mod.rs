@@ -3,5 +3,6 @@
 //! produces, reads or renders results depends on it, never on each other.
 
 pub mod bench;
+pub mod histogram;
 pub mod load;
 pub mod peers;

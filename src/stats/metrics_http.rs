@@ -304,7 +304,11 @@ fn response(status: &str, body: &str) -> Vec<u8> {
 
 /// Fetches `http://addr/metrics` (for tests and tools; plain blocking HTTP/1.1).
 pub fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    scrape_on(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?, addr)
+}
+
+/// [`scrape`] over a connection the caller made (e.g. from a source port it chose).
+pub fn scrape_on(mut s: TcpStream, addr: SocketAddr) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut text = String::new();

@@ -344,7 +344,7 @@ mod tests {
         BenchResult {
             schema: SCHEMA_NAME.into(),
             schema_version: crate::schema::bench::SCHEMA_VERSION,
-            c2m: Build { version: "0".into(), git_commit: "unknown".into() },
+            c2m: Build { version: "0".into(), git_commit: "unknown".into(), git_dirty: None },
             machine: Machine {
                 host: "t".into(),
                 kernel: "k".into(),
@@ -354,6 +354,7 @@ mod tests {
                 mem_free_bytes: 0,
                 rlimit_nofile: [0, 0],
                 sysctls: Default::default(),
+                virtualization: String::new(),
             },
             scenario: ScenarioInfo {
                 name: "t".into(),
@@ -365,6 +366,9 @@ mod tests {
             elapsed_seconds: 1.0,
             status,
             abort_reason: None,
+            shortfalls: Vec::new(),
+            checks: Vec::new(),
+            load_average: None,
             server: Default::default(),
             load_process: Default::default(),
             memory: MemoryMeasurement {
@@ -392,6 +396,7 @@ mod tests {
                 phases: vec![],
                 timeline: vec![],
                 chat: None,
+                histograms: Default::default(),
             },
             hlog: String::new(),
         }

@@ -173,6 +173,7 @@ impl RunningServer {
             if let Ok(m) = process::memory(pid) {
                 total.rss += m.rss;
                 total.pss += m.pss;
+                total.anon += m.anon;
             }
         }
         total

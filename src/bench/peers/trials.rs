@@ -114,6 +114,22 @@ fn outcome(end: &LoadEnd) -> LoadOutcome {
     }
 }
 
+/// An echo or latency trial's outcome: it must hold every connection it asked for, or it
+/// fell short (and gets no ratio: a rate over a third of the connections is not comparable).
+fn whole_outcome(end: &LoadEnd) -> LoadOutcome {
+    let mut o = outcome(end);
+    let c = &end.report.connections;
+    if o.status == "complete" && c.established < c.requested {
+        o.status = "fell short".into();
+        o.abort_reason = Some(format!(
+            "{} of {} connections logged in",
+            crate::units::thousands(c.established),
+            crate::units::thousands(c.requested)
+        ));
+    }
+    o
+}
+
 fn phase_seconds(report: &LoadReport, name: &str) -> Option<f64> {
     report.phases.iter().find(|p| p.name == name).map(|p| p.end - p.start)
 }
@@ -170,7 +186,7 @@ pub fn echo(setup: &Setup, server: &Server) -> anyhow::Result<EchoMeasurement> {
     let messages = rate * window;
     Ok(EchoMeasurement {
         server: server_run(&srv, &stopped, 0, rss_start),
-        load: outcome(&load),
+        load: whole_outcome(&load),
         window_seconds: window,
         messages_per_second: rate,
         server_cpu_seconds: server_cpu,
@@ -215,7 +231,7 @@ pub fn latency(setup: &Setup, server: &Server) -> anyhow::Result<LatencyMeasurem
     let rtt = &load.report.latency.rtt_corrected;
     let m = LatencyMeasurement {
         server: server_run(&srv, &stopped, held, rss_start),
-        load: outcome(&load),
+        load: whole_outcome(&load),
         rate_requested: load.report.messages.rate_requested,
         rate_achieved: load.report.messages.rate_achieved,
         count: rtt.count,
@@ -333,6 +349,8 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
         established: last.established,
         server: last.server,
         load: last.load,
+        server_sessions: None,
+        kernel_sockets: None,
     };
     let per = per_connection(&baseline, rss_start, 0, &held);
     // The load reports a rate only when its connect phase finished; a run the budget stopped

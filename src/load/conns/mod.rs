@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::Sender;
-use hdrhistogram::Histogram;
 
 use super::config::LoadConfig;
 use super::conn::{Conn, flag, state};
-use super::stats::{Control, Interval, LoadStats, Phase, RunHistograms, WorkerOutcome, histogram, record};
+use super::stats::{Control, Interval, LoadStats, Phase, RunHistograms, WorkerOutcome, record};
 use crate::engine::timer::TimerWheel;
 use crate::slab::SessionSlab;
 use crate::transport::{Close, ConnId, ConnectError, Failure, Handler, Requests, TickPlan};
@@ -47,8 +46,7 @@ pub struct Conns {
     /// Chat: RECEIPTs that found the out area full, sent as it drains.
     receipts_waiting: VecDeque<(u32, u64, u64)>,
     hist: RunHistograms,
-    interval_rtt: Histogram<u64>,
-    interval_connect: Histogram<u64>,
+    interval: Interval,
     interval_tx: Sender<Interval>,
     last_second: u64,
     errors: BTreeMap<String, u64>,
@@ -87,8 +85,7 @@ impl Conns {
             fired: Vec::new(),
             receipts_waiting: VecDeque::new(),
             hist: RunHistograms::new(),
-            interval_rtt: histogram(),
-            interval_connect: histogram(),
+            interval: Interval::new(),
             interval_tx,
             last_second: 0,
             errors: BTreeMap::new(),
@@ -117,7 +114,7 @@ impl Conns {
     }
 
     pub fn into_outcome(self) -> WorkerOutcome {
-        WorkerOutcome { histograms: self.hist, errors: self.errors }
+        WorkerOutcome { histograms: self.hist, errors: self.errors, last_interval: self.interval }
     }
 
     fn now_ns(&self) -> u64 {
@@ -239,10 +236,7 @@ impl Conns {
         let second = now / 1_000_000_000;
         if second > self.last_second {
             self.last_second = second;
-            let interval = Interval {
-                rtt_corrected: std::mem::replace(&mut self.interval_rtt, histogram()),
-                connect: std::mem::replace(&mut self.interval_connect, histogram()),
-            };
+            let interval = std::mem::take(&mut self.interval);
             let _ = self.interval_tx.try_send(interval);
         }
     }
@@ -274,7 +268,7 @@ impl Handler for Conns {
         let (now, c) = (self.now_ns(), self.slab.header(conn).s);
         record(&mut self.hist.connect, now - c.t_ns);
         record(&mut self.hist.connect_corrected, now.saturating_sub(c.due_ns));
-        record(&mut self.interval_connect, now - c.t_ns);
+        record(&mut self.interval.connect, now - c.t_ns);
         if c.state == state::CONNECTING {
             self.login(q, conn, now);
         }

@@ -3,13 +3,11 @@
 
 use std::collections::VecDeque;
 
-use hdrhistogram::Histogram;
-
 use super::{Conns, RECEIPTS_WAITING_PER_CONN};
 use crate::load::chat::{Delivery, Ledger};
 use crate::load::config::Workload;
 use crate::load::conn::{self, Conn, ConnState, flag, state};
-use crate::load::stats::{LoadStats, Phase, RunHistograms, record};
+use crate::load::stats::{Interval, LoadStats, Phase, RunHistograms, record};
 use crate::proto::{self, ErrorCode, Frame, GROUP_BIT, Step};
 use crate::transport::Requests;
 
@@ -24,7 +22,7 @@ struct Replies<'a> {
     slot: u32,
     in_flight: bool,
     hist: &'a mut RunHistograms,
-    interval_rtt: &'a mut Histogram<u64>,
+    interval: &'a mut Interval,
     stats: &'a LoadStats,
     ledger: Option<&'a Ledger>,
     receipts: &'a mut VecDeque<(u32, u64, u64)>,
@@ -37,7 +35,8 @@ struct Replies<'a> {
 
 impl Replies<'_> {
     fn round_trip(&mut self, sent_ns: u64, due_ns: u64) {
-        record(self.interval_rtt, self.now.saturating_sub(due_ns));
+        record(&mut self.interval.rtt_corrected, self.now.saturating_sub(due_ns));
+        record(&mut self.interval.rtt_uncorrected, self.now.saturating_sub(sent_ns));
         if self.measuring {
             record(&mut self.hist.rtt_corrected, self.now.saturating_sub(due_ns));
             record(&mut self.hist.rtt_uncorrected, self.now.saturating_sub(sent_ns));
@@ -68,7 +67,7 @@ impl Replies<'_> {
                 self.answered += 1;
                 self.stats.chat.acked.inc();
                 if let Some(t) = self.ledger.and_then(|l| l.sent_ns(self.me, msg_id)) {
-                    record(self.interval_rtt, self.now.saturating_sub(t));
+                    record(&mut self.interval.ack, self.now.saturating_sub(t));
                     if self.measuring {
                         record(&mut self.hist.ack, self.now.saturating_sub(t));
                     }
@@ -96,6 +95,7 @@ impl Replies<'_> {
                 match self.ledger.map(|l| l.delivered(from_user, msg_id)) {
                     Some(Delivery::First) => {
                         self.stats.chat.delivered.inc();
+                        record(&mut self.interval.deliver, self.now.saturating_sub(t_ns));
                         if self.measuring {
                             record(&mut self.hist.deliver, self.now.saturating_sub(t_ns));
                         }
@@ -109,6 +109,7 @@ impl Replies<'_> {
             Frame::ReceiptNotice { msg_id, .. } if live => {
                 if let Some(t) = self.ledger.and_then(|l| l.receipted(self.me, msg_id)) {
                     self.stats.chat.receipted.inc();
+                    record(&mut self.interval.receipt, self.now.saturating_sub(t));
                     if self.measuring {
                         record(&mut self.hist.receipt, self.now.saturating_sub(t));
                     }
@@ -149,7 +150,7 @@ impl Conns {
             slot,
             in_flight: self.cfg.in_flight > 0,
             hist: &mut self.hist,
-            interval_rtt: &mut self.interval_rtt,
+            interval: &mut self.interval,
             stats: &self.stats,
             ledger: ledger.as_deref(),
             receipts: &mut self.receipts_waiting,
