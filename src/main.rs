@@ -71,6 +71,10 @@ struct ServeArgs {
     /// Address to listen on (one SO_REUSEPORT listener per worker).
     #[arg(long, default_value = defaults::LISTEN)]
     listen: SocketAddr,
+    /// Share --listen's port with other processes on purpose (a server sharded over several
+    /// processes, as `c2m bench --peers` runs one); without it, a port in use is refused.
+    #[arg(long)]
+    share_port: bool,
     /// Worker threads, one pinned per core [default: cores].
     #[arg(long)]
     workers: Option<usize>,
@@ -193,6 +197,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         recv_arm: args.recv_arm,
         dataplane,
         netns: args.dataplane.netns.clone(),
+        share_port: args.share_port,
         recv_buffer_size: args.recv_buffer_size,
         users: args.users,
         groups: args.groups,

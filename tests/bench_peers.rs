@@ -103,7 +103,7 @@ fn sharded_stand_in_peer_and_a_skipped_one() {
     let peers = dir.path().join("bench/peers");
     std::fs::create_dir_all(peers.join("bin")).unwrap();
     let script = peers.join("bin/stand-in");
-    std::fs::write(&script, format!("#!/bin/sh\nexec {BIN} serve --max-sessions 6000 \"$@\"\n")).unwrap();
+    std::fs::write(&script, format!("#!/bin/sh\nexec {BIN} serve --share-port --max-sessions 6000 \"$@\"\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(peers.join("bin/stand-in.version"), "stand-in 1\n").unwrap();

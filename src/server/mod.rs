@@ -97,6 +97,9 @@ pub struct ServeConfig {
     pub dataplane: DataPlane,
     /// A network namespace to serve in (`scripts/netns.sh` makes `c2m-srv`).
     pub netns: Option<String>,
+    /// Join a port other processes listen on (SO_REUSEPORT), on purpose: a sharded server of
+    /// several processes. Without it a busy port is refused.
+    pub share_port: bool,
 }
 
 pub use crate::transport::{DataPlane, XdpSettings};
@@ -126,6 +129,7 @@ impl Default for ServeConfig {
             offline: offline::OfflineLimits::default(),
             dataplane: DataPlane::Kernel,
             netns: None,
+            share_port: false,
         }
     }
 }
@@ -427,7 +431,9 @@ impl Server {
         // kernel resets what it cannot install (small tables only: with RLIMIT_NOFILE's 20,000
         // the margin is the backlog + 64).
         let backlog = cfg.backlog.min(margin.saturating_sub(64).max(margin / 4).max(1));
-        kernel::ensure_port_free(cfg.listen).map_err(io("listening"))?;
+        if !cfg.share_port {
+            kernel::ensure_port_free(cfg.listen).map_err(io("listening"))?;
+        }
         let first = listener(cfg.listen, backlog).map_err(io("listening"))?;
         let addr = first
             .local_addr()
