@@ -30,20 +30,20 @@ pub fn probe() -> Result<Features, EngineError> {
         ));
     }
     let ring: IoUring =
-        IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag().build(8).map_err(|e| {
-            match e.raw_os_error() {
+        IoUring::builder().setup_single_issuer().setup_coop_taskrun().setup_taskrun_flag().build(8).map_err(
+            |e| match e.raw_os_error() {
                 Some(libc::EPERM) if disabled == Some(1) => EngineError::Unsupported(
                     "kernel.io_uring_disabled = 1 allows io_uring only to the group in kernel.io_uring_group; \
                  fix: `sysctl -w kernel.io_uring_disabled=0` or run as a member of that group"
                         .into(),
                 ),
                 Some(libc::EINVAL) => EngineError::Unsupported(format!(
-                    "kernel {} rejects IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (needs Linux 6.1+)",
+                    "kernel {} rejects IORING_SETUP_SINGLE_ISSUER|COOP_TASKRUN (needs Linux 6.1+)",
                     kernel_release()
                 )),
                 _ => EngineError::ring_setup("io_uring_setup", e),
-            }
-        })?;
+            },
+        )?;
     let submitter = ring.submitter();
     let mut probe = Probe::new();
     submitter
