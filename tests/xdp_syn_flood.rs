@@ -49,13 +49,7 @@ fn send_frame(fd: &OwnedFd, frame: &[u8]) -> bool {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the server's status");
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
+    c2m::host::process::memory(pid).expect("the server's smaps_rollup").rss
 }
 
 #[test]

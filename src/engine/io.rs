@@ -165,7 +165,7 @@ impl<Op: ServiceOp> Io<Op> {
     /// be released only in `Service::on_quiet` (the engine reports a slot quiet only when none of
     /// its operations is in flight), and memory that belongs to no slot must outlive the rings
     /// (a worker drops its rings before its service: see `pool.rs`).
-    // SAFETY: an unsafe fn: its callers hold the contract above, each call site says how.
+    // SAFETY: a function marked unsafe: its callers hold the contract above, each call site says how.
     pub unsafe fn submit(&mut self, ring: usize, op: Op, slot: u32, entry: squeue::Entry) {
         let generation = if op.on_slot() { self.slots.stamp(slot) } else { 0 };
         let entry = entry.user_data(Token::new(op.code(), ring as u16, generation, slot).0);
@@ -179,7 +179,7 @@ impl<Op: ServiceOp> Io<Op> {
     ///
     /// # Safety
     /// As for [`Io::submit`], for every entry of the chain.
-    // SAFETY: an unsafe fn: its callers hold the contract above, each call site says how.
+    // SAFETY: a function marked unsafe: its callers hold the contract above, each call site says how.
     pub unsafe fn submit_chain(&mut self, ring: usize, slot: u32, entries: &[squeue::Entry]) -> bool {
         // SAFETY: forwarded from this function's contract.
         if !unsafe { self.rings.ring_mut(ring).push_chain(entries) } {

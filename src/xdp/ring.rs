@@ -88,7 +88,7 @@ impl<T> RingPtrs<T> {
     /// # Safety
     /// `base` + each offset must be inside live memory of at least `off.desc + size * size_of::<T>()`
     /// bytes, 4-byte aligned for the index words and aligned for `T` at `desc`; `size` a power of two.
-    // SAFETY: an unsafe fn: both callers check the offsets against the memory first and say so.
+    // SAFETY: a function marked unsafe: both callers check the offsets against the memory first and say so.
     unsafe fn at(base: *mut u8, off: &libc::xdp_ring_offset, size: u32) -> RingPtrs<T> {
         debug_assert!(size.is_power_of_two());
         // SAFETY: the caller guarantees the offsets lie inside the memory at `base`, which is not null.
