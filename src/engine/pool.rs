@@ -41,6 +41,12 @@ impl PoolShared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// One with no workers behind it: for testing a service without a pool.
+    #[cfg(test)]
+    pub fn detached() -> Arc<PoolShared> {
+        Arc::new(PoolShared { stop: AtomicBool::new(false), peers: Arc::new(OnceLock::new()) })
+    }
 }
 
 type Outcome<S> = Result<S, EngineError>;

@@ -15,6 +15,8 @@ pub mod sessions;
 
 #[cfg(test)]
 mod session_tests;
+#[cfg(test)]
+mod sessions_tests;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;

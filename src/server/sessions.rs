@@ -122,8 +122,9 @@ impl Sessions {
         })
     }
 
-    /// Feeds bytes to a session and acts on the verdict; returns how many were consumed.
-    fn feed(&mut self, q: &mut Requests, slot: u32, data: &[u8]) -> usize {
+    /// Feeds bytes to a session and acts on the verdict; returns how many were consumed, and
+    /// whether its replies filled the out area (it is paused).
+    fn feed(&mut self, q: &mut Requests, slot: u32, data: &[u8]) -> (usize, bool) {
         let env = env(self.id, &self.cfg, &self.stats, &self.routing, self.slab.generation(slot), slot, self.now_tick);
         let verdict = session::on_bytes(self.slab.session(slot), &env, data);
         let closing = matches!(verdict, Verdict::CloseAfterSend(_) | Verdict::CloseNow(_));
@@ -138,13 +139,26 @@ impl Sessions {
                     self.stats.backpressure_pauses.inc();
                 }
                 q.send(slot);
-                done
+                (done, true)
             }
             verdict => {
                 self.apply(q, slot, verdict);
-                data.len()
+                (data.len(), false)
             }
         }
+    }
+
+    /// Sends made room for a paused session's replies. A frame that blocked after its read was
+    /// taken whole (the read completed it in the in area, where it waits) is not held by the
+    /// transport, so nothing else would offer it again: it goes first, fed with nothing new.
+    /// Returns whether the session is through it and may take input again.
+    fn unblock(&mut self, q: &mut Requests, slot: u32) -> bool {
+        // Still marked paused, so blocking again is not counted as a second pause.
+        if self.feed(q, slot, &[]).1 {
+            return false;
+        }
+        self.slab.header_mut(slot).flags &= !flag::PAUSED;
+        true
     }
 
     /// Acts on a verdict: keep going (send replies), close after sending, or close now.
@@ -277,7 +291,7 @@ impl Handler for Sessions {
 
     fn input(&mut self, q: &mut Requests, conn: ConnId, data: &[u8]) -> usize {
         self.slab.header_mut(conn).flags &= !flag::PAUSED;
-        self.feed(q, conn, data)
+        self.feed(q, conn, data).0
     }
 
     fn input_ended(&mut self, q: &mut Requests, conn: ConnId) {
@@ -307,16 +321,14 @@ impl Handler for Sessions {
     }
 
     fn sent(&mut self, q: &mut Requests, conn: ConnId, n: usize) {
-        let s = self.slab.header_mut(conn);
-        session::sent(s, n as u32);
+        session::sent(self.slab.header_mut(conn), n as u32);
         let view = self.slab.session(conn);
         session::rewind_out_area(view.header, view.slot, self.cfg.max_frame);
-        let s = self.slab.header(conn);
-        if s.has(flag::PAUSED) {
+        if self.slab.header(conn).has(flag::PAUSED) && self.unblock(q, conn) {
             // Room was made: the transport offers the held input again.
             q.resume(conn);
         }
-        if s.chat & chat::OFFLINE_PENDING != 0 {
+        if self.slab.header(conn).chat & chat::OFFLINE_PENDING != 0 {
             self.drain_offline(q, conn);
         }
         if self.slab.header(conn).has_output() {

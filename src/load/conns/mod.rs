@@ -45,6 +45,8 @@ pub struct Conns {
     fired: Vec<u32>,
     /// Chat: RECEIPTs that found the out area full, sent as it drains.
     receipts_waiting: VecDeque<(u32, u64, u64)>,
+    /// Connections whose input may flow again (reused by `send_waiting_receipts`).
+    unpaused: Vec<u32>,
     hist: RunHistograms,
     interval: Interval,
     interval_tx: Sender<Interval>,
@@ -84,6 +86,7 @@ impl Conns {
             wheel: TimerWheel::new(capacity, WHEEL_BUCKETS),
             fired: Vec::new(),
             receipts_waiting: VecDeque::new(),
+            unpaused: Vec::new(),
             hist: RunHistograms::new(),
             interval: Interval::new(),
             interval_tx,

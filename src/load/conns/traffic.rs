@@ -295,6 +295,7 @@ impl Conns {
         let len = proto::HEADER_LEN + 16;
         let room = self.cfg.out_capacity();
         let mut waiting = std::mem::take(&mut self.receipts_waiting);
+        let mut unpaused = std::mem::take(&mut self.unpaused);
         waiting.retain(|&(slot, from_user, msg_id)| {
             let (c, out) = self.out_area(slot);
             if c.state != state::LOGGED_IN {
@@ -309,12 +310,22 @@ impl Conns {
             c.receipts_owed -= 1;
             if c.has(flag::INPUT_PAUSED) && (c.receipts_owed as usize) < RECEIPTS_WAITING_PER_CONN / 2 {
                 c.flags &= !flag::INPUT_PAUSED;
-                q.resume(slot);
+                unpaused.push(slot);
             }
             q.send(slot);
             false
         });
         self.receipts_waiting = waiting;
+        for slot in unpaused.drain(..) {
+            // A DELIVER that blocked after its read was taken whole (the read completed it in
+            // the partial area, where it waits) is not held by the transport: it goes first,
+            // fed with nothing new, then the transport offers what it holds.
+            self.take_input(q, slot, &[]);
+            if !self.slab.header(slot).s.has(flag::INPUT_PAUSED) {
+                q.resume(slot);
+            }
+        }
+        self.unpaused = unpaused;
     }
 
     /// Closed loop: stages messages until `in_flight` are outstanding (or the out area is full)
