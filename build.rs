@@ -22,6 +22,21 @@ fn main() {
         None => "unknown",
     };
     println!("cargo:rustc-env=C2M_GIT_COMMIT={commit}");
+    // How it was compiled, for results that compare it with other programs.
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "?".into());
+    let rustc = Command::new(env("RUSTC"))
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "rustc ?".into());
+    println!(
+        "cargo:rustc-env=C2M_BUILD={rustc}, cargo profile {}, opt-level {}, debug {}, target {}",
+        env("PROFILE"),
+        env("OPT_LEVEL"),
+        env("DEBUG"),
+        env("TARGET")
+    );
     println!("cargo:rustc-env=C2M_GIT_DIRTY={dirty}");
     // Rebuilt when HEAD moves, the index changes or a source does (a change makes it dirty).
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {

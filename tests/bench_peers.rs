@@ -18,7 +18,9 @@ fn bench_peers(cwd: &Path, connections: &str, extra: &[&str]) -> Output {
     Command::new(BIN)
         .arg("bench")
         .args(["--peer-connections", connections, "--peer-window", "1s", "--rounds", "1", "--peer-budget", "64MiB"])
-        .args(["--peer-rate", "1000", "--results-dir"])
+        // The tests run side by side, so memory never holds still: measure its drift, don't
+        // wait for it.
+        .args(["--peer-rate", "1000", "--peer-settle", "0s", "--peer-warmup", "500ms", "--results-dir"])
         .arg(cwd.join("results"))
         .args(extra)
         .current_dir(cwd)
@@ -91,6 +93,10 @@ fn c2m_alone_end_to_end() {
     assert!(capacity.connections_in_budget <= capacity.established_peak as f64);
     assert!(capacity.connect_rate > 0.0);
     assert!(!capacity.samples.is_empty());
+    assert!(capacity.settle_seconds >= 3.0, "the drift is read over three seconds");
+    assert_eq!(r.settings.warmup_seconds, 0.5);
+    assert!(r.servers[0].build.contains("rustc") && r.servers[0].build.contains("opt-level"), "{:?}", r.servers[0]);
+    assert!(!r.servers[0].version.contains("unknown"), "{}", r.servers[0].version);
 
     let report = std::fs::read_to_string(dir.path().join("results/REPORT.md")).expect("REPORT.md written");
     assert!(report.contains("## Side by side: c2m and its peers"), "{report}");

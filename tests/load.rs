@@ -64,6 +64,40 @@ fn pings_are_answered_and_measured() {
 }
 
 #[test]
+fn a_warmup_sends_messages_that_are_not_measured() {
+    // 500 connections, a PING each 100 ms: about 5,000 a second. The warm-up's second of them
+    // is answered but in no histogram; the measured window has its own second.
+    let server = ServerProcess::start(&["--max-sessions", "1000"]);
+    let (out, r) = load(
+        server.addr,
+        &[
+            "-c",
+            "500",
+            "--warmup",
+            "1s",
+            "--duration",
+            "1s",
+            "--ping-interval",
+            "100ms",
+            "--source-ports",
+            "30000-30999",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(r.status, RunStatus::Complete);
+    let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["connect", "warmup", "messages", "drain", "close"]);
+    let warmup = &r.phases[1];
+    assert!(warmup.end - warmup.start >= 0.99, "{warmup:?}");
+    assert_eq!(r.params.warmup_ms, 1000);
+    // Everything sent was answered, but only the measured window's round trips were recorded:
+    // about half of them (the window is as long as the warm-up).
+    assert_eq!(r.messages.unanswered, 0);
+    let recorded = r.latency.rtt_corrected.count;
+    assert!(recorded > 0 && recorded < r.messages.received * 3 / 4, "{recorded} of {}", r.messages.received);
+}
+
+#[test]
 fn echo_frames_of_the_given_size_come_back() {
     let server = ServerProcess::start(&["--max-sessions", "1000"]);
     let (out, r) = load(

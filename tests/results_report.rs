@@ -109,6 +109,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
             source_ports: [1024, 65535],
             duration_ms: 37_000,
             ramp_ms: 20_000,
+            warmup_ms: 0,
             hold_ms: 0,
             workload: s.workload.into(),
             message_interval_ms: if messages { 10_000.0 } else { 0.0 },

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the peer servers into bench/peers/bin/<name>, from the package registries only
-# (crates.io through cargo, Debian through apt-get), and writes bin/<name>.version (one line).
+# (crates.io through cargo, Debian through apt-get), and writes bin/<name>.version and
+# bin/<name>.build (one line each: what it is, and how it was compiled).
 #
 #   bench/peers/build.sh [tokio] [monoio] [epoll-c] [erlang]     (default: all four)
 #
@@ -48,6 +49,11 @@ cargo_peer() {
     cargo build --release --locked --quiet --manifest-path "$peers_dir/$name/Cargo.toml" || return 1
     install -m 755 "$CARGO_TARGET_DIR/release/peer-$name" "$bin/$name.tmp" && mv -f "$bin/$name.tmp" "$bin/$name"
     echo "$crate $(locked "$peers_dir/$name" "$crate"), rustc $(rustc_version)" > "$bin/$name.version"
+    # The release profile as the peer's Cargo.toml sets it (cargo's defaults otherwise:
+    # opt-level 3, no LTO).
+    local profile
+    profile=$(awk '/^\[profile\.release\]/ { on = 1; next } /^\[/ { on = 0 } on && NF { printf "%s%s", sep, $0; sep = ", " }' "$peers_dir/$name/Cargo.toml")
+    echo "rustc $(rustc_version), cargo build --release --locked, [profile.release] ${profile:-cargo defaults}" > "$bin/$name.build"
 }
 
 build_tokio() { cargo_peer tokio tokio; }
@@ -56,10 +62,12 @@ build_monoio() { cargo_peer monoio monoio; }
 
 build_epoll_c() {
     need gcc gcc libc6-dev || return 1
+    local cflags="-O2 -Wall -pthread"
     local src="$peers_dir/epoll-c/server.c"
     if [ ! -x "$bin/epoll-c" ] || [ "$src" -nt "$bin/epoll-c" ]; then
-        gcc -O2 -Wall -pthread -o "$bin/epoll-c.tmp" "$src" && mv -f "$bin/epoll-c.tmp" "$bin/epoll-c" || return 1
+        gcc $cflags -o "$bin/epoll-c.tmp" "$src" && mv -f "$bin/epoll-c.tmp" "$bin/epoll-c" || return 1
     fi
+    echo "gcc $(gcc -dumpfullversion) $cflags" > "$bin/epoll-c.build"
     echo "gcc $(gcc -dumpfullversion), glibc $(getconf GNU_LIBC_VERSION | awk '{ print $2 }')" > "$bin/epoll-c.version"
 }
 
@@ -79,6 +87,9 @@ build_erlang() {
     local otp
     otp=$(erl -noinput -eval 'io:format("OTP ~s, erts ~s", [erlang:system_info(otp_release), erlang:system_info(version)]), halt().') || return 1
     echo "$otp, Debian erlang-base $(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null || echo '?')" > "$bin/erlang.version"
+    local flavor
+    flavor=$(erl -noinput -eval 'io:format("~s", [erlang:system_info(emu_flavor)]), halt().') || flavor='?'
+    echo "erlc -Werror (BEAM bytecode, emulator flavor $flavor), run as erl -noinput +S N:N +Q <fd limit> (erlang.sh)" > "$bin/erlang.build"
 }
 
 if [ $# -gt 0 ]; then requested=("$@"); else requested=(tokio monoio epoll-c erlang); fi

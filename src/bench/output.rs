@@ -61,6 +61,7 @@ pub fn stand_in_report(
             source_ports: [0, 0],
             duration_ms: plan.duration.0.as_millis() as u64,
             ramp_ms: 0,
+            warmup_ms: 0,
             hold_ms: plan.hold.0.as_millis() as u64,
             workload: plan.workload.name().into(),
             message_interval_ms: plan.ping_interval.0.as_secs_f64() * 1e3,

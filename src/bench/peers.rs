@@ -13,6 +13,7 @@
 pub mod load_run;
 pub mod manifest;
 pub mod server;
+pub mod slope;
 pub mod trials;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,14 @@ pub struct PeersArgs {
     /// PING rate of the latency measurement, messages per second over all connections.
     #[arg(long, default_value = "10k", value_parser = parse_count)]
     pub peer_rate: u64,
+    /// Before a capacity trial, wait at most this long for MemFree to hold still (tests, on a
+    /// box busy with other tests, lower it).
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_duration)]
+    pub peer_settle: Duration,
+    /// Before each echo and latency window, messages flow unrecorded this long (every server's
+    /// first messages pay for lazy set-up: page faults, allocator pools, process heaps).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub peer_warmup: Duration,
     /// ECHOs each connection keeps outstanding in the echo measurement (closed loop).
     #[arg(long, default_value_t = 1)]
     pub peer_in_flight: u32,
@@ -103,6 +112,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         budget: p.peer_budget,
         keep_free_floor: args.keep_free,
         per_shard: p.peer_shard_connections.max(1),
+        warmup: p.peer_warmup,
+        settle: p.peer_settle,
         load_json: std::env::temp_dir().join(format!("c2m-peers-{}-{started_unix}.load.json", std::process::id())),
     };
     println!(
@@ -156,6 +167,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             budget_bytes: p.peer_budget,
             keep_free_floor_bytes: args.keep_free,
             connections_per_shard: p.peer_shard_connections.max(1),
+            warmup_seconds: p.peer_warmup.as_secs_f64(),
             cpu_placement:
                 "one box: server and load share every core; c2m serve and c2m load pin one worker per core, \
                             peers place their threads as they do by default"
@@ -242,6 +254,15 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
                         thousands(m.connections_requested)
                     ));
                 }
+                if let Some(note) = trials::drift_note(&m) {
+                    turn.notes.push(note);
+                }
+                if m.slope.is_none() {
+                    turn.notes.push(
+                        "capacity: too few samples past the start-up for a slope: the count is where the drop crossed the budget"
+                            .into(),
+                    );
+                }
                 turn.capacity = Some(m);
             }
             Err(e) => turn.errors.push(format!("capacity: {e:#}")),
@@ -249,6 +270,9 @@ fn run_turn(setup: &Setup, server: &Server) -> Turn {
     }
     for e in &turn.errors {
         println!("  {}: {e}", server.name);
+    }
+    for n in &turn.notes {
+        println!("  {} (note): {n}", server.name);
     }
     turn.seconds = started.elapsed().as_secs_f64();
     turn
@@ -275,9 +299,10 @@ fn turn_line(t: &Turn) -> String {
     }
     if let Some(c) = &t.capacity {
         parts.push(format!(
-            "{} connections in budget ({} shard(s)), {} each, {}/s",
+            "{} connections in budget ({} shard(s)), {} each at the steady slope ({} on average), {}/s",
             thousands(c.connections_in_budget as u64),
             c.server.shards,
+            c.slope.as_ref().map_or_else(|| "–".into(), |s| human_bytes(s.total)),
             human_bytes(c.per_connection.total),
             thousands(c.connect_rate as u64)
         ));
@@ -291,6 +316,7 @@ fn server_info(s: &Server) -> ServerInfo {
         description: s.description.clone(),
         bin: s.bin.display().to_string(),
         version: s.version.clone(),
+        build: s.build.clone(),
         fd_per_connection: s.fd_per_connection,
         available: s.missing.is_none(),
         skipped_reason: s.missing.clone(),

@@ -89,6 +89,10 @@ pub struct LoadArgs {
     /// Spread the connects evenly over this long (sets --connect-rate to connections / ramp).
     #[arg(long, value_parser = duration)]
     pub ramp: Option<Duration>,
+    /// Before the measured window, let messages flow this long unrecorded, so that what the
+    /// server (or a peer's runtime) warms up on its first messages is not measured.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    pub warmup: Duration,
     /// After the messages, hold the connections open (silent) this long before closing.
     #[arg(long, value_parser = duration, default_value = "0s")]
     pub hold: Duration,
@@ -236,6 +240,7 @@ impl LoadArgs {
             source_specs: specs,
             duration: self.duration,
             ramp: self.ramp.unwrap_or(Duration::ZERO),
+            warmup: self.warmup,
             hold: self.hold,
             workload: self.workload,
             message_interval,

@@ -74,6 +74,8 @@ pub struct LoadConfig {
     pub source_specs: Vec<String>,
     pub duration: Duration,
     pub ramp: Duration,
+    /// Messages flow this long, unrecorded, between the connects and the measured window.
+    pub warmup: Duration,
     pub hold: Duration,
     pub workload: Workload,
     /// Per connection, between two messages.
@@ -170,6 +172,7 @@ impl LoadConfig {
             ("--connect-timeout", self.connect_timeout),
             ("--duration", self.duration),
             ("--ramp", self.ramp),
+            ("--warmup", self.warmup),
             ("--hold", self.hold),
             ("--ping-interval (or the interval --rate or --msg-rate gives)", self.message_interval),
         ] {

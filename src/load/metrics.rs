@@ -66,9 +66,13 @@ fn render_text(stats: &[Arc<LoadStats>], control: &Control) -> String {
     }
     let now = control.phase();
     let _ = writeln!(out, "# HELP c2m_load_phase The run's phase: 1 for the current one.\n# TYPE c2m_load_phase gauge");
-    for (phase, name) in
-        [(Phase::Connect, "connect"), (Phase::Messages, "messages"), (Phase::Hold, "hold"), (Phase::Close, "close")]
-    {
+    for (phase, name) in [
+        (Phase::Connect, "connect"),
+        (Phase::Warmup, "warmup"),
+        (Phase::Messages, "messages"),
+        (Phase::Hold, "hold"),
+        (Phase::Close, "close"),
+    ] {
         let _ = writeln!(out, "c2m_load_phase{{phase=\"{name}\"}} {}", u8::from(phase == now));
     }
     out

@@ -390,6 +390,7 @@ fn gather(
 struct Course {
     workload: super::Workload,
     connections: u64,
+    warmup: Duration,
     duration: Duration,
     hold: Duration,
     connect_limit: Duration,
@@ -410,6 +411,7 @@ impl Course {
         Course {
             workload: cfg.workload,
             connections: cfg.connections,
+            warmup: cfg.warmup,
             duration: cfg.duration,
             hold: cfg.hold,
             connect_limit: cfg.connect_phase_limit(),
@@ -448,6 +450,7 @@ impl Course {
         let elapsed = self.phase_started.elapsed();
         match current {
             Phase::Connect => self.connect_over(stats, elapsed),
+            Phase::Warmup => (elapsed >= self.warmup).then_some(Phase::Messages),
             Phase::Messages => (elapsed >= self.duration).then_some(Phase::Hold),
             // Without a hold, the sends stop for a moment before the close so the last replies
             // arrive instead of being counted unanswered.
@@ -466,7 +469,7 @@ impl Course {
                 self.abort = Some("no connection was established (see errors)".into());
                 return Some(Phase::Close);
             }
-            return Some(Phase::Messages);
+            return Some(if self.warmup.is_zero() { Phase::Messages } else { Phase::Warmup });
         }
         if elapsed > self.connect_limit {
             self.connect_seconds = elapsed.as_secs_f64();
@@ -510,6 +513,7 @@ impl Course {
         }
         let name = match next {
             Phase::Connect => "connect",
+            Phase::Warmup => "warmup",
             Phase::Messages => "messages",
             Phase::Hold if self.hold.is_zero() => "drain",
             Phase::Hold => "hold",
@@ -717,6 +721,7 @@ fn params(cfg: &LoadConfig, rings: usize, files: u32) -> LoadParams {
         source_ports: [cfg.ports.first_port, cfg.ports.last_port],
         duration_ms: ms(cfg.duration),
         ramp_ms: ms(cfg.ramp),
+        warmup_ms: ms(cfg.warmup),
         hold_ms: ms(cfg.hold),
         workload: cfg.workload.name().into(),
         message_interval_ms: if cfg.workload == super::Workload::Idle {
@@ -757,6 +762,7 @@ mod tests {
             source_specs: vec!["127.0.4.1-127.0.4.2".into()],
             duration: Duration::from_millis(1500),
             ramp: Duration::ZERO,
+            warmup: Duration::ZERO,
             hold: Duration::from_millis(200),
             workload,
             message_interval: Duration::from_millis(50),

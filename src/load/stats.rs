@@ -16,7 +16,11 @@ use crate::stats::{Counter, TransportStats};
 pub enum Phase {
     /// Connects go out on schedule; logged-in connections already send their messages.
     Connect,
-    /// Every connect is done; round trips are recorded in the run's histograms.
+    /// Every connect is done; messages flow as in `Messages` but nothing is recorded (the
+    /// servers' runtimes, caches and socket buffers settle first). Skipped when zero long.
+    Warmup,
+    /// Every connect is done (and the warm-up over); round trips are recorded in the run's
+    /// histograms.
     Messages,
     /// No new messages; connections stay open (or, without a hold, the last replies drain).
     Hold,
@@ -25,7 +29,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [Phase::Connect, Phase::Messages, Phase::Hold, Phase::Close];
+    const ALL: [Phase; 5] = [Phase::Connect, Phase::Warmup, Phase::Messages, Phase::Hold, Phase::Close];
 }
 
 /// State the main thread shares with every worker.

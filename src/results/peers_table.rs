@@ -89,7 +89,13 @@ pub fn measures() -> Vec<Measure> {
             format: count,
         },
         Measure {
-            title: "memory per connection, all (MemFree)",
+            title: "memory per connection, steady slope (MemFree)",
+            higher_is_better: false,
+            value: |t| capacity(t).and_then(|m| m.slope.as_ref()).map(|s| s.total),
+            format: bytes,
+        },
+        Measure {
+            title: "memory per connection, average (MemFree drop / connections)",
             higher_is_better: false,
             value: |t| capacity(t).map(|m| m.per_connection.total),
             format: bytes,
@@ -217,7 +223,10 @@ pub fn markdown(result: &PeersResult) -> String {
     if servers.iter().any(|s| s == "c2m") && !peers.is_empty() {
         md.push_str(
             "c2m / peer: the ratio in each round (both ran in it), median (least–greatest) over the \
-             rounds. Above 1 is better for c2m where higher is better, below 1 where lower is better.\n\n",
+             rounds: the one convention for ratios here and in README.md (the median of the per-round \
+             ratios, not the ratio of the medians). Above 1 is better for c2m where higher is better, \
+             below 1 where lower is better. Connections in the budget: the budget over the steady \
+             slope's cost of one more connection.\n\n",
         );
         let mut header = vec!["measure".to_string(), "better".into(), "c2m (median)".into()];
         header.extend(peers.iter().map(|p| format!("c2m / {p}")));
@@ -243,6 +252,13 @@ pub fn markdown(result: &PeersResult) -> String {
         let mut cells = vec![m.title.to_string()];
         cells.extend(servers.iter().map(|s| value_cell(spread(&values(result, s, m)), m.format)));
         row(&mut md, &cells);
+    }
+    let built: Vec<_> = result.servers.iter().filter(|s| s.available && !s.build.is_empty()).collect();
+    if !built.is_empty() {
+        md.push_str("\nHow each was built:\n\n");
+        for s in built {
+            md.push_str(&format!("- {}: {}; {}\n", s.name, s.version, s.build));
+        }
     }
     md
 }
@@ -287,6 +303,7 @@ mod tests {
             budget_bytes: 1,
             keep_free_floor_bytes: 1,
             connections_per_shard: 1,
+            warmup_seconds: 0.0,
             cpu_placement: String::new(),
         };
         let rounds = rounds

@@ -45,6 +45,10 @@ pub struct LoadParams {
     pub source_ports: [u16; 2],
     pub duration_ms: u64,
     pub ramp_ms: u64,
+    /// Unrecorded messages between the connects and the measured window (0: none; results
+    /// before it have none).
+    #[serde(default)]
+    pub warmup_ms: u64,
     pub hold_ms: u64,
     /// `idle`, `ping` or `echo`.
     pub workload: String,

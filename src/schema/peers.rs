@@ -12,7 +12,7 @@ pub const PEERS_RESULTS_DIR: &str = "peers";
 /// The `schema` field of every peers result.
 pub const PEERS_SCHEMA_NAME: &str = "c2m-peers-result";
 /// Bumped whenever a field changes meaning or is removed.
-pub const PEERS_SCHEMA_VERSION: u32 = 1;
+pub const PEERS_SCHEMA_VERSION: u32 = 2;
 
 /// One `c2m bench --peers` run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,10 @@ pub struct PeersSettings {
     pub keep_free_floor_bytes: u64,
     /// Connections one process of a `fd_per_connection` peer is given at most.
     pub connections_per_shard: u64,
+    /// Unrecorded messages before each echo and latency window, seconds (0 in results before
+    /// schema 2).
+    #[serde(default)]
+    pub warmup_seconds: f64,
     /// How server and load share the cores.
     pub cpu_placement: String,
 }
@@ -72,6 +76,9 @@ pub struct ServerInfo {
     pub version: String,
     /// Whether each connection takes a descriptor (then it is sharded past the fd limit).
     pub fd_per_connection: bool,
+    /// How it was built: compiler, flags and profile (empty in results before schema 2).
+    #[serde(default)]
+    pub build: String,
     /// False when it was asked for but could not be run; `skipped_reason` says why.
     pub available: bool,
     pub skipped_reason: Option<String>,
@@ -95,6 +102,10 @@ pub struct Turn {
     pub latency: Option<LatencyMeasurement>,
     pub capacity: Option<CapacityMeasurement>,
     pub errors: Vec<String>,
+    /// What may have made a figure less sure without failing it (memory still moving when a
+    /// trial began, too few samples for a slope).
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -177,12 +188,29 @@ pub struct CapacityMeasurement {
     pub keep_free: u64,
     /// Connections asked of the load (the most the shards or the budget could take).
     pub connections_requested: u64,
-    /// Connections established where the MemFree drop crossed the budget, interpolated
-    /// between the load's once-a-second samples; when the budget was not reached, the most
-    /// connections held.
+    /// The budget over the steady slope's cost of one more connection (what was set up once is
+    /// not charged to the connections); without a slope (results before schema 2, or too few
+    /// samples), where the MemFree drop crossed the budget, or the most connections held.
     pub connections_in_budget: f64,
+    /// Connections established where the MemFree drop crossed the budget, interpolated between
+    /// the load's once-a-second samples (`None`: not reached, or results before schema 2).
+    #[serde(default)]
+    pub connections_at_crossing: Option<f64>,
     /// Whether the MemFree drop reached the budget.
     pub budget_reached: bool,
+    /// What one more connection costs, from the steady part of the run.
+    #[serde(default)]
+    pub slope: Option<Slope>,
+    /// How long the trial waited for memory to hold still before it began.
+    #[serde(default)]
+    pub settle_seconds: f64,
+    /// Whether it did hold still within the wait.
+    #[serde(default)]
+    pub settled: bool,
+    /// MemFree's change per second just before the baseline (positive: memory was still
+    /// coming back).
+    #[serde(default)]
+    pub baseline_drift_bytes_per_second: f64,
     pub established_peak: u64,
     /// The measurement the per-connection figures come from: the last sample with the
     /// connections still held.
@@ -195,6 +223,23 @@ pub struct CapacityMeasurement {
     pub connect_rate: f64,
     /// The load's once-a-second samples while the connections were held.
     pub samples: Vec<CapacitySample>,
+}
+
+/// Bytes per connection by least squares over a capacity run's steady samples (past the first
+/// 20% of its connections), by part: what one more connection costs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Slope {
+    /// MemFree's drop per connection: everything, both ends (the headline).
+    pub total: f64,
+    pub kernel_slab: f64,
+    pub server_rss: f64,
+    pub load_rss: f64,
+    /// How well a line fits the MemFree drop (1 = exactly).
+    pub r_squared: f64,
+    pub samples: usize,
+    /// The connections the fit spans.
+    pub from_connections: u64,
+    pub to_connections: u64,
 }
 
 /// One sample of the capacity run.

@@ -330,6 +330,7 @@ mod tests {
             source_ports: [0, 0],
             duration_ms: 0,
             ramp_ms: 0,
+            warmup_ms: 0,
             hold_ms: 0,
             workload: "ping".into(),
             message_interval_ms: 0.0,

@@ -35,6 +35,8 @@ pub struct LoadSpec {
     pub server: SocketAddr,
     pub connections: u64,
     pub work: Work,
+    /// Unrecorded messages before the measured window.
+    pub warmup: Duration,
     pub duration: Duration,
     pub hold: Duration,
     pub keep_free: u64,
@@ -63,6 +65,8 @@ impl LoadSpec {
             Work::Idle => a.extend(["--workload".into(), "idle".into()]),
         }
         a.extend([
+            "--warmup".into(),
+            format!("{}ms", self.warmup.as_millis()),
             "--duration".into(),
             format!("{}ms", self.duration.as_millis()),
             "--hold".into(),
@@ -78,7 +82,11 @@ impl LoadSpec {
     /// Longest the run may take before it is stopped: the connects at a slow 2,000 a second,
     /// the messages, the hold, and a minute for closing.
     pub fn watchdog(&self) -> Duration {
-        Duration::from_secs_f64(self.connections as f64 / 2000.0) + self.duration + self.hold + Duration::from_secs(60)
+        Duration::from_secs_f64(self.connections as f64 / 2000.0)
+            + self.warmup
+            + self.duration
+            + self.hold
+            + Duration::from_secs(60)
     }
 }
 
@@ -199,6 +207,7 @@ mod tests {
             server: "127.0.0.1:7700".parse().unwrap(),
             connections: 10_000,
             work: Work::Echo { size: 64, in_flight: 1 },
+            warmup: Duration::from_secs(2),
             duration: Duration::from_secs(10),
             hold: Duration::ZERO,
             keep_free: 1 << 30,
@@ -207,12 +216,12 @@ mod tests {
         assert_eq!(
             spec.args().join(" "),
             "load --server 127.0.0.1:7700 -c 10000 --connect-rate 0 --workload echo --size 64 --in-flight 1 \
-             --duration 10000ms --hold 0ms --json /tmp/x.json --no-progress --events --keep-free 1073741824 --force"
+             --warmup 2000ms --duration 10000ms --hold 0ms --json /tmp/x.json --no-progress --events --keep-free 1073741824 --force"
         );
         let ping = LoadSpec { work: Work::Ping { rate: 10_000 }, ..spec.clone() };
-        assert!(ping.args().join(" ").contains("--workload ping --rate 10000 --duration"));
+        assert!(ping.args().join(" ").contains("--workload ping --rate 10000 --warmup 2000ms"));
         let idle = LoadSpec { work: Work::Idle, ..spec };
-        assert!(idle.args().join(" ").contains("--workload idle --duration"));
-        assert_eq!(idle.watchdog(), Duration::from_secs(75));
+        assert!(idle.args().join(" ").contains("--workload idle --warmup 2000ms"));
+        assert_eq!(idle.watchdog(), Duration::from_secs(77));
     }
 }

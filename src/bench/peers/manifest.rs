@@ -34,6 +34,9 @@ pub struct PeerEntry {
     pub fd_per_connection: bool,
     #[serde(default)]
     pub version_file: Option<String>,
+    /// A file whose first line says how it was built (compiler, flags, profile).
+    #[serde(default)]
+    pub build_file: Option<String>,
 }
 
 /// How a server is started.
@@ -52,6 +55,8 @@ pub struct Server {
     pub description: String,
     pub bin: PathBuf,
     pub version: String,
+    /// How it was built: compiler, flags, profile.
+    pub build: String,
     pub fd_per_connection: bool,
     pub launch: Launch,
     /// Why it cannot run (not in the manifest, not built); `None` when it can.
@@ -144,7 +149,13 @@ pub fn resolve(names: &[String], manifest: Option<&(PathBuf, Vec<PeerEntry>)>, c
                     name: "c2m".into(),
                     description: "c2m serve: thread-per-core io_uring, direct descriptors".into(),
                     bin: c2m_exe.to_path_buf(),
-                    version: format!("{} {}", env!("CARGO_PKG_VERSION"), crate::host::git::commit(Path::new("."))),
+                    // The commit this binary was built from, not the one the run is started in.
+                    version: format!(
+                        "{} {}",
+                        env!("CARGO_PKG_VERSION"),
+                        crate::schema::bench::Build::this_binary().short()
+                    ),
+                    build: env!("C2M_BUILD").into(),
                     fd_per_connection: false,
                     launch: Launch::C2m,
                     missing: None,
@@ -159,12 +170,13 @@ pub fn resolve(names: &[String], manifest: Option<&(PathBuf, Vec<PeerEntry>)>, c
             // The manifest is <checkout>/bench/peers/peers.toml; its paths start at <checkout>.
             let root = dir.parent().and_then(Path::parent).unwrap_or(dir);
             let bin = root.join(&entry.bin);
-            let version = entry
-                .version_file
-                .as_ref()
-                .and_then(|f| std::fs::read_to_string(root.join(f)).ok())
-                .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
-                .unwrap_or_else(|| "unknown".into());
+            let first_line = |file: &Option<String>| {
+                file.as_ref()
+                    .and_then(|f| std::fs::read_to_string(root.join(f)).ok())
+                    .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
+                    .unwrap_or_else(|| "unknown".into())
+            };
+            let (version, build) = (first_line(&entry.version_file), first_line(&entry.build_file));
             let missing =
                 (!is_executable(&bin)).then(|| format!("{} is not built (no executable there)", bin.display()));
             Server {
@@ -172,6 +184,7 @@ pub fn resolve(names: &[String], manifest: Option<&(PathBuf, Vec<PeerEntry>)>, c
                 description: entry.description.clone(),
                 bin,
                 version,
+                build,
                 fd_per_connection: entry.fd_per_connection,
                 launch: Launch::Peer,
                 missing,
@@ -186,6 +199,7 @@ fn unavailable(name: &str, why: String) -> Server {
         description: String::new(),
         bin: PathBuf::new(),
         version: "unknown".into(),
+        build: "unknown".into(),
         fd_per_connection: false,
         launch: Launch::Peer,
         missing: Some(why),

@@ -1,7 +1,9 @@
 //! The three measurements of one server in one round, each with a fresh server:
 //! echo throughput (closed loop), latency (open loop, well below saturation; the server is
 //! then stopped with the connections held, which times its shutdown), and capacity (idle
-//! connections until the memory budget is spent).
+//! connections until the memory budget is spent). The echo and latency trials let messages
+//! flow unrecorded for a warm-up first; the capacity trial starts only once memory holds
+//! still, and charges a connection what the steady slope says one more costs.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use anyhow::{Context, bail};
 use super::load_run::{self, LoadEnd, LoadSpec, Work};
 use super::manifest::Server;
 use super::server::{RunningServer, Shape, Stopped, shape};
+use super::slope::{SlopeSample, connections_at_slope, steady_slope};
 use crate::bench::measure::{Held, per_connection};
 use crate::host::memory;
 use crate::host::process::{self, CpuTimes, ProcessMemory};
@@ -35,11 +38,14 @@ pub const MIN_BYTES_PER_CONNECTION: u64 = 2048;
 pub const MAX_SHARDS: u64 = 64;
 /// After a capacity run, waiting at most this long for the closed sockets to be freed.
 const SOCKETS_GONE: Duration = Duration::from_secs(20);
-/// Before a capacity run, MemFree must move less than this in half a second (what earlier
-/// runs freed late, e.g. sockets and exited processes, would otherwise shrink the drop)...
-const MEMORY_STILL: u64 = 16 << 20;
-/// ...waiting at most this long for it.
-const MEMORY_SETTLE: Duration = Duration::from_secs(15);
+/// Before a capacity run, MemFree must stay within this span over [`STILL_FOR`] (what earlier
+/// trials free late, sockets and exited processes, would otherwise come back during this one
+/// and shrink its drop: rounds 2 and 3 of an earlier run saw MemFree fall 2.7-4.9 KB a
+/// connection while Slab alone grew 9.1 KB), waiting at most `--peer-settle` for it.
+const MEMORY_STILL: u64 = 8 << 20;
+const STILL_FOR: Duration = Duration::from_secs(3);
+/// A drift of MemFree at the start worth a note: this share of the budget over the connects.
+const DRIFT_NOTE: f64 = 0.02;
 
 /// What every measurement shares.
 #[derive(Clone, Debug)]
@@ -54,6 +60,10 @@ pub struct Setup {
     pub budget: u64,
     pub keep_free_floor: u64,
     pub per_shard: u64,
+    /// Unrecorded messages before the echo and latency windows.
+    pub warmup: Duration,
+    /// The longest wait for memory to hold still before a capacity trial.
+    pub settle: Duration,
     /// Where the load writes its report (read back, then removed).
     pub load_json: PathBuf,
 }
@@ -68,7 +78,18 @@ impl Setup {
         hold: Duration,
         keep_free: u64,
     ) -> LoadSpec {
-        LoadSpec { server: server.addr, connections, work, duration, hold, keep_free, json: self.load_json.clone() }
+        // Idle connections send nothing to warm up.
+        let warmup = if work == Work::Idle { Duration::ZERO } else { self.warmup };
+        LoadSpec {
+            server: server.addr,
+            connections,
+            work,
+            warmup,
+            duration,
+            hold,
+            keep_free,
+            json: self.load_json.clone(),
+        }
     }
 
     /// Refuses to start a load when MemFree is already at the floor.
@@ -294,7 +315,7 @@ pub fn capacity_size(budget: u64, fd_per_connection: bool, per_shard: u64, cores
 /// Idle logged-in connections, opened as fast as the server takes them, until MemFree has
 /// dropped by the budget (the load's `--keep-free` stops it), measured once a second.
 pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasurement> {
-    wait_memory_still();
+    let settle = wait_memory_still(setup.settle);
     let free_now = memory::read_meminfo().context("reading /proc/meminfo")?.mem_free;
     let budget_here = setup.budget.min(free_now.saturating_sub(setup.keep_free_floor));
     if budget_here == 0 {
@@ -343,6 +364,8 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
     };
     let pairs: Vec<(u64, u64)> = points.iter().map(|p| (p.established, p.mem_free)).collect();
     let at_budget = connections_at_budget(baseline.mem_free, budget, &pairs);
+    let slope = steady_slope(&slope_samples(&points, baseline.mem_free, &baseline, rss_start));
+    let by_slope = slope.as_ref().and_then(|s| connections_at_slope(budget, s));
     // MemFree as the load read it, with the count it read; the other parts as read here.
     let held = Held {
         memory: SystemMemory { mem_free: last.mem_free, ..last.system.clone() },
@@ -366,8 +389,13 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
         baseline_mem_free: baseline.mem_free,
         keep_free,
         connections_requested: count,
-        connections_in_budget: at_budget.unwrap_or(load.report.connections.established_peak as f64),
+        connections_in_budget: by_slope.or(at_budget).unwrap_or(load.report.connections.established_peak as f64),
+        connections_at_crossing: at_budget,
         budget_reached: at_budget.is_some(),
+        slope,
+        settle_seconds: settle.seconds,
+        settled: settle.still,
+        baseline_drift_bytes_per_second: settle.drift,
         established_peak: load.report.connections.established_peak,
         measured_connections: last.established,
         measured_mem_free_drop: baseline.mem_free.saturating_sub(last.mem_free),
@@ -402,19 +430,77 @@ fn wait_sockets_gone(before: u64) {
     }
 }
 
-/// Waits (bounded) until MemFree holds still.
-fn wait_memory_still() {
-    let deadline = Instant::now() + MEMORY_SETTLE;
+/// The samples as the slope fit takes them: MemFree's drop and each part's growth since the
+/// baseline.
+fn slope_samples(points: &[Point], baseline_free: u64, baseline: &SystemMemory, rss_start: u64) -> Vec<SlopeSample> {
+    points
+        .iter()
+        .filter(|p| p.established > 0)
+        .map(|p| SlopeSample {
+            established: p.established,
+            drop: baseline_free.saturating_sub(p.mem_free),
+            slab: p.system.slab.saturating_sub(baseline.slab),
+            server_rss: p.server.rss.saturating_sub(rss_start),
+            load_rss: p.load.rss,
+        })
+        .collect()
+}
+
+/// How memory stood before a capacity trial.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Settle {
+    /// Waited this long.
+    pub seconds: f64,
+    /// MemFree stayed within [`MEMORY_STILL`] for [`STILL_FOR`] (else the wait ran out).
+    pub still: bool,
+    /// MemFree's change per second over the last [`STILL_FOR`]: positive while memory was
+    /// still coming back.
+    pub drift: f64,
+}
+
+/// Whether readings taken every `step` have held still over their last `span`, and their
+/// drift per second over it.
+pub fn stillness(readings: &[u64], step: Duration, span: Duration) -> Option<(bool, f64)> {
+    let n = (span.as_secs_f64() / step.as_secs_f64()).round() as usize + 1;
+    let window = readings.get(readings.len().checked_sub(n)?..)?;
+    let (lo, hi) = (window.iter().min()?, window.iter().max()?);
+    let drift = (window[n - 1] as f64 - window[0] as f64) / span.as_secs_f64();
+    Some((hi - lo < MEMORY_STILL, drift))
+}
+
+/// Waits (at most `limit`, at least [`STILL_FOR`]) until MemFree holds still.
+fn wait_memory_still(limit: Duration) -> Settle {
+    let started = Instant::now();
+    let step = Duration::from_millis(500);
     let free = || memory::read_meminfo().map(|m| m.mem_free).unwrap_or(0);
-    let mut last = free();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = free();
-        if now.abs_diff(last) < MEMORY_STILL {
-            return;
+    let mut readings = vec![free()];
+    loop {
+        std::thread::sleep(step);
+        readings.push(free());
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some((still, drift)) = stillness(&readings, step, STILL_FOR)
+            && (still || started.elapsed() >= limit)
+        {
+            return Settle { seconds, still, drift };
         }
-        last = now;
     }
+}
+
+/// A note when memory was still moving at the start of a capacity trial by enough to matter:
+/// the drift over the connects, against the budget.
+pub fn drift_note(m: &CapacityMeasurement) -> Option<String> {
+    let budget = m.baseline_mem_free.saturating_sub(m.keep_free) as f64;
+    let connecting = if m.connect_rate > 0.0 { m.measured_connections as f64 / m.connect_rate } else { 0.0 };
+    let moved = m.baseline_drift_bytes_per_second.abs() * connecting;
+    (budget > 0.0 && moved > DRIFT_NOTE * budget).then(|| {
+        format!(
+            "capacity: MemFree was still moving by {}/s when the trial began ({} over its connects, {:.0}% of the budget{})",
+            crate::units::human_bytes(m.baseline_drift_bytes_per_second.abs()),
+            crate::units::human_bytes(moved),
+            moved / budget * 100.0,
+            if m.settled { "" } else { "; it never held still within the wait" }
+        )
+    })
 }
 
 #[cfg(test)]
@@ -432,6 +518,44 @@ mod tests {
         let at = connections_at_budget(baseline, 1_000_000, &[(400, baseline - 4_000_000)]).unwrap();
         assert!((at - 100.0).abs() < 1e-9, "{at}");
         assert_eq!(connections_at_budget(baseline, 1_000_000, &points[..1]), None);
+    }
+
+    #[test]
+    fn memory_is_still_when_its_last_seconds_stay_within_the_span() {
+        let step = Duration::from_millis(500);
+        let mib = 1u64 << 20;
+        // Seven readings span three seconds; fewer say nothing yet.
+        assert_eq!(stillness(&[1; 6], step, STILL_FOR), None);
+        let (still, drift) = stillness(&[100 * mib; 7], step, STILL_FOR).unwrap();
+        assert!(still && drift == 0.0);
+        // Coming back at 4 MiB/s: 12 MiB over three seconds is not still.
+        let rising: Vec<u64> = (0..9).map(|i| 100 * mib + i * 2 * mib).collect();
+        let (still, drift) = stillness(&rising, step, STILL_FOR).unwrap();
+        assert!(!still);
+        assert!((drift - 4.0 * mib as f64).abs() < 1.0, "{drift}");
+        // An early jump does not count once it is out of the window.
+        let mut settled = vec![0, 50 * mib];
+        settled.extend([60 * mib; 7]);
+        assert!(stillness(&settled, step, STILL_FOR).unwrap().0);
+    }
+
+    #[test]
+    fn a_drift_that_moves_the_budget_is_noted() {
+        let gib = 1u64 << 30;
+        let mut m = CapacityMeasurement {
+            baseline_mem_free: 10 * gib,
+            keep_free: 4 * gib,
+            measured_connections: 600_000,
+            connect_rate: 20_000.0,
+            ..Default::default()
+        };
+        // 30 s of connects at 1 MiB/s: 30 MiB of 6 GiB, under 2%.
+        m.baseline_drift_bytes_per_second = (1 << 20) as f64;
+        assert_eq!(drift_note(&m), None);
+        // At 8 MiB/s, 240 MiB: 4%.
+        m.baseline_drift_bytes_per_second = -((8 << 20) as f64);
+        let note = drift_note(&m).unwrap();
+        assert!(note.contains("4% of the budget"), "{note}");
     }
 
     #[test]
