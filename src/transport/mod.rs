@@ -126,6 +126,16 @@ pub enum Request {
     Wake(usize),
 }
 
+impl Request {
+    /// The connection a request is about, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        match *self {
+            Request::Send(c) | Request::Resume(c) | Request::Close(c, _) | Request::Connect { conn: c, .. } => Some(c),
+            Request::StopAccepting | Request::Wake(_) => None,
+        }
+    }
+}
+
 /// The owner's requests, collected during a call and carried out after it. Reused, so steady
 /// state allocates nothing.
 #[derive(Debug, Default)]
@@ -160,6 +170,13 @@ impl Requests {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Drops what was asked for `conn` so far: it was released, and its slot may be given to a
+    /// new connection before these requests are carried out (an old session's close would end
+    /// the new one). What is asked after this is for whoever holds the slot then.
+    pub fn forget(&mut self, conn: ConnId) {
+        self.list.retain(|r| r.conn() != Some(conn));
     }
 
     /// Takes the requests made so far, in order.
@@ -217,7 +234,9 @@ pub trait Handler {
 
     /// The connection broke; the transport is closing it.
     fn failed(&mut self, q: &mut Requests, conn: ConnId, why: Failure);
-    /// The transport has let go of the connection: nothing refers to its slot any more.
+    /// The transport has let go of the connection: nothing refers to its slot any more, and
+    /// what was asked for it and not yet carried out is dropped (the slot may be given to a new
+    /// connection before that). Never reuses the slot within this call.
     fn released(&mut self, q: &mut Requests, conn: ConnId);
 
     /// The tick asked for in the [`TickPlan`]; returns the next instant for `TickPlan::At`.
@@ -228,4 +247,25 @@ pub trait Handler {
     fn after_batch(&mut self, _q: &mut Requests) {}
     /// The worker stops once this says so.
     fn done(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_connection_s_requests_are_dropped_and_later_ones_kept() {
+        let mut q = Requests::default();
+        q.send(3);
+        q.close(7, Close::Now);
+        q.wake(1);
+        q.resume(7);
+        q.send(4);
+        // Connection 7 is released; then its slot is given to a new connection, which asks too.
+        q.forget(7);
+        q.send(7);
+        let mut out = Vec::new();
+        q.take(&mut out);
+        assert_eq!(out, [Request::Send(3), Request::Wake(1), Request::Send(4), Request::Send(7)]);
+    }
 }

@@ -359,6 +359,7 @@ impl<H: Handler, S: AsRef<TransportStats>> Service for KernelTransport<H, S> {
             self.closes += 1;
         }
         self.handler.released(&mut self.q, conn);
+        self.q.forget(conn);
         self.apply(io);
     }
 
