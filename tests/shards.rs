@@ -3,7 +3,10 @@
 //! only inside namespaces this test makes and removes, even when it fails). `c2m load --shard
 //! i/3` runs in each against one `c2m serve`; `c2m results merge` makes their reports into the
 //! run's, which must match one unsharded run of the same size: every connection, and a chat
-//! ledger with every delivery made once and receipted. Needs root (it skips, loudly, without).
+//! ledger with every delivery made once and receipted. The Ansible playbook of deploy/ runs the
+//! same way, the namespaces as its hosts, when `ansible-playbook` is installed; the deploy files
+//! are checked with `ansible-playbook --syntax-check` and a YAML parse. Needs root (the namespace
+//! tests skip, loudly, without).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,6 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_c2m");
 const SHARDS: u32 = 3;
 const CONNECTIONS: u64 = 3000;
 const SERVER_IP: &str = "198.18.0.1";
+
+/// The namespace tests run one after the other: the machine is small and shared.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -35,12 +41,13 @@ struct Hosts {
 }
 
 impl Hosts {
-    fn up() -> Hosts {
+    /// The hosts of one test (`tag` tells the tests of this process apart).
+    fn up(tag: &str) -> Hosts {
         remove_stale();
         let pid = std::process::id();
         let hosts = Hosts {
-            server: format!("c2mt-{pid}-sh-srv"),
-            loads: (0..SHARDS).map(|i| format!("c2mt-{pid}-sh-l{i}")).collect(),
+            server: format!("c2mt-{pid}-sh{tag}-srv"),
+            loads: (0..SHARDS).map(|i| format!("c2mt-{pid}-sh{tag}-l{i}")).collect(),
         };
         for ns in std::iter::once(&hosts.server).chain(&hosts.loads) {
             ip(&["netns", "add", ns]);
@@ -76,7 +83,7 @@ fn remove_stale() {
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix("c2mt-").and_then(|r| r.split('-').next()) else { continue };
-        if name.contains("-sh-") && !Path::new(&format!("/proc/{pid}")).exists() {
+        if name.contains("-sh") && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
@@ -190,8 +197,9 @@ fn shards_in_three_namespaces_merge_to_one_run() {
         );
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let hosts = Hosts::up();
+    let hosts = Hosts::up("c");
     let _server = start_server(&hosts.server);
 
     // The shards start together, as an orchestrator starts them: one --start-at for all.
@@ -249,4 +257,146 @@ fn shards_in_three_namespaces_merge_to_one_run() {
     assert_eq!(merged.params.connections, whole.params.connections);
     assert_eq!(merged.params.workload, whole.params.workload);
     drop(hosts);
+}
+
+/// `ansible-playbook` if it is installed (on PATH, or named by C2M_ANSIBLE_PLAYBOOK).
+fn ansible_playbook() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("C2M_ANSIBLE_PLAYBOOK") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("ansible-playbook")).find(|p| p.is_file())
+}
+
+const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ansible/load-shards.yml");
+
+/// The deploy files parse: the playbook passes `ansible-playbook --syntax-check` (when Ansible
+/// is installed), and every YAML file parses (with Python's yaml module, when it is there), the
+/// Indexed Job giving each pod its completion index as the shard.
+#[test]
+fn the_deploy_files_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    match ansible_playbook() {
+        Some(bin) => {
+            let out = Command::new(bin)
+                .args(["--syntax-check", "-i"])
+                .arg(root.join("ansible/inventory.example.ini"))
+                .arg(PLAYBOOK)
+                .output()
+                .expect("run ansible-playbook");
+            assert!(out.status.success(), "--syntax-check: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        None => eprintln!("\n*** ansible-playbook is not installed: the playbook gets a YAML parse only ***\n"),
+    }
+    let check = r#"
+import sys, yaml
+for path in sys.argv[1:]:
+    docs = [d for d in yaml.safe_load_all(open(path)) if d is not None]
+    assert docs, path
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "Job" and d["spec"].get("completionMode") == "Indexed":
+            spec = d["spec"]
+            assert spec["completions"] == spec["parallelism"], path
+            env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+            assert env["SHARDS"] == str(spec["completions"]), path
+            assert "--shard \"$JOB_COMPLETION_INDEX/$SHARDS\"" in spec["template"]["spec"]["containers"][0]["args"][0], path
+    if path.endswith(".yml"):
+        assert all("hosts" in play and "tasks" in play for play in docs[0]), path
+"#;
+    let files = ["ansible/load-shards.yml", "k8s/load-indexed-job.yaml", "k8s/merge-job.yaml"].map(|f| root.join(f));
+    match Command::new("python3").arg("-c").arg(check).args(&files).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named 'yaml'") => {
+            eprintln!("\n*** python3 has no yaml module: the deploy files were not parsed ***\n")
+        }
+        Ok(out) => panic!("deploy files: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => eprintln!("\n*** no python3 ({e}): the deploy files were not parsed ***\n"),
+    }
+}
+
+/// The playbook itself starts the shards and merges their reports: its hosts are the load
+/// namespaces (a local connection whose `c2m_bin` runs c2m inside the host's namespace).
+#[test]
+fn the_ansible_playbook_runs_the_shards_and_merges_them() {
+    if !is_root() {
+        eprintln!("\n*** SKIPPED the_ansible_playbook_runs_the_shards_and_merges_them: it needs root ***\n");
+        return;
+    }
+    let Some(playbook_bin) = ansible_playbook() else {
+        eprintln!(
+            "\n*** SKIPPED the_ansible_playbook_runs_the_shards_and_merges_them: ansible-playbook is not installed ***\n"
+        );
+        return;
+    };
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::up("a");
+    let _server = start_server(&hosts.server);
+    let mut inventory = String::from("[c2m_load]\n");
+    for (i, ns) in hosts.loads.iter().enumerate() {
+        let wrapper = dir.path().join(format!("c2m-{i}"));
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec ip netns exec {ns} {BIN} \"$@\"\n")).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&wrapper, mode).unwrap();
+        inventory += &format!("host{i} c2m_bin={}\n", wrapper.display());
+    }
+    // The Python that runs Ansible runs its modules too (discovery may pick a broken shim).
+    let python = [playbook_bin.with_file_name("python3"), PathBuf::from("/usr/bin/python3")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    inventory += &format!(
+        "[c2m_load:vars]\nansible_connection=local\nansible_python_interpreter={}\nc2m_remote_dir={}\n",
+        python.display(),
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("inventory.ini"), inventory).unwrap();
+    let results = dir.path().join("results");
+    let child = Command::new(&playbook_bin)
+        .arg("-i")
+        .arg(dir.path().join("inventory.ini"))
+        .arg(PLAYBOOK)
+        .args(["-e", &format!("c2m_server={SERVER_IP}:7700"), "-e", "c2m_connections=1500", "-e", "c2m_start_delay=2"])
+        .args(["-e", &format!("c2m_local_bin={BIN}"), "-e", &format!("c2m_results_dir={}", results.display())])
+        .args([
+            "-e",
+            r#"{"c2m_load_args": ["--workload", "ping", "-d", "2s", "--workers", "1", "--connect-timeout", "5s"]}"#,
+        ])
+        .env("ANSIBLE_NOCOLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ansible-playbook");
+    let status = finish_output(child, Duration::from_secs(180));
+    assert!(status.0.success(), "ansible-playbook failed:\n{}", status.1);
+    let run = std::fs::read_dir(&results).unwrap().next().expect("a run directory").unwrap().path();
+    for i in 0..SHARDS {
+        assert!(run.join(format!("shard-{i}.json")).is_file(), "shard {i}'s report was not fetched");
+    }
+    let merged = read(&run.join("merged.json"));
+    assert_eq!(merged.status, RunStatus::Complete, "{:?}", merged.abort_reason);
+    assert_eq!((merged.connections.requested, merged.connections.established), (1500, 1500));
+    assert_eq!(merged.merged.as_ref().map(|m| m.shards), Some(SHARDS));
+    assert_eq!(merged.messages.unanswered, 0);
+    drop(hosts);
+}
+
+/// Like `finish`, keeping the child's output for the failure message.
+fn finish_output(child: Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            let out = out.expect("wait for ansible-playbook");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status, text)
+        }
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            panic!("ansible-playbook still runs after {limit:?}");
+        }
+    }
 }
