@@ -128,8 +128,8 @@ pub struct LoadArgs {
     /// What each connection does once logged in.
     #[arg(long, value_enum, default_value_t = Workload::Ping)]
     pub workload: Workload,
-    /// Per connection, between two messages (each connection starts at a random point of its
-    /// first interval, so they do not send in step).
+    /// Per connection, between two messages (each connection starts at its own point of its
+    /// first interval, fixed by its number in the run, so they do not send in step).
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub ping_interval: Duration,
     /// Messages per second over all connections (open loop); overrides --ping-interval.
