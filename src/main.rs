@@ -29,6 +29,9 @@ enum Command {
     Load(c2m::load::cli::LoadArgs),
     /// Run a scenario end to end on this box (c2m serve + c2m load) and write results/.
     Bench(c2m::bench::BenchArgs),
+    /// Work with result files: merge the reports of a run's shards into the run's.
+    #[command(subcommand)]
+    Results(ResultsCommand),
     /// Reference client on plain sockets: open N connections, log in, ping once, hold.
     /// One process stays under RLIMIT_NOFILE; tests and benches run several.
     #[command(hide = true)]
@@ -43,6 +46,21 @@ enum Command {
     },
     /// Print the man page (roff): `c2m man > c2m.1 && man ./c2m.1`.
     Man,
+}
+
+#[derive(Subcommand)]
+enum ResultsCommand {
+    /// Merge the --json reports of every shard of one run (`c2m load --shard I/N`) into the
+    /// run's report: counts added, latencies from the shards' HdrHistograms added exactly. Exit 3
+    /// when the merged run fell short (connections failed or lost, chat messages lost).
+    Merge {
+        /// One report per shard, each shard once, in any order.
+        #[arg(required = true)]
+        reports: Vec<std::path::PathBuf>,
+        /// Write the merged report here [default: stdout].
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 /// Shortest heartbeat and HELLO timeout, and longest of any serve timeout (WELCOME carries the
@@ -305,6 +323,26 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn merge(reports: &[std::path::PathBuf], output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let merged = c2m::results::merge::merge_files(reports).map_err(|e| match e {
+        c2m::results::merge::MergeError::Read { .. } => anyhow::Error::new(e),
+        _ => anyhow::Error::new(c2m::exit::Usage(e.to_string())),
+    })?;
+    let text = serde_json::to_string_pretty(&merged).context("serializing the merged report")? + "\n";
+    match output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).context("writing stdout")?,
+    }
+    eprint!("{}", c2m::load::progress::summary(&merged));
+    if merged.status == c2m::schema::load::RunStatus::Aborted {
+        return Err(c2m::exit::FellShort("a shard of the run was aborted (the report says why)".into()).into());
+    }
+    if let Some(short) = merged.shortfall() {
+        return Err(c2m::exit::FellShort(format!("c2m results merge: the run fell short: {short}")).into());
+    }
+    Ok(())
+}
+
 /// Exit status: 0 done, 1 error, 2 usage, 3 fell short (see `c2m::exit`); clap itself ends a
 /// wrong command line with 2 before any of this runs.
 fn main() {
@@ -312,6 +350,9 @@ fn main() {
         Command::Serve(args) => serve(args).map(|()| c2m::exit::DONE),
         Command::Bench(args) => c2m::bench::run(args).map(|()| c2m::exit::DONE),
         Command::Load(args) => load(args).map(|()| c2m::exit::DONE),
+        Command::Results(ResultsCommand::Merge { reports, output }) => {
+            merge(&reports, output.as_deref()).map(|()| c2m::exit::DONE)
+        }
         Command::Tune(args) => c2m::tune::run(args),
         Command::Hold(a) => hold(a).map(|()| c2m::exit::DONE),
         Command::Completions { shell } => {

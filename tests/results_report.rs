@@ -165,6 +165,8 @@ fn result(s: &Shape<'_>) -> BenchResult {
         timeline: timeline(established, 20, 60, messages),
         chat: None,
         histograms: Default::default(),
+        shard: None,
+        merged: None,
     };
     BenchResult {
         schema: SCHEMA_NAME.into(),

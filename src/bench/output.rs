@@ -90,6 +90,8 @@ pub fn stand_in_report(
         timeline: followed.samples.clone(),
         chat: None,
         histograms: Default::default(),
+        shard: None,
+        merged: None,
     }
 }
 

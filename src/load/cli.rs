@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::config::{LoadConfig, MAX_CONNECTIONS, MAX_RUN_DURATION, RecvMode, Workload};
+use super::shard::{Shard, ShardPorts, default_run_id};
 use super::sources::{PortPlan, Sources, parse_port_range};
 use crate::units::{duration_in, human_duration, parse_bytes, parse_count, thousands};
 
@@ -37,6 +38,21 @@ fn rate(s: &str) -> Result<f64, String> {
         .map_or_else(|| parse_count(s.trim_end_matches("/s")).map(|n| n as f64), Ok)
 }
 
+/// `--start-at`: Unix time in seconds (fractions allowed), as `date +%s` prints it.
+fn unix_time(s: &str) -> Result<std::time::SystemTime, String> {
+    let secs: f64 =
+        s.trim().parse().map_err(|_| format!("{s:?}: expected Unix seconds, e.g. $(( $(date +%s) + 10 ))"))?;
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("{s:?}: expected Unix seconds, 0 or above"));
+    }
+    let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs);
+    let latest = std::time::SystemTime::now() + Duration::from_secs(24 * 3600);
+    if at > latest {
+        return Err(format!("{s:?} is more than a day ahead"));
+    }
+    Ok(at)
+}
+
 /// Addresses of 127.0.1.1-127.255.255.255, where the default sources are taken from.
 const LOOPBACK_ADDRESSES: u64 = (127 << 24 | 0xff_ffff) - (127 << 24 | 1 << 8 | 1) + 1;
 
@@ -62,9 +78,26 @@ pub struct LoadArgs {
     /// Server to load: host:port, an address, or a host name (port 7700 when none is given).
     #[arg(long, default_value = crate::server::defaults::LISTEN)]
     pub server: String,
-    /// Connections to open (10k, 2m, 2000000).
+    /// Connections to open (10k, 2m, 2000000): the whole run's, with --shard too.
     #[arg(short = 'c', long, value_parser = count, default_value = "1000")]
     pub connections: u64,
+    /// Run shard I of N (0 <= I < N) of this run: connections I, I+N, I+2N, ... with their user
+    /// ids, connect times and schedules, so N processes on N hosts are one run (merge their
+    /// --json reports with `c2m results merge`).
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    pub shard: Shard,
+    /// With --shard: split --source-ports into N disjoint parts (shards may share addresses), or
+    /// give each shard all of them (every shard on addresses of its own).
+    #[arg(long, value_enum, default_value_t = ShardPorts::Split)]
+    pub shard_ports: ShardPorts,
+    /// Names the run in the report; every shard of a run must get the same one [default: derived
+    /// from the command line, the same on every shard].
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Start the connect phase at this Unix time (seconds), so shards on several hosts start
+    /// together [default: at once].
+    #[arg(long, value_parser = unix_time, value_name = "UNIX_SECONDS")]
+    pub start_at: Option<std::time::SystemTime>,
     /// Connects per second over all workers; 0: as fast as --connect-concurrency allows.
     #[arg(long, value_parser = rate, default_value = "0")]
     pub connect_rate: f64,
@@ -99,8 +132,8 @@ pub struct LoadArgs {
     /// What each connection does once logged in.
     #[arg(long, value_enum, default_value_t = Workload::Ping)]
     pub workload: Workload,
-    /// Per connection, between two messages (each connection starts at a random point of its
-    /// first interval, so they do not send in step).
+    /// Per connection, between two messages (each connection starts at its own point of its
+    /// first interval, fixed by its number in the run, so they do not send in step).
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub ping_interval: Duration,
     /// Messages per second over all connections (open loop); overrides --ping-interval.
@@ -183,11 +216,25 @@ impl LoadArgs {
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return Err(format!("-c/--connections must be in 1..={MAX_CONNECTIONS}"));
         }
+        let (shard, run_connections) = (self.shard, self.connections);
+        let connections = shard.connections_of(run_connections);
+        if connections == 0 {
+            return Err(format!(
+                "--shard {shard}: a run of {run_connections} connections has none for shard {} (use at most \
+                 {run_connections} shards)",
+                shard.index
+            ));
+        }
         let target = super::target::resolve(&self.server)?;
         let dataplane = self.dataplane.dataplane()?;
         // c2m's own TCP (xdp) or another namespace: the addresses are not this namespace's.
         let kernel_here = matches!(dataplane, crate::transport::DataPlane::Kernel) && self.dataplane.netns.is_none();
-        let (first_port, last_port) = parse_port_range(&self.source_ports)?;
+        let (mut first_port, mut last_port) = parse_port_range(&self.source_ports)?;
+        if self.shard_ports == ShardPorts::Split {
+            (first_port, last_port) = shard.ports_of(first_port, last_port).ok_or_else(|| {
+                format!("--source-ports {}: fewer ports than the {} shards of --shard", self.source_ports, shard.count)
+            })?;
+        }
         let mut plan =
             PortPlan { sources: Sources::loopback_for(1, 1), first_port, last_port, skip_port: Some(target.port()) };
         let (sources, specs) = match &self.sources {
@@ -201,38 +248,63 @@ impl LoadArgs {
             }
             None if target.is_ipv6() => (Sources::parse("::1").map_err(|e| e.to_string())?, vec!["::1".into()]),
             None => {
-                let needed = self.connections.div_ceil(plan.ports_per_address().max(1));
+                let needed = connections.div_ceil(plan.ports_per_address().max(1));
                 if needed > LOOPBACK_ADDRESSES {
                     return Err(format!(
                         "-c/--connections {} needs {} source addresses at {} ports each, more than the {} of \
                          127.0.1.1-127.255.255.255: widen --source-ports or pass --sources",
-                        self.connections,
+                        connections,
                         thousands(needed),
                         plan.ports_per_address(),
                         thousands(LOOPBACK_ADDRESSES)
                     ));
                 }
-                let s = Sources::loopback_for(self.connections, plan.ports_per_address());
+                let s = Sources::loopback_for(connections, plan.ports_per_address());
                 let last = s.nth(s.len() - 1).map(|a| a.to_string()).unwrap_or_default();
                 (s, vec![format!("127.0.1.1-{last}")])
             }
         };
         plan.sources = sources;
         if kernel_here {
-            super::target::check_local(&plan, self.connections)?;
+            super::target::check_local(&plan, connections)?;
         }
         let connect_rate = match self.ramp {
-            Some(ramp) if !ramp.is_zero() => self.connections as f64 / ramp.as_secs_f64(),
+            Some(ramp) if !ramp.is_zero() => run_connections as f64 / ramp.as_secs_f64(),
             _ => self.connect_rate,
         };
         let message_interval = match (self.msg_rate, self.rate) {
             (Some(r), _) => interval_of("--msg-rate", r, 1.0, "per connection")?,
-            (None, Some(r)) => interval_of("--rate", r, self.connections as f64, "over all connections")?,
+            (None, Some(r)) => interval_of("--rate", r, run_connections as f64, "over all connections")?,
             (None, None) => self.ping_interval,
         };
+        let chat = super::config::ChatParams {
+            // Saturating: a first user this far up is refused by `validate`.
+            users: self.users.unwrap_or(self.first_user.saturating_add(run_connections - 1)),
+            groups: self.groups,
+            group_size: self.group_size,
+            group_fraction: self.group_fraction,
+            body: self.body as usize,
+        };
+        // What every shard of one run is given alike (not the shard, its sources or workers).
+        let canonical = format!(
+            "{target} {run_connections} {} {} {} {:?} {:?} {:?} {:?} {connect_rate} {message_interval:?} {} {} {chat:?}",
+            shard.count,
+            self.workload.name(),
+            self.first_user,
+            self.duration,
+            self.hold,
+            self.ramp,
+            self.connect_timeout,
+            self.in_flight,
+            self.size
+        );
         Ok(LoadConfig {
             target,
-            connections: self.connections,
+            connections,
+            shard,
+            run_connections,
+            run_id: self.run_id.clone().unwrap_or_else(|| default_run_id(&canonical)),
+            start_at: self.start_at,
             connect_rate,
             connect_concurrency: self.connect_concurrency,
             connect_timeout: self.connect_timeout,
@@ -254,14 +326,7 @@ impl LoadArgs {
             recv_buffer_size: self.recv_buffer_size,
             max_frame: self.max_frame,
             keep_free: self.keep_free,
-            chat: super::config::ChatParams {
-                // Saturating: a first user this far up is refused by `validate`.
-                users: self.users.unwrap_or(self.first_user.saturating_add(self.connections - 1)),
-                groups: self.groups,
-                group_size: self.group_size,
-                group_fraction: self.group_fraction,
-                body: self.body as usize,
-            },
+            chat,
             dataplane,
             netns: self.dataplane.netns.clone(),
         })
@@ -305,6 +370,33 @@ mod tests {
         assert_eq!(cfg.chat.users, 100);
         let cfg = config("-c 2m --ramp 60s --hold 60s --workload idle --workers 2").unwrap();
         assert!((cfg.connect_rate - 2e6 / 60.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_shard_is_its_part_of_one_run() {
+        let shards: Vec<LoadConfig> = (0..3)
+            .map(|i| config(&format!("-c 10 --shard {i}/3 --workers 2 --source-ports 10000-10299")).unwrap())
+            .collect();
+        assert_eq!(shards.iter().map(|c| c.connections).collect::<Vec<_>>(), [4, 3, 3]);
+        assert!(shards.iter().all(|c| c.run_connections == 10 && c.run_id == shards[0].run_id));
+        assert_eq!(
+            shards.iter().map(|c| (c.ports.first_port, c.ports.last_port)).collect::<Vec<_>>(),
+            [(10000, 10099), (10100, 10199), (10200, 10299)],
+            "disjoint source ports"
+        );
+        // Worker 1's second connection of shard 2 is the run's connection (1 * 2 + 1) * 3 + 2.
+        assert_eq!(shards[2].global(1, 1), 11);
+        let whole = config("-c 10 --workers 2").unwrap();
+        assert_ne!(whole.run_id, shards[0].run_id);
+        let all_ports = config("-c 10 --shard 1/3 --shard-ports whole --source-ports 10000-10299").unwrap();
+        assert_eq!((all_ports.ports.first_port, all_ports.ports.last_port), (10000, 10299));
+        let named = config("-c 10 --shard 1/3 --run-id nightly-7").unwrap();
+        assert_eq!(named.run_id, "nightly-7");
+        // Chat peers and the users default span the run, not the shard.
+        assert_eq!(config("-c 10 --shard 1/3 --workload chat").unwrap().chat.users, 10);
+        refused("-c 2 --shard 2/3", &["--shard 2/3", "has none"]);
+        refused("-c 10 --shard 3/3", &["--shard", "I must be below N"]);
+        refused("-c 10 --shard 0/3 --source-ports 10000-10001", &["fewer ports than the 3 shards"]);
     }
 
     /// A non-loopback IPv4 address of this host, if it has one.

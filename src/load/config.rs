@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::LoadError;
+use super::shard::Shard;
 use super::sources::PortPlan;
 use crate::proto;
 use crate::server::{MAX_FILES_PER_RING, RECV_BUFFER_SIZES};
@@ -63,7 +64,18 @@ pub enum RecvMode {
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
     pub target: SocketAddr,
+    /// Connections this process opens: the whole run's, or its shard's part of them.
     pub connections: u64,
+    /// Which part of the run this process is ([`Shard::WHOLE`] for a run in one process).
+    pub shard: Shard,
+    /// Connections of the whole run, every shard's together (user ids, chat peers, the connect
+    /// schedule and the ledger span the run, not the shard).
+    pub run_connections: u64,
+    /// Names the run in its report: the shards of one run share it (`c2m results merge`).
+    pub run_id: String,
+    /// Wall-clock instant to start the connect phase at, so the shards on several hosts start
+    /// together (their schedules are offsets from it); `None`: at once.
+    pub start_at: Option<std::time::SystemTime>,
     /// Connects per second over all workers; 0: as fast as `connect_concurrency` allows.
     pub connect_rate: f64,
     /// Connects in flight at once over all workers.
@@ -148,24 +160,33 @@ impl LoadConfig {
         if !(1..=MAX_WORKERS).contains(&self.workers) {
             return bad(format!("--workers must be in 1..={MAX_WORKERS}"));
         }
+        if self.shard.connections_of(self.run_connections) != self.connections {
+            return bad(format!(
+                "shard {} of a run of {} connections opens {}, not {}",
+                self.shard,
+                self.run_connections,
+                self.shard.connections_of(self.run_connections),
+                self.connections
+            ));
+        }
         // User ids from 2^63 on are group ids; and first + connections must not wrap.
-        if self.first_user.checked_add(self.connections).is_none_or(|end| end > proto::GROUP_BIT) {
+        if self.first_user.checked_add(self.run_connections).is_none_or(|end| end > proto::GROUP_BIT) {
             return bad(format!(
                 "--first-user {} + -c/--connections {} passes 2^63 (where group ids start): the last user id must be \
                  below 2^63",
-                self.first_user, self.connections
+                self.first_user, self.run_connections
             ));
         }
         if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
             return bad("--connect-rate must be 0 (as fast as --connect-concurrency allows) or above".into());
         }
-        if self.connect_rate > 0.0 && self.connections as f64 / self.connect_rate > MAX_RUN_DURATION.as_secs_f64() {
+        if self.connect_rate > 0.0 && self.run_connections as f64 / self.connect_rate > MAX_RUN_DURATION.as_secs_f64() {
             return bad(format!(
                 "--connect-rate {}/s spreads {} connects over more than {}: it must be at least {:.3e}/s",
                 self.connect_rate,
-                self.connections,
+                self.run_connections,
                 human_duration(MAX_RUN_DURATION),
-                self.connections as f64 / MAX_RUN_DURATION.as_secs_f64()
+                self.run_connections as f64 / MAX_RUN_DURATION.as_secs_f64()
             ));
         }
         for (flag, d) in [
@@ -211,7 +232,7 @@ impl LoadConfig {
             {
                 return bad("--group-fraction must be in 0..=1, and above 0 only with --groups".into());
             }
-            if self.connections < 2 && self.chat.group_fraction < 1.0 {
+            if self.run_connections < 2 && self.chat.group_fraction < 1.0 {
                 return bad("--workload chat needs at least 2 connections (peers)".into());
             }
             if (proto::HEADER_LEN + proto::MSG_FIXED_LEN).saturating_add(self.chat.body) > self.max_frame {
@@ -268,13 +289,31 @@ impl LoadConfig {
         if w >= self.connections { 0 } else { (self.connections - w).div_ceil(n) }
     }
 
-    /// When local connection `k` of worker `w` is due, from the start of the connect phase.
+    /// The run-wide number of local connection `k` of worker `w`: the worker's connections
+    /// interleave within this process's, and this process's within the run's (see `shard`).
+    pub fn global(&self, worker: usize, k: u64) -> u64 {
+        self.shard.global(k * self.workers as u64 + worker as u64)
+    }
+
+    /// When local connection `k` of worker `w` is due, from the start of the connect phase: the
+    /// run's connect rate paces the run's connections, so each shard connects its own at the
+    /// moments one process would.
     pub fn connect_due(&self, worker: usize, k: u64) -> Duration {
         if self.connect_rate <= 0.0 {
             return Duration::ZERO;
         }
-        let g = k * self.workers as u64 + worker as u64;
-        Duration::from_secs_f64(g as f64 / self.connect_rate)
+        Duration::from_secs_f64(self.global(worker, k) as f64 / self.connect_rate)
+    }
+
+    /// Where connection `g` of the run starts sending in its first message interval: a fixed
+    /// offset of its own (not a worker's random draw), so connections do not send in step and
+    /// a connection sends at the same moments whichever shard or worker runs it.
+    pub fn first_message_offset(&self, g: u64) -> Duration {
+        let interval = self.message_interval.as_nanos() as u64;
+        if interval == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(super::shard::mix64(g ^ 0x005E_ED0F_F5E7) % interval)
     }
 
     /// Whether connections arm a receive only while a reply is owed (see [`RecvMode`]).
@@ -320,7 +359,7 @@ impl LoadConfig {
     /// to finish or time out. Past it the run is stopped (never an endless ramp).
     pub fn connect_phase_limit(&self) -> Duration {
         let schedule = if self.connect_rate > 0.0 {
-            self.connections as f64 / self.connect_rate
+            self.run_connections as f64 / self.connect_rate
         } else {
             // Unpaced: at worst a slow box opening a few thousand a second.
             self.connections as f64 / 2000.0

@@ -13,6 +13,7 @@ pub mod conns;
 pub mod metrics;
 pub mod progress;
 pub mod run;
+pub mod shard;
 pub mod sources;
 pub mod stats;
 pub mod target;

@@ -96,6 +96,19 @@ pub fn summary(r: &LoadReport) -> String {
         None => "complete".into(),
     };
     out += &format!("c2m load: {status} after {:.1} s against {}\n", r.elapsed_seconds, r.params.target);
+    if let Some(s) = &r.shard {
+        out += &format!(
+            "  shard {}/{} of run {} ({} connections in all): its part; `c2m results merge` makes the run's report{}\n",
+            s.index,
+            s.count,
+            s.run_id,
+            thousands(s.run_connections),
+            if r.chat.is_some() { " and counts the chat messages lost" } else { "" }
+        );
+    }
+    if let Some(m) = &r.merged {
+        out += &format!("  merged from the {} shards of run {}\n", m.shards, m.run_id);
+    }
     out += &format!(
         "  connections: {} requested, {} connected, {} logged in (peak {}, {} at the end), {} failed, {} lost\n",
         thousands(c.requested),

@@ -264,12 +264,21 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
     }
     probe()?;
     let signals = block_stop_signals().map_err(|e| LoadError::io("blocking SIGINT/SIGTERM", e.into()))?;
+    if let Some(at) = cfg.start_at {
+        wait_for_start(at, &signals)?;
+    }
 
     let started_wall = SystemTime::now();
     let ledger = (cfg.workload == super::Workload::Chat).then(|| {
         let layout =
             crate::proto::GroupLayout { users: cfg.chat.users, groups: cfg.chat.groups, size: cfg.chat.group_size };
-        Arc::new(super::chat::Ledger::new(cfg.first_user, cfg.connections, layout))
+        Arc::new(super::chat::Ledger::new(
+            cfg.first_user,
+            cfg.run_connections,
+            cfg.shard,
+            layout,
+            cfg.chat.group_fraction,
+        ))
     });
     let control = Arc::new(Control::new(ledger.clone()));
     let cfg = Arc::new(cfg);
@@ -359,6 +368,24 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
     }
     progress.done(&report);
     Ok(report)
+}
+
+/// Sleeps until `at` (`--start-at`: the shards on several hosts start together); SIGINT or
+/// SIGTERM ends the wait and the run.
+fn wait_for_start(at: SystemTime, signals: &nix::sys::signal::SigSet) -> Result<(), LoadError> {
+    match at.duration_since(SystemTime::now()) {
+        Ok(wait) => {
+            eprintln!("c2m load: starting in {:.1} s (--start-at)", wait.as_secs_f64());
+            let until = Instant::now() + wait;
+            while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                if let Some(sig) = wait_signal(signals, left.min(Duration::from_millis(200))) {
+                    return Err(LoadError::Config(format!("interrupted by {sig:?} before --start-at")));
+                }
+            }
+        }
+        Err(late) => eprintln!("c2m load: --start-at passed {:.1} s ago: starting now", late.duration().as_secs_f64()),
+    }
+    Ok(())
 }
 
 /// Every worker's histograms and errors, merged; a worker that failed aborts the run.
@@ -487,10 +514,9 @@ impl Course {
     fn drained(&self, stats: &[Arc<LoadStats>], elapsed: Duration) -> bool {
         let chat = self.workload == super::Workload::Chat;
         let answered = sum(stats, |s| s.received.get()) >= sum(stats, |s| s.sent.get());
-        let settled = !chat || {
-            let delivered = sum(stats, |s| s.chat.delivered.get());
-            delivered >= sum(stats, |s| s.chat.expected.get()) && sum(stats, |s| s.chat.receipted.get()) >= delivered
-        };
+        // Every delivery the SENDs called for receipted (a RECEIPT follows its delivery, so this
+        // is also "all delivered"; a shard's receipts come back for other shards' deliveries).
+        let settled = !chat || sum(stats, |s| s.chat.receipted.get()) >= sum(stats, |s| s.chat.expected.get());
         let limit = if chat { CHAT_DRAIN_LIMIT } else { DRAIN_LIMIT };
         (answered && settled) || elapsed >= limit
     }
@@ -599,6 +625,13 @@ impl Course {
             timeline: std::mem::take(&mut self.timeline),
             chat,
             histograms: embedded(&histograms),
+            shard: (!cfg.shard.is_whole()).then(|| ShardInfo {
+                run_id: cfg.run_id.clone(),
+                index: cfg.shard.index,
+                count: cfg.shard.count,
+                run_connections: cfg.run_connections,
+            }),
+            merged: None,
         }
     }
 }
@@ -750,6 +783,10 @@ mod tests {
         LoadConfig {
             target,
             connections: 200,
+            shard: crate::load::shard::Shard::WHOLE,
+            run_connections: 200,
+            run_id: "test".into(),
+            start_at: None,
             connect_rate: 0.0,
             connect_concurrency: 16,
             connect_timeout: Duration::from_secs(5),

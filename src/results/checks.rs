@@ -270,6 +270,8 @@ mod tests {
             timeline: Vec::new(),
             chat: None,
             histograms: Default::default(),
+            shard: None,
+            merged: None,
         };
         r.connections = ConnectionCounts { requested, connected: established, established, ..Default::default() };
         r.messages = MessageCounts {

@@ -1,8 +1,10 @@
-//! The report built from every committed result: results/REPORT.md and its SVG charts. The
-//! result types themselves are in `crate::schema`.
+//! The report built from every committed result: results/REPORT.md and its SVG charts; and
+//! `c2m results merge`, the report of a run from its shards' reports. The result types
+//! themselves are in `crate::schema`.
 
 pub mod chart;
 pub mod checks;
 pub mod files;
+pub mod merge;
 pub mod peers_table;
 pub mod report;

@@ -154,6 +154,11 @@ impl LatencySummary {
 }
 
 impl LatencySummary {
+    /// No values (in microseconds, as every summary).
+    pub fn empty() -> LatencySummary {
+        LatencySummary { unit: "us".into(), ..Default::default() }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -204,6 +209,9 @@ pub struct ChatCounts {
     pub delivered: u64,
     pub receipted: u64,
     pub duplicates: u64,
+    /// Deliveries that never arrived. In one shard's report 0: its messages' recipients are
+    /// partly in other shards, so only the merged report counts these two (expected -
+    /// delivered, delivered - receipted).
     pub lost: u64,
     /// Deliveries whose RECEIPT notice never came back.
     pub unreceipted: u64,
@@ -267,6 +275,33 @@ pub struct LoadReport {
     /// adding these. Keys are the `latency` field names. Absent in older results.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub histograms: BTreeMap<String, String>,
+    /// Present when this process ran one shard of a run (`c2m load --shard I/N`): its counts
+    /// are its part; `c2m results merge` adds the shards up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+    /// Present in a report `c2m results merge` made from every shard of a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergedFrom>,
+}
+
+/// Which part of a run one `c2m load --shard I/N` process was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// The run's id, the same in every shard's report (`--run-id`, or derived from the command
+    /// line).
+    pub run_id: String,
+    /// I and N of `--shard I/N`.
+    pub index: u32,
+    pub count: u32,
+    /// Connections of the whole run (`-c`); `connections.requested` is this shard's part.
+    pub run_connections: u64,
+}
+
+/// The shards a merged report was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedFrom {
+    pub run_id: String,
+    pub shards: u32,
 }
 
 impl LoadReport {

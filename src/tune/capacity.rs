@@ -398,6 +398,8 @@ mod tests {
                 timeline: vec![],
                 chat: None,
                 histograms: Default::default(),
+                shard: None,
+                merged: None,
             },
             hlog: String::new(),
         }

@@ -74,10 +74,11 @@ impl Conns {
         self.stats.established.add(1);
         self.wheel.cancel(slot);
         if self.cfg.workload != Workload::Idle && self.cfg.in_flight == 0 && self.control.phase() < Phase::Hold {
-            // A random phase within one interval, so connections do not send in step; on the
-            // tick grid, so a message is not counted late for waiting for the next tick.
-            let jitter = self.rand_below(self.interval_ns);
-            let first = self.on_grid(now + jitter);
+            // The connection's own phase within one interval, so connections do not send in
+            // step; on the tick grid, so a message is not counted late for waiting for the next
+            // tick.
+            let offset = self.cfg.first_message_offset(self.global(slot)).as_nanos() as u64;
+            let first = self.on_grid(now + offset);
             self.slab.header_mut(slot).s.due_ns = first;
             self.wheel.schedule(slot, self.tick_of(first));
         }

@@ -52,7 +52,6 @@ pub struct Conns {
     interval_tx: Sender<Interval>,
     last_second: u64,
     errors: BTreeMap<String, u64>,
-    rng: u64,
     interval_ns: u64,
     frame_len: usize,
     closing_since: Option<Instant>,
@@ -92,7 +91,6 @@ impl Conns {
             interval_tx,
             last_second: 0,
             errors: BTreeMap::new(),
-            rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
             interval_ns: ns(cfg.message_interval),
             frame_len: cfg.frame_len(),
             total,
@@ -144,9 +142,9 @@ impl Conns {
         Duration::from_nanos(self.mono_base + self.tick_at)
     }
 
-    /// This worker's k-th connection is connection `k * workers + id` of the run.
+    /// This worker's k-th connection's number in the run (see `LoadConfig::global`).
     fn global(&self, slot: u32) -> u64 {
-        slot as u64 * self.cfg.workers as u64 + self.id as u64
+        self.cfg.global(self.id, slot as u64)
     }
 
     /// The user id a connection logs in as.
@@ -157,15 +155,6 @@ impl Conns {
     fn error(&mut self, kind: String) {
         self.stats.errors.inc();
         *self.errors.entry(kind).or_insert(0) += 1;
-    }
-
-    fn rand_below(&mut self, n: u64) -> u64 {
-        // xorshift64*: jitter only, not security.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        if n == 0 { 0 } else { r % n }
     }
 
     // ---- closing ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ use crate::load::chat::{Delivery, Ledger};
 use crate::load::config::Workload;
 use crate::load::conn::{self, Conn, ConnState, flag, state};
 use crate::load::stats::{Interval, LoadStats, Phase, RunHistograms, record};
-use crate::proto::{self, ErrorCode, Frame, GROUP_BIT, Step};
+use crate::proto::{self, ErrorCode, Frame, Step};
 use crate::transport::Requests;
 
 /// What handling a reply needs, borrowed apart from the connection's slot (where a reply split
@@ -235,18 +235,6 @@ impl Conns {
         }
     }
 
-    /// Chat: the recipient of the next SEND: a random peer of this load or (a share
-    /// `--group-fraction`) a random group.
-    fn pick_recipient(&mut self, me: u64) -> u64 {
-        let chat = self.cfg.chat;
-        let group = chat.groups > 0 && (self.rand_below(1 << 20) as f64) < chat.group_fraction * (1 << 20) as f64;
-        if group {
-            return GROUP_BIT | self.rand_below(chat.groups);
-        }
-        let peer = self.cfg.first_user + self.rand_below(self.cfg.connections - 1);
-        if peer >= me { peer + 1 } else { peer }
-    }
-
     /// Chat: stages every SEND that is due, after opening its entry in the ledger.
     fn send_due_chat(&mut self, q: &mut Requests, slot: u32, now: u64) {
         let Some(ledger) = self.control.ledger.clone() else { return };
@@ -259,10 +247,11 @@ impl Conns {
             if c.due_ns > now || c.out_len as usize + len > self.cfg.out_capacity() {
                 break;
             }
-            let to = self.pick_recipient(me);
+            let msg_id = self.slab.header(slot).s.msg_seq + 1;
+            let to = ledger.recipient_of(me, msg_id);
             let expected = ledger.recipients(me, to);
             let (c, out) = self.out_area(slot);
-            let (due, msg_id) = (c.due_ns, c.msg_seq + 1);
+            let due = c.due_ns;
             c.due_ns += interval;
             c.msg_seq = msg_id;
             if !ledger.begin(me, msg_id, expected, due) {
