@@ -122,8 +122,8 @@ pub struct AbRound {
     /// 1-based.
     pub round: u32,
     pub arm: ArmName,
-    /// The round's `c2m bench` result, relative to the results directory (empty when the run
-    /// wrote none).
+    /// The round's `c2m bench` result, relative to the results directory. (A round whose run
+    /// wrote none stops the A/B run and is not listed; `abort_reason` says why.)
     pub result: String,
     pub status: RunStatus,
     pub started_utc: String,

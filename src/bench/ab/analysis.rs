@@ -116,11 +116,13 @@ fn method(family_size: u32, exact: bool) -> StatisticsMethod {
         interval_level: stats::INTERVAL_LEVEL,
         bootstrap_resamples: stats::BOOTSTRAP_RESAMPLES as u32,
         bootstrap_seed: stats::BOOTSTRAP_SEED,
-        rounds_needed: "rounds (both arms, a multiple of 4) to find a difference the size observed or min_effect \
-                        x A's median, whichever is larger, with the stated power at alpha / family_size: \
-                        2 (z + z_power)^2 (sd / effect)^2 x pi/3 per arm, sd the larger of 1.4826 mad and iqr / 1.349 pooled over the arms, at least the fewest at which \
-                        the exact test can reach that level"
-            .into(),
+        rounds_needed: format!(
+            "rounds (both arms, a multiple of 4) at which a difference the size observed, or min_effect x A's \
+             median if larger, is found with the stated power at alpha / family_size, by simulation: {} runs per \
+             size, both arms drawn from the rounds' pooled deviations from their arm's median, B shifted, the same \
+             test",
+            stats::POWER_TRIALS
+        ),
         min_effect: stats::MIN_EFFECT,
         power: stats::POWER,
     }

@@ -17,12 +17,14 @@
 //!   difference; it is per metric and not corrected, and with few rounds a percentile interval
 //!   of a median is too narrow, which is why the verdict comes from the corrected test.
 //! - **Rounds needed**: for a metric with no difference found, the rounds (both arms, a
-//!   multiple of 4 for ABBA) to detect a difference the size of the one observed, or of
-//!   [`MIN_EFFECT`] of A's median if that is larger, with [`POWER`] at the Bonferroni level
-//!   ALPHA / metrics: the normal-theory size from the pooled robust spread (1.4826 x MAD or
-//!   IQR / 1.349, whichever is larger),
-//!   times pi/3 for Mann-Whitney's efficiency against the t-test, and never below the fewest
-//!   rounds at which the exact test can reach that level at all.
+//!   multiple of 4 for ABBA) at which a difference the size of the one observed, or of
+//!   [`MIN_EFFECT`] of A's median if that is larger, is found with [`POWER`] at the Bonferroni
+//!   level ALPHA / metrics. By simulation, not a formula: both arms are drawn from the rounds'
+//!   own deviations from their arm's median (pooled), B shifted by that difference, and the same
+//!   Mann-Whitney test run [`POWER_TRIALS`] times per size. A normal-theory size assumes a spread
+//!   that a few rounds do not show: one outlying round (a connect burst that happened not to
+//!   overflow) is what keeps 12 rounds from a verdict, and the simulation draws it as often as it
+//!   came.
 
 use crate::schema::ab::{Better, Verdict};
 
@@ -304,10 +306,18 @@ fn binomial(n: usize, k: usize) -> f64 {
     (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
 }
 
-/// Rounds in all (both arms, a multiple of 4 for ABBA) to detect a difference the size of the
-/// one observed, or of `min_effect` x A's median if larger, with `power` at the per-metric level
-/// `level` (see the module's notes). `None` when there is nothing to size from (A's median and
-/// the observed difference are both 0).
+/// Simulated runs per candidate size in [`rounds_needed`].
+pub const POWER_TRIALS: usize = 200;
+/// Rounds an arm beyond which [`rounds_needed`] stops looking (and says nothing).
+const MAX_PER_ARM: usize = 1000;
+/// Up to this many rounds in all the simulation uses the exact test, as the run itself would;
+/// beyond, the normal approximation (the exact one costs n^3 per test, times the trials).
+const SIMULATION_EXACT_MAX_N: usize = 16;
+
+/// Rounds in all (both arms, a multiple of 4 for ABBA) at which a difference the size of the one
+/// observed, or of `min_effect` x A's median if larger, is found with `power` at the per-metric
+/// level `level` (see the module's notes). `None` when there is nothing to size from (A's median
+/// and the observed difference are both 0) or more than 2 x 1000 rounds would be needed.
 pub fn rounds_needed(a: &[f64], b: &[f64], min_effect: f64, level: f64, power: f64) -> Option<u32> {
     if a.is_empty() || b.is_empty() {
         return None;
@@ -317,15 +327,43 @@ pub fn rounds_needed(a: &[f64], b: &[f64], min_effect: f64, level: f64, power: f
     if effect <= 0.0 {
         return None;
     }
-    // Two robust estimates of a normal sd, the larger: with a handful of rounds the MAD alone
-    // can be near 0 when two of three values happen to agree.
-    let robust_sd = |xs: &[f64]| (1.4826 * mad(xs)).max(iqr(xs) / 1.349);
-    let sd = ((robust_sd(a).powi(2) + robust_sd(b).powi(2)) / 2.0).sqrt();
-    let z = normal_quantile(1.0 - level / 2.0) + normal_quantile(power);
-    let per_arm_t = 2.0 * (z * sd / effect).powi(2);
-    let per_arm = (per_arm_t * std::f64::consts::PI / 3.0).ceil() as usize;
-    let per_arm = per_arm.max(fewest_per_arm(level)).min(100_000);
-    Some((per_arm * 2).div_ceil(4) as u32 * 4)
+    let deviations: Vec<f64> = a.iter().map(|x| x - ma).chain(b.iter().map(|x| x - mb)).collect();
+    let mut rng = SplitMix64(BOOTSTRAP_SEED);
+    let mut n = fewest_per_arm(level);
+    while n <= MAX_PER_ARM {
+        if simulated_power(&deviations, effect, n, level, &mut rng) >= power {
+            return Some((n * 2).div_ceil(4) as u32 * 4);
+        }
+        n = if n < 30 { n + 1 } else { n + n / 10 };
+    }
+    None
+}
+
+/// The share of [`POWER_TRIALS`] simulated runs of `n` rounds an arm in which the test finds B
+/// (shifted by `effect`) different at `level`.
+fn simulated_power(deviations: &[f64], effect: f64, n: usize, level: f64, rng: &mut SplitMix64) -> f64 {
+    let mut draw =
+        |shift: f64| -> Vec<f64> { (0..n).map(|_| shift + deviations[rng.below(deviations.len())]).collect() };
+    let found = (0..POWER_TRIALS)
+        .filter(|_| {
+            let (a, b) = (draw(0.0), draw(effect));
+            let p = if 2 * n <= SIMULATION_EXACT_MAX_N {
+                mann_whitney(&a, &b).p_value
+            } else {
+                let all: Vec<f64> = a.iter().chain(&b).copied().collect();
+                normal_p(&all, n, n, mann_whitney_u(&a, &b))
+            };
+            p < level
+        })
+        .count();
+    found as f64 / POWER_TRIALS as f64
+}
+
+/// U of B alone, without a p-value.
+fn mann_whitney_u(a: &[f64], b: &[f64]) -> f64 {
+    let all: Vec<f64> = a.iter().chain(b).copied().collect();
+    let ranks = doubled_midranks(&all);
+    ranks[a.len()..].iter().sum::<u64>() as f64 / 2.0 - (b.len() * (b.len() + 1)) as f64 / 2.0
 }
 
 #[cfg(test)]
@@ -489,13 +527,21 @@ mod tests {
     }
 
     #[test]
-    fn rounds_needed_grows_with_noise_and_respects_the_exact_floor() {
-        let a = [100.0, 101.0, 99.0, 100.0];
+    fn rounds_needed_grows_with_noise_and_with_an_outlying_round() {
+        let level = ALPHA / 13.0;
         // No spread at all: the exact test's floor (6 per arm at 0.05/13) -> 12 rounds.
-        assert_eq!(rounds_needed(&[100.0; 4], &[100.0; 4], MIN_EFFECT, ALPHA / 13.0, POWER), Some(12));
-        let quiet = rounds_needed(&a, &a, MIN_EFFECT, ALPHA / 13.0, POWER).unwrap();
-        let noisy = rounds_needed(&[80.0, 120.0, 90.0, 110.0], &a, MIN_EFFECT, ALPHA / 13.0, POWER).unwrap();
+        assert_eq!(rounds_needed(&[100.0; 4], &[100.0; 4], MIN_EFFECT, level, POWER), Some(12));
+        let a = [100.0, 101.0, 99.0, 100.0, 100.5, 99.5];
+        let quiet = rounds_needed(&a, &a, MIN_EFFECT, level, POWER).unwrap();
+        let noisy = rounds_needed(&[80.0, 120.0, 90.0, 110.0, 95.0, 105.0], &a, MIN_EFFECT, level, POWER).unwrap();
         assert!(quiet >= 12 && noisy > quiet && noisy.is_multiple_of(4), "{quiet} {noisy}");
+        // A 3x difference with one B round up among A's: 12 rounds are not enough.
+        let rate_a = [25_000.0, 23_500.0, 31_000.0, 27_000.0, 23_000.0, 23_500.0];
+        let rate_b = [8_000.0, 7_500.0, 7_600.0, 8_200.0, 7_500.0, 31_600.0];
+        let t = mann_whitney(&rate_a, &rate_b);
+        assert!(t.p_value * 13.0 > ALPHA, "{}", t.p_value);
+        let needed = rounds_needed(&rate_a, &rate_b, MIN_EFFECT, level, POWER).unwrap();
+        assert!(needed > 12, "{needed}");
         assert_eq!(rounds_needed(&[0.0; 3], &[0.0; 3], MIN_EFFECT, 0.05, POWER), None);
     }
 
