@@ -35,7 +35,7 @@ fn cpu_per_message(r: &BenchResult, user: f64, system: f64) -> Option<f64> {
 }
 
 /// Every metric, headline ones first.
-pub const METRICS: [Metric; 14] = [
+pub const METRICS: [Metric; 15] = [
     Metric {
         key: "connect_rate",
         title: "connect rate",
@@ -139,6 +139,16 @@ pub const METRICS: [Metric; 14] = [
         better: Better::Lower,
         headline: false,
         read: |r| per_connection(r, |p| p.load_user),
+    },
+    Metric {
+        // What tcp_rmem/tcp_wmem move: socket buffers holding data (sockstat's TCP mem), as
+        // against the kernel total, where slab noise hides it.
+        key: "memory_tcp_buffers",
+        title: "memory per connection: socket buffers",
+        unit: "bytes",
+        better: Better::Lower,
+        headline: false,
+        read: |r| per_connection(r, |p| p.tcp_buffers),
     },
     Metric {
         key: "load_cpu_per_message_us",

@@ -33,7 +33,7 @@ use crate::tune::profile::{self, Profile};
 use crate::tune::sysctl::ProcSys;
 
 /// Rounds unless `--rounds` says otherwise: 6 per arm is the fewest at which the exact test can
-/// reach 0.05 / 14 (Holm's first step over every metric) at all.
+/// reach 0.05 / 15 (Holm's first step over every metric) at all.
 pub const DEFAULT_ROUNDS: u32 = 12;
 
 /// The arm that applies nothing: the box as it is.
@@ -240,5 +240,11 @@ mod tests {
         assert!(resolve_arm(CURRENT).unwrap().settings.is_empty());
         assert!(resolve_arm("c2m-2m").unwrap().settings.len() >= 10);
         assert!(resolve_arm("c2m-nope").is_err());
+    }
+
+    #[test]
+    fn the_default_rounds_are_the_fewest_that_can_reach_a_verdict() {
+        let per_arm = stats::fewest_per_arm(stats::ALPHA / metrics::METRICS.len() as f64);
+        assert_eq!(DEFAULT_ROUNDS as usize, 2 * per_arm);
     }
 }
