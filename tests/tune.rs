@@ -72,6 +72,29 @@ fn shipped_profiles_parse_and_dry_run_changes_nothing() {
 }
 
 #[test]
+fn verify_says_what_is_in_force_and_exits_3_when_a_value_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    std::fs::create_dir_all(root.join("net/core")).unwrap();
+    std::fs::write(root.join("net/core/somaxconn"), "4096\n").unwrap();
+    let conf = dir.path().join("p.conf");
+    let verify = || c2m(&["tune", "verify", conf.to_str().unwrap(), "--proc-sys", root.to_str().unwrap()]);
+    std::fs::write(&conf, "net.core.somaxconn = 8192\nvm.absent = 1\n").unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("differs   net.core.somaxconn: 4096 now, the profile says 8192"), "{}", text(&out));
+    // After an apply every key the kernel has is in force; a missing one does not fail it.
+    let state = dir.path().join("s.json");
+    let (c, r, st) = (conf.to_str().unwrap(), root.to_str().unwrap(), state.to_str().unwrap());
+    assert!(c2m(&["tune", "apply", c, "--proc-sys", r, "--state", st]).status.success());
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 of 2 key(s) in force, 0 differ, 1 not on this kernel"), "{}", text(&out));
+    assert!(c2m(&["tune", "restore", "--proc-sys", r, "--state", st]).status.success());
+    assert_eq!(verify().status.code(), Some(3));
+}
+
+#[test]
 fn apply_and_restore_through_the_binary_on_a_temporary_tree() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("sys");

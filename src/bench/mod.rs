@@ -2,8 +2,10 @@
 //! starts `c2m serve` and `c2m load` as children, follows the load's `--events`, measures memory
 //! while the connections are held, stops everything within bounded waits, and writes
 //! `results/<scenario>/<stamp>-<host>.json` (a [`crate::schema::bench::BenchResult`]) with the load's
-//! `.hlog` beside it.
+//! `.hlog` beside it. With `--ab A,B` it runs the scenario in rounds under two tuning profiles
+//! and compares them ([`ab`]).
 
+pub mod ab;
 pub mod child;
 mod follow;
 pub mod load;
@@ -58,6 +60,23 @@ pub struct BenchArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
+    /// Compare two tuning profiles: A,B, each `current` (the box as it is), a built-in profile
+    /// (c2m-2m) or a sysctl.d file (./mine.conf). Rounds alternate A B B A, each applying its
+    /// profile, running the scenario and restoring what it changed; writes results/ab/.
+    #[arg(long, value_name = "A,B", value_parser = ab::parse_pair)]
+    pub ab: Option<ab::ProfilePair>,
+    /// Rounds: of --peers, every server once a round [default: 3]; of --ab, both arms together,
+    /// even, in ABBA order [default: 12, the fewest at which a verdict at 5% over every metric
+    /// is possible; see the guide].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=400))]
+    pub rounds: Option<u32>,
+    /// Where --ab saves the values a round's profile replaces until it restores them (the same
+    /// state file as `c2m tune apply`; `c2m tune restore` reads it after a crash).
+    #[arg(long, default_value = crate::tune::state::DEFAULT_STATE)]
+    pub tune_state: PathBuf,
+    /// Root of the sysctl tree --ab applies profiles to (tests point it at a temporary tree).
+    #[arg(long, default_value = "/proc/sys", hide = true)]
+    pub proc_sys: PathBuf,
     #[command(flatten)]
     pub peers: peers::PeersArgs,
 }

@@ -46,9 +46,6 @@ pub struct PeersArgs {
     /// (c2m,tokio,erlang,epoll-c,monoio), or all of them when none is given.
     #[arg(long, num_args = 0..=1, default_missing_value = "all", value_name = "NAMES")]
     pub peers: Option<String>,
-    /// Rounds of the comparison (every server once a round).
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
     /// Connections of the echo and latency measurements.
     #[arg(long, default_value = "10k", value_parser = parse_count)]
     pub peer_connections: u64,
@@ -78,9 +75,13 @@ pub struct PeersArgs {
     pub peer_shard_connections: u64,
 }
 
+/// Rounds of a peers comparison unless `--rounds` says otherwise (every server once a round).
+pub const DEFAULT_ROUNDS: u32 = 3;
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let p = &args.peers;
-    if p.rounds == 0 {
+    let round_count = args.rounds.unwrap_or(DEFAULT_ROUNDS);
+    if round_count == 0 {
         bail!("--rounds must be at least 1");
     }
     let started = Instant::now();
@@ -120,7 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "c2m bench --peers: {} in {} rounds (order rotated each round): echo and latency with {} connections for {:.0} s, \
          capacity within {} of MemFree (never below {})",
         available.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
-        p.rounds,
+        round_count,
         thousands(p.peer_connections),
         p.peer_window.as_secs_f64(),
         human_bytes(p.peer_budget as f64),
@@ -129,7 +130,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let mut rounds = Vec::new();
     let mut abort_reason = None;
-    'rounds: for r in 0..p.rounds {
+    'rounds: for r in 0..round_count {
         let order = rotated(&available, r as usize);
         let mut round =
             Round { round: r + 1, order: order.iter().map(|s| s.name.clone()).collect(), turns: Vec::new() };
@@ -139,7 +140,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 rounds.push(round);
                 break 'rounds;
             }
-            println!("c2m bench --peers: round {}/{}, {}", r + 1, p.rounds, server.name);
+            println!("c2m bench --peers: round {}/{}, {}", r + 1, round_count, server.name);
             let turn = run_turn(&setup, server);
             println!("{}", turn_line(&turn));
             round.turns.push(turn);
@@ -157,7 +158,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         status: if abort_reason.is_some() { RunStatus::Aborted } else { RunStatus::Complete },
         abort_reason,
         settings: PeersSettings {
-            rounds: p.rounds,
+            rounds: round_count,
             order: "rotated".into(),
             connections: p.peer_connections,
             window_seconds: p.peer_window.as_secs_f64(),

@@ -1,7 +1,7 @@
 //! `c2m bench`, step by step: scenario and fit, server, baseline, load, follow, stop, result.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -37,6 +37,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.list {
         return list();
     }
+    if let Some(pair) = &args.ab {
+        return super::ab::run(&args, pair);
+    }
     if args.peers.peers.is_some() {
         return super::peers::run(&args);
     }
@@ -46,6 +49,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("c2m bench: wrote {}", report.display());
         return Ok(());
     }
+    let prepared = prepare(&args)?;
+    signals::install().context("installing the SIGINT/SIGTERM handler")?;
+    let dir = args.results_dir.join(&prepared.scenario.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let base = output::result_base(&dir, &clock::file_stamp(clock::unix_now()), &prepared.machine.host);
+    let out = run_once(&args, prepared, &base)?;
+    let report = if args.no_report { None } else { render_report(&args.results_dir) };
+    let summary = output::summary(&out.result, &out.json_path, out.hlog_path.as_deref(), report.as_deref());
+    let _ = writeln!(std::io::stdout(), "{summary}");
+    if out.result.status != RunStatus::Complete {
+        let how = if out.result.status == RunStatus::Aborted { "was aborted" } else { "fell short" };
+        return Err(crate::exit::FellShort(format!(
+            "the run {how}: {} (result written to {})",
+            out.result.shortfalls.join("; "),
+            out.json_path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A scenario found, overridden by the command line, checked, and sized for this box as it is
+/// now (its sysctls are read here: an A/B round prepares after its profile is applied).
+pub(super) struct Prepared {
+    pub scenario: Scenario,
+    pub file: String,
+    pub machine: crate::schema::bench::Machine,
+    model: CostModel,
+    connections: u64,
+    fit: capacity::Fit,
+}
+
+pub(super) fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let located = scenario::locate(&args.scenario)?;
     let mut sc = located.parse()?;
     if let Some(n) = args.connections {
@@ -62,7 +98,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let connections = size_connections(&sc.load, args.keep_free, &model)?;
     let fit = capacity::check(connections, true, args.keep_free, &model)?;
     sc.load.connections = AutoOr::Fixed(connections);
+    Ok(Prepared { scenario: sc, file: located.file, machine, model, connections, fit })
+}
 
+/// What one run wrote.
+pub(super) struct RunOutput {
+    pub result: BenchResult,
+    pub json_path: PathBuf,
+    /// The load's histogram log, when it wrote one.
+    pub hlog_path: Option<PathBuf>,
+}
+
+/// Runs a prepared scenario once and writes its result to `base`.json (the histograms to
+/// `base`.hlog). A run that fell short or was aborted is still an `Ok` with that status; an
+/// error means no result was written. The SIGINT/SIGTERM handler must be installed.
+pub(super) fn run_once(args: &BenchArgs, prepared: Prepared, base: &Path) -> anyhow::Result<RunOutput> {
+    let Prepared { scenario: sc, file, machine, model, connections, fit } = prepared;
     let progress = Progress::new(!args.no_progress);
     progress.println(&format!(
         "c2m bench {}: {}\n  {} connections need about {} ({}); MemFree {}, {} kept free",
@@ -74,12 +125,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         human_bytes(fit.mem_free as f64),
         human_bytes(args.keep_free as f64),
     ));
-    signals::install().context("installing the SIGINT/SIGTERM handler")?;
-    let bench =
-        Bench { args: &args, scenario: &sc, scenario_file: &located.file, machine, model, connections, progress };
-    let outcome = bench.execute();
+    let bench = Bench { args, scenario: &sc, scenario_file: &file, machine, model, connections, progress };
+    let outcome = bench.execute(base);
     bench.progress.finish();
     outcome
+}
+
+/// Rebuilds results/REPORT.md; a failure is reported, not fatal (the result is written).
+pub(super) fn render_report(results_dir: &Path) -> Option<PathBuf> {
+    match crate::results::report::render_report(results_dir) {
+        Ok(path) => Some(path),
+        Err(e) => {
+            eprintln!("c2m bench: rebuilding the report failed: {e}");
+            None
+        }
+    }
 }
 
 /// The count to run: the scenario's, or for `"auto"` what fits here, capped by
@@ -120,15 +180,12 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn execute(&self) -> anyhow::Result<()> {
+    fn execute(&self, base: &Path) -> anyhow::Result<RunOutput> {
         let started = Instant::now();
         let started_unix = clock::unix_now();
         let exe = std::env::current_exe().context("finding the c2m executable")?;
-        let dir = self.args.results_dir.join(&self.scenario.name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let base = output::result_base(&dir, &clock::file_stamp(started_unix), &self.machine.host);
-        let json_path = with_ext(&base, "json");
-        let hlog_path = with_ext(&base, "hlog");
+        let json_path = with_ext(base, "json");
+        let hlog_path = with_ext(base, "hlog");
         let load_json =
             std::env::temp_dir().join(format!("c2m-bench-{}-{}.load.json", std::process::id(), started_unix));
 
@@ -292,20 +349,7 @@ impl Bench<'_> {
         let text = serde_json::to_string_pretty(&result).context("serializing the result")?;
         std::fs::write(&json_path, text + "\n").with_context(|| format!("writing {}", json_path.display()))?;
 
-        let report = if self.args.no_report { None } else { self.render_report() };
-        let summary =
-            output::summary(&result, &json_path, hlog_written.then_some(hlog_path.as_path()), report.as_deref());
-        let _ = writeln!(std::io::stdout(), "{summary}");
-        if result.status != RunStatus::Complete {
-            let how = if result.status == RunStatus::Aborted { "was aborted" } else { "fell short" };
-            return Err(crate::exit::FellShort(format!(
-                "the run {how}: {} (result written to {})",
-                result.shortfalls.join("; "),
-                json_path.display()
-            ))
-            .into());
-        }
-        Ok(())
+        Ok(RunOutput { result, json_path, hlog_path: hlog_written.then_some(hlog_path) })
     }
 
     /// Twice the run's expected length: connects at the scenario's rate (or a slow planning
@@ -334,17 +378,6 @@ impl Bench<'_> {
             description: self.scenario.description.clone(),
             file: self.scenario_file.to_string(),
             settings,
-        }
-    }
-
-    /// Rebuilds results/REPORT.md; a failure is reported, not fatal (the result is written).
-    fn render_report(&self) -> Option<PathBuf> {
-        match crate::results::report::render_report(&self.args.results_dir) {
-            Ok(path) => Some(path),
-            Err(e) => {
-                self.progress.println(&format!("c2m bench: rebuilding the report failed: {e}"));
-                None
-            }
         }
     }
 }

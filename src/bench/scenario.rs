@@ -264,10 +264,12 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 
 /// The scenarios of `bench/scenarios`, built into the binary so a copied `c2m` runs them
 /// anywhere (a test checks this list against the folder).
-pub const BUILT_IN: [(&str, &str); 6] = [
+pub const BUILT_IN: [(&str, &str); 8] = [
     ("c100k", include_str!("../../bench/scenarios/c100k.toml")),
     ("c1m", include_str!("../../bench/scenarios/c1m.toml")),
+    ("connect-burst", include_str!("../../bench/scenarios/connect-burst.toml")),
     ("default", include_str!("../../bench/scenarios/default.toml")),
+    ("echo-buffers", include_str!("../../bench/scenarios/echo-buffers.toml")),
     ("record", include_str!("../../bench/scenarios/record.toml")),
     ("smoke", include_str!("../../bench/scenarios/smoke.toml")),
     ("whatsapp-2012", include_str!("../../bench/scenarios/whatsapp-2012.toml")),

@@ -289,6 +289,77 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
+// A/B rounds
+
+/// One arm's rounds of a metric: `(round number, value)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArmPoints<'a> {
+    pub name: &'a str,
+    pub points: &'a [(f64, f64)],
+    /// Drawn as a dashed line across the chart.
+    pub median: f64,
+}
+
+/// Every round's value as a point, by round number, one colour per arm, each arm's median
+/// dashed: a reader sees the spread, any drift over the run, and whether the arms overlap.
+pub fn rounds_chart(title: &str, unit: &str, arms: &[ArmPoints<'_>]) -> Result<String, ChartError> {
+    let values = || arms.iter().flat_map(|a| a.points.iter().map(|p| p.1));
+    if values().next().is_none() {
+        return Err(ChartError::NoData);
+    }
+    let rounds = arms.iter().flat_map(|a| a.points.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let (lo, hi) = (values().fold(f64::INFINITY, f64::min), values().fold(f64::NEG_INFINITY, f64::max));
+    // From 0 unless that flattens the points; room on top for the legend.
+    let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.02).max(1e-9);
+    let y_lo = if lo >= 0.0 && lo < (hi - lo) * 2.0 { 0.0 } else { lo - pad };
+    let y_hi = hi + 3.0 * pad;
+    render_svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, caption_style())
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(85)
+            .build_cartesian_2d(0.5f64..rounds + 0.5, y_lo..y_hi)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(GRID_GREY.mix(0.6))
+            .x_desc("round")
+            .x_labels(rounds as usize + 1)
+            .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { String::new() })
+            .y_desc(unit)
+            .y_label_formatter(&|v| short_count(*v))
+            .label_style(label_style())
+            .axis_desc_style(desc_style())
+            .draw()?;
+        for (i, arm) in arms.iter().enumerate() {
+            let color = SERIES_COLORS[i % SERIES_COLORS.len()];
+            chart
+                .draw_series(arm.points.iter().map(|&(x, y)| Circle::new((x, y), 5, color.filled())))?
+                .label(arm.name.to_string())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+            if arm.median.is_finite() {
+                let line = color.mix(0.7).stroke_width(1);
+                chart.draw_series(DashedLineSeries::new(
+                    [(0.5, arm.median), (rounds + 0.5, arm.median)],
+                    6,
+                    4,
+                    line,
+                ))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(GRID_GREY)
+            .label_font(label_style())
+            .draw()?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Memory per connection
 
 /// Horizontal bars, first bar at the top, each labelled with its value in bytes.

@@ -2,6 +2,7 @@
 //! `c2m results merge`, the report of a run from its shards' reports. The result types
 //! themselves are in `crate::schema`.
 
+pub mod ab_report;
 pub mod chart;
 pub mod checks;
 pub mod files;

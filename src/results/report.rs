@@ -33,6 +33,8 @@ pub enum ReportError {
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("{path} says it is a {} but does not parse as one: {source}", crate::schema::peers::PEERS_SCHEMA_NAME)]
     PeersParse { path: PathBuf, source: serde_json::Error },
+    #[error("{path} says it is a {} but does not parse as one: {source}", crate::schema::ab::AB_SCHEMA_NAME)]
+    AbParse { path: PathBuf, source: serde_json::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -55,6 +57,7 @@ pub fn render_report(results_dir: &Path) -> Result<PathBuf, ReportError> {
         write_scenario(&mut md, runs, &charts);
     }
     write_peers(&mut md, results_dir)?;
+    super::ab_report::write_ab(&mut md, results_dir, &charts_dir)?;
     let report_path = results_dir.join(REPORT_FILE);
     fs::write(&report_path, md).map_err(|source| ReportError::Write { path: report_path.clone(), source })?;
     Ok(report_path)
@@ -80,7 +83,7 @@ struct ScenarioRuns<'a> {
     older: Vec<&'a FoundResult>,
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+pub(super) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let list_err = |source| ReportError::List { path: dir.to_path_buf(), source };
     let mut paths = Vec::new();
     for entry in fs::read_dir(dir).map_err(list_err)? {
@@ -109,7 +112,7 @@ fn find_results(results_dir: &Path) -> Result<Vec<FoundResult>, ReportError> {
     Ok(found)
 }
 
-fn file_name(path: &Path) -> String {
+pub(super) fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
@@ -155,7 +158,7 @@ fn latest_per_scenario(found: &[FoundResult]) -> BTreeMap<&str, ScenarioRuns<'_>
 
 /// A chart drawn (its path relative to the results directory) or why there is none.
 #[derive(Clone, Debug, PartialEq)]
-enum ChartOutcome {
+pub(super) enum ChartOutcome {
     Drawn(String),
     Skipped(String),
 }
@@ -168,7 +171,7 @@ struct ScenarioCharts {
 }
 
 /// A scenario name as a file name: anything but letters, digits, `.`, `_` and `-` becomes `-`.
-fn file_stem(name: &str) -> String {
+pub(super) fn file_stem(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect()
 }
 
@@ -187,7 +190,11 @@ fn render_charts(charts_dir: &Path, scenario: &str, r: &BenchResult) -> Result<S
 
 /// Writes a drawn chart, or removes the file a previous report may have left for a chart that
 /// is now skipped (an old chart beside a new report would be read as this run's).
-fn save_chart(path: &Path, svg: Result<String, String>, rel_path: String) -> Result<ChartOutcome, ReportError> {
+pub(super) fn save_chart(
+    path: &Path,
+    svg: Result<String, String>,
+    rel_path: String,
+) -> Result<ChartOutcome, ReportError> {
     match svg {
         Ok(svg) => {
             fs::write(path, svg).map_err(|source| ReportError::Write { path: path.to_path_buf(), source })?;
@@ -375,7 +382,7 @@ fn cell(text: &str) -> String {
 }
 
 /// A Markdown table; `align` has one `l` or `r` per column.
-fn table(md: &mut String, header: &[&str], align: &str, rows: &[Vec<String>]) {
+pub(super) fn table(md: &mut String, header: &[&str], align: &str, rows: &[Vec<String>]) {
     let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
     md.push_str(&line(header.iter().map(|h| cell(h)).collect()));
     md.push_str(&line(align.chars().map(|a| if a == 'r' { "---:".into() } else { "---".into() }).collect()));
@@ -391,7 +398,7 @@ fn figures(md: &mut String, rows: &[(&str, String)]) {
 }
 
 /// A key/value table, values left-aligned (text).
-fn facts(md: &mut String, rows: &[(&str, String)]) {
+pub(super) fn facts(md: &mut String, rows: &[(&str, String)]) {
     key_values(md, rows, "ll");
 }
 
@@ -400,7 +407,7 @@ fn key_values(md: &mut String, rows: &[(&str, String)], align: &str) {
     table(md, &["", ""], align, &rows);
 }
 
-fn push_line(md: &mut String, text: &str) {
+pub(super) fn push_line(md: &mut String, text: &str) {
     md.push_str(text);
     md.push('\n');
 }
@@ -419,7 +426,7 @@ fn anchor(heading: &str) -> String {
 }
 
 /// A relative link target; spaces would end it.
-fn link_target(rel_path: &str) -> String {
+pub(super) fn link_target(rel_path: &str) -> String {
     rel_path.replace(' ', "%20")
 }
 

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::check::{self, CheckOptions, Snapshot};
+use super::compare;
 use super::profile::{self, Plan};
 use super::size::{self, Target};
 use super::state::{DEFAULT_STATE, LOCK_WAIT, StateFile};
@@ -27,6 +28,9 @@ pub enum TuneCommand {
     Apply(ApplyArgs),
     /// Write back the values the last apply saved, then remove the state file.
     Restore(RestoreArgs),
+    /// Say which of a profile's values are in force now and which differ.
+    /// Exit status: 0 if all are in force (keys this kernel lacks aside), 3 if any differs.
+    Verify(VerifyArgs),
     /// Predict connections held and connect rate for other hardware from a measured result.
     Size(SizeArgs),
 }
@@ -82,6 +86,17 @@ pub struct RestoreArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// A built-in profile (c2m-1m, c2m-2m, c2m-10m) or a path to a sysctl.d file.
+    pub profile: String,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "/proc/sys", hide = true)]
+    pub proc_sys: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct SizeArgs {
     /// Memory of the box to predict for (128G, 512GiB).
     #[arg(long, value_parser = parse_bytes)]
@@ -112,6 +127,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<i32> {
         TuneCommand::Check(a) => run_check(a),
         TuneCommand::Apply(a) => run_apply(a),
         TuneCommand::Restore(a) => run_restore(a),
+        TuneCommand::Verify(a) => run_verify(a),
         TuneCommand::Size(a) => run_size(a),
     }
 }
@@ -190,6 +206,17 @@ fn run_restore(a: RestoreArgs) -> anyhow::Result<i32> {
     }
     println!("restored {} value(s); removed {}", restored.len(), a.state.display());
     Ok(0)
+}
+
+fn run_verify(a: VerifyArgs) -> anyhow::Result<i32> {
+    let profile = profile::resolve(&a.profile)?;
+    let v = compare::verify(&profile.settings, &ProcSys::new(&a.proc_sys))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", compare::render(&profile.origin, &v));
+    }
+    Ok(if v.all_in_force() { crate::exit::DONE } else { crate::exit::FELL_SHORT })
 }
 
 fn run_size(a: SizeArgs) -> anyhow::Result<i32> {

@@ -4,6 +4,10 @@
 //!   against a count, so tests can feed fake values.
 //! - [`profile`]: sysctl.d profiles (`tuning/*.conf`, built into the binary) applied to /proc/sys
 //!   with the old values saved first, and restored from that state file.
+//! - [`scoped`]: a profile applied around a piece of work (`c2m bench --ab`'s rounds) and
+//!   restored after it, also when the work fails.
+//! - [`compare`]: a profile against the values in force (`c2m tune verify`), and two profiles'
+//!   sysctl diff on this box.
 //! - [`state`]: the state file (one fixed place, private, locked while an apply or restore runs).
 //! - [`size`]: connections and connect rate other hardware would reach, from a measured result.
 //! - [`sysctl`]: /proc/sys (or a test tree standing in for it) and the sysctl.d format.
@@ -11,7 +15,9 @@
 pub mod capacity;
 pub mod check;
 pub mod cli;
+pub mod compare;
 pub mod profile;
+pub mod scoped;
 pub mod size;
 pub mod state;
 pub mod sysctl;
