@@ -6,12 +6,12 @@ use std::fs;
 use std::path::Path;
 
 use super::chart::{self, ArmPoints};
+use super::report::machine_line;
 use super::report::{
     ChartOutcome, ReportError, facts, file_name, file_stem, link_target, push_line, save_chart, sorted_entries, table,
 };
 use crate::schema::ab::{AB_RESULTS_DIR, AB_SCHEMA_NAME, AbResult, ArmName, Better, MetricComparison, Verdict};
 use crate::schema::load::RunStatus;
-use crate::units::human_bytes;
 
 /// A section for every A/B result, newest first (file names start with a UTC stamp); nothing
 /// when there is none. Every run is shown, not only the latest: an A/B run is a question asked
@@ -92,16 +92,7 @@ fn write_intro(md: &mut String, r: &AbResult, rel: &str) {
             ("rounds", format!("{} of {}, {}", r.rounds.len(), r.rounds_requested, r.order)),
             ("A", r.a.origin.clone()),
             ("B", r.b.origin.clone()),
-            (
-                "machine",
-                format!(
-                    "{} ({} cores, {}), kernel {}",
-                    r.machine.host,
-                    r.machine.cores,
-                    human_bytes(r.machine.memory_bytes as f64),
-                    r.machine.kernel
-                ),
-            ),
+            ("machine", machine_line(&r.machine)),
         ],
     );
 }

@@ -512,16 +512,7 @@ fn write_peers(md: &mut String, results_dir: &Path) -> Result<(), ReportError> {
                 },
             ),
             ("started (UTC)", format!("{}, {:.0} s", r.started_utc, r.elapsed_seconds)),
-            (
-                "machine",
-                format!(
-                    "{} ({} cores, {}), kernel {}",
-                    r.machine.host,
-                    r.machine.cores,
-                    human_bytes(r.machine.memory_bytes as f64),
-                    r.machine.kernel
-                ),
-            ),
+            ("machine", machine_line(&r.machine)),
             (
                 "versions",
                 r.servers
@@ -1250,6 +1241,11 @@ fn write_files(md: &mut String, runs: &ScenarioRuns<'_>) {
         );
     }
     push_line(md, "");
+}
+
+/// The machine a result ran on, in one line: host, cores, memory, kernel.
+pub(super) fn machine_line(m: &crate::schema::bench::Machine) -> String {
+    format!("{} ({} cores, {}), kernel {}", m.host, m.cores, human_bytes(m.memory_bytes as f64), m.kernel)
 }
 
 #[cfg(test)]

@@ -92,14 +92,7 @@ mod tests {
     use crate::tune::sysctl::parse_conf;
 
     fn tree() -> (tempfile::TempDir, ProcSys) {
-        let dir = tempfile::tempdir().unwrap();
-        for (key, value) in [("net/core/somaxconn", "4096\n"), ("net/ipv4/tcp_max_syn_backlog", "512\n")] {
-            let path = dir.path().join(key);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, value).unwrap();
-        }
-        let sys = ProcSys::new(dir.path());
-        (dir, sys)
+        crate::tune::sysctl::fake_tree(&[("net/core/somaxconn", "4096\n"), ("net/ipv4/tcp_max_syn_backlog", "512\n")])
     }
 
     fn settings(text: &str) -> Vec<Setting> {

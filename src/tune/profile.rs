@@ -176,16 +176,11 @@ mod tests {
 
     /// A /proc/sys stand-in with three keys.
     fn tree() -> (tempfile::TempDir, ProcSys) {
-        let dir = tempfile::tempdir().unwrap();
-        for (key, value) in
-            [("net/core/somaxconn", "4096\n"), ("fs/file-max", "100\n"), ("net/ipv4/tcp_mem", "1\t2\t3\n")]
-        {
-            let path = dir.path().join(key);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, value).unwrap();
-        }
-        let sys = ProcSys::new(dir.path());
-        (dir, sys)
+        crate::tune::sysctl::fake_tree(&[
+            ("net/core/somaxconn", "4096\n"),
+            ("fs/file-max", "100\n"),
+            ("net/ipv4/tcp_mem", "1\t2\t3\n"),
+        ])
     }
 
     fn settings(text: &str) -> Vec<Setting> {

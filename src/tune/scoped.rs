@@ -79,11 +79,7 @@ mod tests {
     use crate::tune::sysctl::parse_conf;
 
     fn tree() -> (tempfile::TempDir, ProcSys) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("sys/net/core")).unwrap();
-        std::fs::write(dir.path().join("sys/net/core/somaxconn"), "4096\n").unwrap();
-        let sys = ProcSys::new(dir.path().join("sys"));
-        (dir, sys)
+        crate::tune::sysctl::fake_tree(&[("net/core/somaxconn", "4096\n")])
     }
 
     fn profile(text: &str) -> Profile {

@@ -171,6 +171,20 @@ fn open_beneath(root: &File, rel: &Path, write: bool) -> std::io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
+/// A /proc/sys of its own in a temporary directory, with `values` (path under /proc/sys,
+/// content), for tests that apply and restore.
+#[cfg(test)]
+pub fn fake_tree(values: &[(&str, &str)]) -> (tempfile::TempDir, ProcSys) {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in values {
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, value).unwrap();
+    }
+    let sys = ProcSys::new(dir.path());
+    (dir, sys)
+}
+
 /// Runs of whitespace made one space, ends trimmed: how values are compared.
 pub fn normalize(value: &str) -> String {
     value.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -15,7 +15,7 @@ use super::manifest::Server;
 use super::server::{RunningServer, Shape, Stopped, shape};
 use super::slope::{SlopeSample, connections_at_slope, steady_slope};
 use crate::bench::measure::{Held, per_connection};
-use crate::host::memory;
+use crate::host::memory::{self, SettlePlan};
 use crate::host::process::{self, CpuTimes, ProcessMemory};
 use crate::schema::bench::SystemMemory;
 use crate::schema::load::{Event, LoadReport};
@@ -38,7 +38,7 @@ pub const MIN_BYTES_PER_CONNECTION: u64 = 2048;
 pub const MAX_SHARDS: u64 = 64;
 /// After a capacity run, waiting at most this long for the closed sockets to be freed.
 const SOCKETS_GONE: Duration = Duration::from_secs(20);
-/// Before a capacity run, MemFree must stay within this span over [`STILL_FOR`] (what earlier
+/// Before a capacity run, MemFree must move less than this over [`STILL_FOR`] (what earlier
 /// trials free late, sockets and exited processes, would otherwise come back during this one
 /// and shrink its drop: rounds 2 and 3 of an earlier run saw MemFree fall 2.7-4.9 KB a
 /// connection while Slab alone grew 9.1 KB), waiting at most `--peer-settle` for it.
@@ -315,7 +315,10 @@ pub fn capacity_size(budget: u64, fd_per_connection: bool, per_shard: u64, cores
 /// Idle logged-in connections, opened as fast as the server takes them, until MemFree has
 /// dropped by the budget (the load's `--keep-free` stops it), measured once a second.
 pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasurement> {
-    let settle = wait_memory_still(setup.settle);
+    // The bench's own settling, without dropping page cache (the trials before this one ran
+    // with it, as this one will).
+    let plan = SettlePlan { drop_page_cache: false, window: STILL_FOR, tolerance: MEMORY_STILL, timeout: setup.settle };
+    let settle = memory::settle(&plan).context("settling memory")?;
     let free_now = memory::read_meminfo().context("reading /proc/meminfo")?.mem_free;
     let budget_here = setup.budget.min(free_now.saturating_sub(setup.keep_free_floor));
     if budget_here == 0 {
@@ -394,8 +397,8 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
         budget_reached: at_budget.is_some(),
         slope,
         settle_seconds: settle.seconds,
-        settled: settle.still,
-        baseline_drift_bytes_per_second: settle.drift,
+        settled: settle.settled,
+        baseline_drift_bytes_per_second: settle.last_change_bytes as f64 / STILL_FOR.as_secs_f64(),
         established_peak: load.report.connections.established_peak,
         measured_connections: last.established,
         measured_mem_free_drop: baseline.mem_free.saturating_sub(last.mem_free),
@@ -446,46 +449,6 @@ fn slope_samples(points: &[Point], baseline_free: u64, baseline: &SystemMemory, 
         .collect()
 }
 
-/// How memory stood before a capacity trial.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Settle {
-    /// Waited this long.
-    pub seconds: f64,
-    /// MemFree stayed within [`MEMORY_STILL`] for [`STILL_FOR`] (else the wait ran out).
-    pub still: bool,
-    /// MemFree's change per second over the last [`STILL_FOR`]: positive while memory was
-    /// still coming back.
-    pub drift: f64,
-}
-
-/// Whether readings taken every `step` have held still over their last `span`, and their
-/// drift per second over it.
-pub fn stillness(readings: &[u64], step: Duration, span: Duration) -> Option<(bool, f64)> {
-    let n = (span.as_secs_f64() / step.as_secs_f64()).round() as usize + 1;
-    let window = readings.get(readings.len().checked_sub(n)?..)?;
-    let (lo, hi) = (window.iter().min()?, window.iter().max()?);
-    let drift = (window[n - 1] as f64 - window[0] as f64) / span.as_secs_f64();
-    Some((hi - lo < MEMORY_STILL, drift))
-}
-
-/// Waits (at most `limit`, at least [`STILL_FOR`]) until MemFree holds still.
-fn wait_memory_still(limit: Duration) -> Settle {
-    let started = Instant::now();
-    let step = Duration::from_millis(500);
-    let free = || memory::read_meminfo().map(|m| m.mem_free).unwrap_or(0);
-    let mut readings = vec![free()];
-    loop {
-        std::thread::sleep(step);
-        readings.push(free());
-        let seconds = started.elapsed().as_secs_f64();
-        if let Some((still, drift)) = stillness(&readings, step, STILL_FOR)
-            && (still || started.elapsed() >= limit)
-        {
-            return Settle { seconds, still, drift };
-        }
-    }
-}
-
 /// A note when memory was still moving at the start of a capacity trial by enough to matter:
 /// the drift over the connects, against the budget.
 pub fn drift_note(m: &CapacityMeasurement) -> Option<String> {
@@ -518,25 +481,6 @@ mod tests {
         let at = connections_at_budget(baseline, 1_000_000, &[(400, baseline - 4_000_000)]).unwrap();
         assert!((at - 100.0).abs() < 1e-9, "{at}");
         assert_eq!(connections_at_budget(baseline, 1_000_000, &points[..1]), None);
-    }
-
-    #[test]
-    fn memory_is_still_when_its_last_seconds_stay_within_the_span() {
-        let step = Duration::from_millis(500);
-        let mib = 1u64 << 20;
-        // Seven readings span three seconds; fewer say nothing yet.
-        assert_eq!(stillness(&[1; 6], step, STILL_FOR), None);
-        let (still, drift) = stillness(&[100 * mib; 7], step, STILL_FOR).unwrap();
-        assert!(still && drift == 0.0);
-        // Coming back at 4 MiB/s: 12 MiB over three seconds is not still.
-        let rising: Vec<u64> = (0..9).map(|i| 100 * mib + i * 2 * mib).collect();
-        let (still, drift) = stillness(&rising, step, STILL_FOR).unwrap();
-        assert!(!still);
-        assert!((drift - 4.0 * mib as f64).abs() < 1.0, "{drift}");
-        // An early jump does not count once it is out of the window.
-        let mut settled = vec![0, 50 * mib];
-        settled.extend([60 * mib; 7]);
-        assert!(stillness(&settled, step, STILL_FOR).unwrap().0);
     }
 
     #[test]
