@@ -54,7 +54,7 @@ fn load(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn chat_and_pings_survive_loss_both_ways_and_corruption() {
-    let server = ServerProcess::start_on(true, &["--xdp-fault", LOSSY, "--heartbeat", "2s"]);
+    let server = ServerProcess::start_on(true, &["--xdp-fault", LOSSY, "--heartbeat", "4s"]);
     let ns_cli = &server.net.as_ref().unwrap().ns_cli;
     let _loss = in_netns(ns_cli, || {
         let iface = Interface::by_name(common::xdp_common::VETH_CLI).expect("the client veth");
@@ -65,13 +65,14 @@ fn chat_and_pings_survive_loss_both_ways_and_corruption() {
 
 #[test]
 fn chat_and_pings_survive_duplication_delay_reordering_and_corruption() {
-    let server = ServerProcess::start_on(true, &["--xdp-fault", DISORDERLY, "--heartbeat", "2s"]);
+    let server = ServerProcess::start_on(true, &["--xdp-fault", DISORDERLY, "--heartbeat", "4s"]);
     chat_and_pings_arrive(&server);
 }
 
 /// A chat run with every message delivered once and a ping run with every PING answered, then
-/// no leak on the server. The servers run with a 2 s heartbeat: a client's last RST may be
-/// lost, and then only the heartbeat deadline tells the server its client is gone.
+/// no leak on the server. The servers run with a 4 s heartbeat: a client's last RST may be
+/// lost, and then only the heartbeat deadline (3 heartbeats, 12 s) tells the server its client
+/// is gone; it must outlast the chat run's drain (up to 10 s without a frame).
 fn chat_and_pings_arrive(server: &ServerProcess) {
     let chat = load(server, &["-c", "200", "--workload", "chat", "--msg-rate", "2", "--duration", "8s"]);
     let c = &chat["chat"];
@@ -96,5 +97,7 @@ fn chat_and_pings_arrive(server: &ServerProcess) {
     // refused by the checksum (counted as bad segments, never a session's bytes).
     let text = server.scrape();
     assert!(common::sum(&text, "c2m_tcp_retransmits_total") > 0.0, "{text}");
+    // Sessions whose client's last RST was lost end at their heartbeat deadline (12 s).
+    server.wait_metric("c2m_sessions_active", 0.0, std::time::Duration::from_secs(20));
     common::assert_no_leaks(server);
 }
