@@ -26,7 +26,7 @@ enum Command {
     Serve(ServeArgs),
     /// Open N connections to a protocol v1 server, send messages on an open-loop schedule and
     /// measure connect and round-trip latency (thread-per-core io_uring engine).
-    Load(c2m::load::cli::LoadArgs),
+    Load(Box<c2m::load::cli::LoadArgs>),
     /// Run a scenario end to end on this box (c2m serve + c2m load) and write results/.
     Bench(c2m::bench::BenchArgs),
     /// Work with result files: merge the reports of a run's shards into the run's.
@@ -39,6 +39,10 @@ enum Command {
     /// What caps connections here (check), sysctl profiles (apply, restore), and sizing other
     /// hardware from a measured result (size).
     Tune(c2m::tune::TuneArgs),
+    /// Drop a share of the frames an interface receives, for a while: an XDP program (generic
+    /// mode) that stands in for netem and nftables' `numgen random` in the test namespaces
+    /// (scripts/chaos.sh). Ends, and detaches, after --for or on SIGINT/SIGTERM. Needs root.
+    Loss(LossArgs),
     /// Print a shell completion script (bash: `c2m completions bash > /etc/bash_completion.d/c2m`).
     Completions {
         #[arg(value_enum)]
@@ -61,6 +65,10 @@ enum ResultsCommand {
         #[arg(short, long)]
         output: Option<std::path::PathBuf>,
     },
+    /// A soak's verdict (scripts/soak.sh leaves samples.csv, load.json and server.metrics in
+    /// DIR): drift per hour of memory and gauges over the steady window, leaks, the chat ledger;
+    /// writes summary.md, memory.svg and gauges.svg into DIR. Exit 3 when it did not hold.
+    Soak { dir: std::path::PathBuf },
 }
 
 /// Shortest heartbeat and HELLO timeout, and longest of any serve timeout (WELCOME carries the
@@ -82,6 +90,22 @@ fn bytes_u32(s: &str) -> Result<u32, String> {
 /// Whole milliseconds of a duration a parser already bounded to u32 milliseconds.
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[derive(Args)]
+struct LossArgs {
+    /// The interface whose received frames are dropped (e.g. c2m-c0).
+    #[arg(long)]
+    iface: String,
+    /// The network namespace the interface is in (e.g. c2m-cli).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Frames dropped per thousand received (20 is 2%), at most 400.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=c2m::xdp::loss::MAX_LOSS_PER_MILLE as i64))]
+    per_mille: u16,
+    /// How long the loss lasts (at most a day).
+    #[arg(long = "for", value_parser = c2m::units::duration_with_unit(Duration::ZERO..=Duration::from_secs(86_400)), default_value = "60s")]
+    lasting: Duration,
 }
 
 #[derive(Args)]
@@ -323,6 +347,18 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn soak(dir: &std::path::Path) -> anyhow::Result<()> {
+    let held =
+        c2m::results::soak::summarize(dir).with_context(|| format!("summarizing the soak in {}", dir.display()))?;
+    if !held {
+        return Err(c2m::exit::FellShort(
+            "the soak did not hold (summary.md says what drifted, leaked or went missing)".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn merge(reports: &[std::path::PathBuf], output: Option<&std::path::Path>) -> anyhow::Result<()> {
     let merged = c2m::results::merge::merge_files(reports).map_err(|e| match e {
         c2m::results::merge::MergeError::Read { .. } => anyhow::Error::new(e),
@@ -349,10 +385,11 @@ fn main() {
     let outcome = match Cli::parse().command {
         Command::Serve(args) => serve(args).map(|()| c2m::exit::DONE),
         Command::Bench(args) => c2m::bench::run(args).map(|()| c2m::exit::DONE),
-        Command::Load(args) => load(args).map(|()| c2m::exit::DONE),
+        Command::Load(args) => load(*args).map(|()| c2m::exit::DONE),
         Command::Results(ResultsCommand::Merge { reports, output }) => {
             merge(&reports, output.as_deref()).map(|()| c2m::exit::DONE)
         }
+        Command::Results(ResultsCommand::Soak { dir }) => soak(&dir).map(|()| c2m::exit::DONE),
         Command::Tune(args) => c2m::tune::run(args),
         Command::Hold(a) => hold(a).map(|()| c2m::exit::DONE),
         Command::Completions { shell } => {
@@ -360,6 +397,7 @@ fn main() {
             Ok(c2m::exit::DONE)
         }
         Command::Man => man().map(|()| c2m::exit::DONE),
+        Command::Loss(a) => loss(a).map(|()| c2m::exit::DONE),
     };
     match outcome {
         Ok(code) => std::process::exit(code),
@@ -397,6 +435,27 @@ fn man() -> anyhow::Result<()> {
         let sub = sub.clone().name(name).version(c2m::build_info::LONG_VERSION);
         clap_mangen::Man::new(sub).render(&mut out).context("writing the man page")?;
     }
+    Ok(())
+}
+
+fn loss(a: LossArgs) -> anyhow::Result<()> {
+    let _netns = match &a.netns {
+        Some(ns) => Some(c2m::xdp::netns::enter(ns).with_context(|| format!("entering network namespace {ns}"))?),
+        None => None,
+    };
+    let iface = c2m::xdp::Interface::by_name(&a.iface).with_context(|| format!("interface {}", a.iface))?;
+    // Detached when the link's descriptor closes: at the end, or when the process is killed.
+    let _loss = c2m::xdp::loss::Loss::attach(&iface, a.per_mille)
+        .with_context(|| format!("attaching the loss program to {}", a.iface))?;
+    eprintln!(
+        "c2m loss: dropping {}.{}% of the frames {} receives for {}",
+        a.per_mille / 10,
+        a.per_mille % 10,
+        a.iface,
+        c2m::units::human_duration(a.lasting)
+    );
+    let signals = c2m::host::signal::block_stop_signals().context("blocking SIGINT/SIGTERM")?;
+    let _ = c2m::host::signal::wait_signal(&signals, a.lasting);
     Ok(())
 }
 

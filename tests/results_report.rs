@@ -120,6 +120,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
             workers: 2,
             rings_per_worker: 4,
             files_per_ring: 131_072,
+            comeback: None,
         },
         status: s.status,
         abort_reason: abort_reason.clone(),
@@ -135,6 +136,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
             lost: 2,
             connect_seconds: 20.0,
             connect_rate_achieved: established as f64 / 20.0,
+            ..Default::default()
         },
         errors,
         messages: if messages {

@@ -72,6 +72,7 @@ pub fn stand_in_report(
             workers: 0,
             rings_per_worker: 0,
             files_per_ring: 0,
+            comeback: None,
         },
         status: RunStatus::Aborted,
         abort_reason: Some(reason.to_string()),

@@ -8,6 +8,12 @@
 //! message is fully delivered and receipted; a SEND that finds its entry still open is not sent
 //! (counted as `window_full`), so no accounting is ever overwritten.
 //!
+//! A client that comes back (`--reconnect`, `--churn`) retires its entries still open when it
+//! logs in again: they move to a side table where their deliveries and RECEIPTs still count,
+//! so its window opens for new messages and nothing is counted twice or lost from the books.
+//! Each entry says whether its SEND was ACKed: a message lost after its ACK broke the delivery
+//! guarantee (or died with a killed server); one lost before it was never promised.
+//!
 //! A run split into shards (`--shard I/N`) has its senders and recipients in different
 //! processes. A message's recipient is then a function of its sender and id alone
 //! ([`Ledger::recipient_of`]), so every shard knows how many of a message's deliveries are its
@@ -18,24 +24,28 @@
 //! `c2m results merge` finds the lost (expected - delivered) and the unreceipted (delivered -
 //! receipted) of the whole run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::shard::{Shard, mix64};
 use crate::proto::{GROUP_BIT, GroupLayout};
 
 pub const WINDOW: u64 = 8;
 
-// Entry layout: id 24 | expected 12 | delivered 14 | receipted 14. 0 = never used.
+// Entry layout: acked 1 | id 23 | expected 12 | delivered 14 | receipted 14. 0 = never used.
+const ACKED: u64 = 1 << 63;
 const ID_SHIFT: u32 = 40;
 const EXP_SHIFT: u32 = 28;
 const DEL_SHIFT: u32 = 14;
 const MASK14: u64 = (1 << 14) - 1;
 const MASK12: u64 = (1 << 12) - 1;
-const ID_MASK: u64 = (1 << 24) - 1;
+const ID_MASK: u64 = (1 << 23) - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     id: u64,
+    acked: bool,
     expected: u64,
     delivered: u64,
     receipted: u64,
@@ -44,14 +54,16 @@ struct Entry {
 impl Entry {
     fn unpack(v: u64) -> Entry {
         Entry {
-            id: v >> ID_SHIFT,
+            id: (v >> ID_SHIFT) & ID_MASK,
+            acked: v & ACKED != 0,
             expected: (v >> EXP_SHIFT) & MASK12,
             delivered: (v >> DEL_SHIFT) & MASK14,
             receipted: v & MASK14,
         }
     }
     fn pack(self) -> u64 {
-        (self.id & ID_MASK) << ID_SHIFT
+        (if self.acked { ACKED } else { 0 })
+            | (self.id & ID_MASK) << ID_SHIFT
             | (self.expected & MASK12) << EXP_SHIFT
             | (self.delivered & MASK14) << DEL_SHIFT
             | (self.receipted & MASK14)
@@ -105,6 +117,37 @@ pub struct Ledger {
     /// Deliveries here of other shards' senders' messages: (run connection) * WINDOW + msg_id %
     /// WINDOW. Empty for a run in one process.
     seen: Box<[AtomicU64]>,
+    /// Entries retired by a sender that logged in again, by (sender, masked id): the packed
+    /// entry and its send time. An entry leaves once settled. Touched only when not empty.
+    retired: Mutex<HashMap<(u64, u64), (u64, u64)>>,
+    retired_len: AtomicUsize,
+}
+
+/// The ledger's books at the end of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Deliveries that never arrived, of messages the server had ACKed.
+    pub lost_after_ack: u64,
+    /// Deliveries that never arrived, of messages never ACKed (the SEND or its ACK was lost
+    /// with its connection).
+    pub lost_unacked: u64,
+    /// Deliveries never receipted.
+    pub unreceipted: u64,
+}
+
+impl Settled {
+    pub fn lost(&self) -> u64 {
+        self.lost_after_ack + self.lost_unacked
+    }
+
+    fn count(&mut self, e: Entry) {
+        let missing = e.expected.saturating_sub(e.delivered);
+        match e.acked {
+            true => self.lost_after_ack += missing,
+            false => self.lost_unacked += missing,
+        }
+        self.unreceipted += e.delivered.saturating_sub(e.receipted);
+    }
 }
 
 impl Ledger {
@@ -126,6 +169,8 @@ impl Ledger {
             entries: atomics(own),
             sent_ns: atomics(own),
             seen: atomics(if shard.is_whole() { 0 } else { run_connections }),
+            retired: Mutex::new(HashMap::new()),
+            retired_len: AtomicUsize::new(0),
         }
     }
 
@@ -190,7 +235,7 @@ impl Ledger {
             return false;
         }
         self.sent_ns[i].store(t_ns, Ordering::Relaxed);
-        let e = Entry { id: msg_id & ID_MASK, expected, delivered: 0, receipted: 0 };
+        let e = Entry { id: msg_id & ID_MASK, acked: false, expected, delivered: 0, receipted: 0 };
         self.entries[i].store(e.pack(), Ordering::Release);
         true
     }
@@ -200,6 +245,27 @@ impl Ledger {
         let i = self.index(from, msg_id)?;
         (Entry::unpack(self.entries[i].load(Ordering::Acquire)).id == msg_id & ID_MASK)
             .then(|| self.sent_ns[i].load(Ordering::Relaxed))
+    }
+
+    /// The server ACKed the SEND: from now on its loss breaks the guarantee.
+    pub fn acked(&self, from: u64, msg_id: u64) {
+        self.update(from, msg_id, |e| e.acked = true);
+    }
+
+    /// `from` logged in again: its entries still open move to the retired table (their
+    /// deliveries and RECEIPTs still count there), so its window is open for new messages.
+    pub fn retire_open(&self, from: u64) {
+        let Some(first) = self.index(from, 0) else { return };
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: an update that finds its entry gone looks here only after this.
+        for i in first..first + WINDOW as usize {
+            let old = self.entries[i].swap(0, Ordering::AcqRel);
+            let e = Entry::unpack(old);
+            if old != 0 && !e.settled() {
+                retired.insert((from, e.id), (old, self.sent_ns[i].load(Ordering::Relaxed)));
+            }
+        }
+        self.retired_len.store(retired.len(), Ordering::Release);
     }
 
     /// A NACK: nothing will be delivered. Returns the deliveries that were expected.
@@ -263,9 +329,8 @@ impl Ledger {
     /// process saw every delivery, so a notice beyond them is refused; a shard sees only its
     /// own, and the other shards' recipients may receipt as many as they owe.
     pub fn receipted(&self, from: u64, msg_id: u64) -> Option<u64> {
-        let i = self.index(from, msg_id)?;
         let here = self.expected_here(from, msg_id);
-        let ok = self.update(from, msg_id, |e| {
+        let sent = self.update_timed(from, msg_id, |e| {
             let elsewhere = here.map_or(0, |h| e.expected.saturating_sub(h));
             if e.receipted >= e.delivered + elsewhere {
                 return false;
@@ -273,40 +338,66 @@ impl Ledger {
             e.receipted += 1;
             true
         })?;
-        ok.then(|| self.sent_ns[i].load(Ordering::Relaxed))
+        sent.0.then_some(sent.1)
     }
 
-    fn update<T>(&self, user: u64, msg_id: u64, mut f: impl FnMut(&mut Entry) -> T) -> Option<T> {
+    fn update<T>(&self, user: u64, msg_id: u64, f: impl FnMut(&mut Entry) -> T) -> Option<T> {
+        self.update_timed(user, msg_id, f).map(|(out, _)| out)
+    }
+
+    /// Applies `f` to the entry of `msg_id` of `user` (live or retired); its result and the
+    /// message's send time.
+    fn update_timed<T>(&self, user: u64, msg_id: u64, mut f: impl FnMut(&mut Entry) -> T) -> Option<(T, u64)> {
         let i = self.index(user, msg_id)?;
         let cell = &self.entries[i];
         let mut current = cell.load(Ordering::Acquire);
         loop {
             let mut e = Entry::unpack(current);
             if e.id != msg_id & ID_MASK || current == 0 {
-                return None;
+                return self.update_retired(user, msg_id, f);
             }
             let out = f(&mut e);
             match cell.compare_exchange_weak(current, e.pack(), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(out),
+                Ok(_) => return Some((out, self.sent_ns[i].load(Ordering::Relaxed))),
                 Err(now) => current = now,
             }
         }
     }
 
-    /// At the end: deliveries that never arrived, and deliveries never receipted. A shard
-    /// cannot tell (other shards received part of its messages): it answers (0, 0), and
+    fn update_retired<T>(&self, user: u64, msg_id: u64, mut f: impl FnMut(&mut Entry) -> T) -> Option<(T, u64)> {
+        if self.retired_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (user, msg_id & ID_MASK);
+        let (packed, sent) = retired.get_mut(&key)?;
+        let mut e = Entry::unpack(*packed);
+        let out = f(&mut e);
+        *packed = e.pack();
+        let sent = *sent;
+        if e.settled() {
+            retired.remove(&key);
+            self.retired_len.store(retired.len(), Ordering::Release);
+        }
+        Some((out, sent))
+    }
+
+    /// At the end: deliveries that never arrived (after an ACK or not), and deliveries never
+    /// receipted. A shard cannot tell (other shards received part of its messages): it answers
+    /// zeros, and
     /// `c2m results merge` counts both for the whole run.
-    pub fn settle(&self) -> (u64, u64) {
+    pub fn settle(&self) -> Settled {
+        let mut books = Settled::default();
         if !self.shard.is_whole() {
-            return (0, 0);
+            return books;
         }
-        let (mut lost, mut unreceipted) = (0, 0);
         for cell in self.entries.iter() {
-            let e = Entry::unpack(cell.load(Ordering::Acquire));
-            lost += e.expected.saturating_sub(e.delivered);
-            unreceipted += e.delivered.saturating_sub(e.receipted);
+            books.count(Entry::unpack(cell.load(Ordering::Acquire)));
         }
-        (lost, unreceipted)
+        for (packed, _) in self.retired.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            books.count(Entry::unpack(*packed));
+        }
+        books
     }
 }
 
@@ -323,16 +414,48 @@ mod tests {
         let l = ledger();
         assert!(l.begin(1, 5, l.recipients(1, 2), 100));
         assert_eq!(l.sent_ns(1, 5), Some(100));
-        assert_eq!(l.settle(), (1, 0));
+        assert_eq!(l.settle(), Settled { lost_unacked: 1, ..Default::default() });
         assert_eq!(l.delivered(1, 5), Delivery::First);
         assert_eq!(l.delivered(1, 5), Delivery::Duplicate);
         assert_eq!(l.receipted(1, 5), Some(100));
         assert_eq!(l.receipted(1, 5), None);
-        assert_eq!(l.settle(), (0, 0));
+        assert_eq!(l.settle(), Settled::default());
         assert_eq!(l.delivered(99, 5), Delivery::Unknown);
         // Entry reused by msg 13 (13 % 8 == 5): a late copy of 5 is a duplicate.
         assert!(l.begin(1, 13, 1, 200));
         assert_eq!(l.delivered(1, 5), Delivery::Duplicate);
+    }
+
+    #[test]
+    fn a_sender_that_logs_in_again_retires_its_open_entries_and_they_still_count() {
+        let l = ledger();
+        // Message 1 ACKed and delivered but not receipted; 2 ACKed, never delivered; 3 never
+        // ACKed (its connection went); 4 settled.
+        for (id, t) in [(1, 10), (2, 20), (3, 30), (4, 40)] {
+            assert!(l.begin(1, id, 1, t));
+        }
+        for id in [1, 2, 4] {
+            l.acked(1, id);
+        }
+        assert_eq!(l.delivered(1, 1), Delivery::First);
+        assert_eq!(l.delivered(1, 4), Delivery::First);
+        assert_eq!(l.receipted(1, 4), Some(40));
+        l.retire_open(1);
+        assert_eq!(l.settle(), Settled { lost_after_ack: 1, lost_unacked: 1, unreceipted: 1 });
+        // The window is open again: 9 reuses 1's entry, and 1's RECEIPT still counts.
+        assert!(l.begin(1, 9, 1, 90));
+        assert_eq!(l.receipted(1, 1), Some(10));
+        assert_eq!(l.receipted(1, 1), None, "one delivery, one receipt");
+        // 2 arrives late (stored while its recipient was away): first, then a copy.
+        assert_eq!(l.delivered(1, 2), Delivery::First);
+        assert_eq!(l.delivered(1, 2), Delivery::Duplicate);
+        assert_eq!(l.receipted(1, 2), Some(20));
+        assert_eq!(l.delivered(1, 4), Delivery::Duplicate, "settled before it was retired");
+        // Left: 3 (never ACKed, never delivered) and 9 (open, not ACKed).
+        assert_eq!(l.settle(), Settled { lost_after_ack: 0, lost_unacked: 2, unreceipted: 0 });
+        l.acked(1, 9);
+        assert_eq!(l.settle().lost_after_ack, 1);
+        assert_eq!(l.retired.lock().unwrap().len(), 1, "settled entries leave the table");
     }
 
     #[test]
@@ -415,7 +538,7 @@ mod tests {
         assert!(l.begin(1, msg_id, l.recipients(1, l.recipient_of(1, msg_id)), 7));
         assert_eq!(l.receipted(1, msg_id), Some(7), "delivered in shard 1, receipted back here");
         assert_eq!(l.receipted(1, msg_id), None, "one delivery owed, one receipt");
-        assert_eq!(l.settle(), (0, 0), "a shard leaves the loss to the merge");
+        assert_eq!(l.settle(), Settled::default(), "a shard leaves the loss to the merge");
         // User 2 is shard 1's: its message to a user here is delivered once, then copied; one
         // addressed to shard 1 is none of this shard's.
         let here = (1..100).find(|&m| l.is_own(l.recipient_of(2, m))).expect("some peer is here");

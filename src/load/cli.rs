@@ -175,6 +175,28 @@ pub struct LoadArgs {
     /// Chat: body bytes of a SEND.
     #[arg(long, value_parser = bytes, default_value = "16")]
     pub body: u64,
+    /// Reopen a connection that is lost (closed or reset by the server, timed out) or whose
+    /// connect or login failed, after a backoff with jitter, until the run closes; each client
+    /// logs in again as the same user. The report counts the reconnects and the logins again.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// The first retry's backoff; each next one doubles it up to --reconnect-max, and each is
+    /// jittered into [half, whole].
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    pub reconnect_min: Duration,
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub reconnect_max: Duration,
+    /// Reconnects per second over all workers; 0: as fast as --connect-concurrency allows.
+    #[arg(long, value_parser = rate, default_value = "0")]
+    pub reconnect_rate: f64,
+    /// Churn: this percentage of the logged-in connections leaves each minute during the
+    /// messages (BYE once nothing is outstanding) and comes back after --churn-away.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    pub churn: f64,
+    /// How long a churned client stays away, on average (each one between half and one and a
+    /// half times this).
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub churn_away: Duration,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -327,6 +349,14 @@ impl LoadArgs {
             max_frame: self.max_frame,
             keep_free: self.keep_free,
             chat,
+            comeback: super::reconnect::Comeback {
+                reconnect: self.reconnect,
+                backoff_min: self.reconnect_min,
+                backoff_max: self.reconnect_max,
+                rate: self.reconnect_rate,
+                churn: self.churn / 100.0,
+                churn_away: self.churn_away,
+            },
             dataplane,
             netns: self.dataplane.netns.clone(),
         })

@@ -106,6 +106,8 @@ pub struct LoadConfig {
     /// MemFree below this stops the run (aborted, result still written).
     pub keep_free: u64,
     pub chat: ChatParams,
+    /// Reconnects and churn.
+    pub comeback: super::reconnect::Comeback,
     /// Which data plane opens the connections (xdp: AF_XDP and c2m's own TCP, from any source
     /// address, configured nowhere).
     pub dataplane: crate::transport::DataPlane,
@@ -200,6 +202,19 @@ impl LoadConfig {
             if d > MAX_RUN_DURATION {
                 return bad(format!("{flag} {}", duration_range(&(Duration::ZERO..=MAX_RUN_DURATION))));
             }
+        }
+        let back = &self.comeback;
+        if back.backoff_min.is_zero() || back.backoff_max < back.backoff_min || back.backoff_max > MAX_RUN_DURATION {
+            return bad("--reconnect-min must be above 0 and at most --reconnect-max (at most 8760h)".into());
+        }
+        if !(back.rate.is_finite() && back.rate >= 0.0) {
+            return bad("--reconnect-rate must be 0 (as fast as --connect-concurrency allows) or above".into());
+        }
+        if !(0.0..=1.0).contains(&back.churn) {
+            return bad("--churn must be a percentage in 0..=100".into());
+        }
+        if back.churn_away.is_zero() || back.churn_away > MAX_RUN_DURATION {
+            return bad("--churn-away must be above 0 and at most 8760h".into());
         }
         if self.connect_concurrency < self.workers as u64 {
             return bad(format!("--connect-concurrency must be at least the worker count ({})", self.workers));

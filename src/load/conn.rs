@@ -2,8 +2,9 @@
 //! parts of its life (reassembling replies into frames, staging messages) that do no I/O and
 //! are unit-tested here.
 //!
-//! A load slot is used by exactly one connection for the whole run (there are no reconnects),
-//! so no completion can ever be stale: the slot index alone says whose it is.
+//! A load slot belongs to one client for the whole run. With `--reconnect` or `--churn` the
+//! client opens a new connection on the same slot once the data plane has let go of the old
+//! one (`Handler::released`), so the transport never sees two connections on one slot.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,9 +22,13 @@ pub mod state {
     pub const CLOSING: u8 = 4;
     /// Closed; the data plane has let go.
     pub const DONE: u8 = 5;
+    /// Closed and let go; opens again when its backoff (or churned time away) is over.
+    pub const WAITING: u8 = 6;
 }
 
 pub mod flag {
+    /// Churn picked it: no new messages; it says BYE once nothing is outstanding.
+    pub const LEAVING: u8 = 1;
     /// A send is in flight (one at a time): its bytes stay at the front of the out area.
     pub const SENDING: u8 = 2;
     /// Still counted among the connects in flight.
@@ -32,6 +37,12 @@ pub mod flag {
     pub const INPUT_PAUSED: u8 = 8;
     /// Counted as logged in (so its loss is counted once).
     pub const COUNTED_UP: u8 = 32;
+    /// Opens again once released (`--reconnect` after a loss, or churned).
+    pub const COMEBACK: u8 = 16;
+    /// Has logged in before: its next login is a relogin.
+    pub const EVER_UP: u8 = 64;
+    /// Left by churn (BYE): its close is graceful, and it comes back after its time away.
+    pub const CHURNED: u8 = 128;
 }
 
 /// Bytes of outgoing data kept in the header: a HELLO or up to four PINGs, so a ping
@@ -60,7 +71,8 @@ pub struct ConnState {
     pub send_len: u16,
     /// Bytes staged in the out area, the send in flight included.
     pub out_len: u16,
-    pub _pad: u16,
+    /// Reconnects since its last login (the backoff's exponent).
+    pub attempts: u16,
     /// While connecting: when the connect was scheduled. Logged in: when the next message is
     /// due. In nanoseconds since the load started.
     pub due_ns: u64,

@@ -11,7 +11,7 @@ type Pick = fn(&LoadStats) -> u64;
 
 /// Every family, with a `worker` label (the sum over it is the run's total), all present from
 /// the first scrape.
-const FAMILIES: [(&str, &str, &str, Pick); 21] = [
+const FAMILIES: [(&str, &str, &str, Pick); 25] = [
     ("c2m_load_connections_established", "gauge", "Connections logged in now.", |s| s.established.get()),
     ("c2m_load_connects_total", "counter", "TCP connects completed.", |s| s.connected.get()),
     ("c2m_load_logins_total", "counter", "Connections that logged in (WELCOME received).", |s| {
@@ -21,6 +21,10 @@ const FAMILIES: [(&str, &str, &str, Pick); 21] = [
     ("c2m_load_connections_lost_total", "counter", "Established connections the server or network closed.", |s| {
         s.lost.get()
     }),
+    ("c2m_load_reconnects_total", "counter", "Connects opened again (--reconnect, --churn).", |s| s.reconnects.get()),
+    ("c2m_load_relogins_total", "counter", "Logins after a connection's first.", |s| s.relogins.get()),
+    ("c2m_load_connect_retries_total", "counter", "Failed connects or logins tried again.", |s| s.retried.get()),
+    ("c2m_load_churned_total", "counter", "Clients that left by churn (BYE).", |s| s.churned.get()),
     ("c2m_load_connections_finished_total", "counter", "Connections whose close has completed.", |s| s.finished.get()),
     ("c2m_load_errors_total", "counter", "ERROR frames and protocol violations seen.", |s| s.errors.get()),
     ("c2m_load_messages_sent_total", "counter", "Messages sent (PING, ECHO or SEND).", |s| s.sent.get()),

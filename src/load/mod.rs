@@ -12,6 +12,7 @@ pub mod conn;
 pub mod conns;
 pub mod metrics;
 pub mod progress;
+pub mod reconnect;
 pub mod run;
 pub mod shard;
 pub mod sources;

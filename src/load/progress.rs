@@ -119,6 +119,15 @@ pub fn summary(r: &LoadReport) -> String {
         thousands(c.failed),
         thousands(c.lost)
     );
+    if c.reconnects + c.churned + c.retried > 0 {
+        out += &format!(
+            "  comebacks: {} reconnects, {} logins again, {} failed connects or logins retried, {} churned (BYE)\n",
+            thousands(c.reconnects),
+            thousands(c.relogins),
+            thousands(c.retried),
+            thousands(c.churned)
+        );
+    }
     out += &format!("  connect: {:.1} s, {:.0} connections/s\n", c.connect_seconds, c.connect_rate_achieved);
     out += &format!(
         "  messages: {} sent, {} answered, {} unanswered at the end, {} late; {:.0}/s asked, {:.0}/s answered; receive buffers ran out {} times\n",
@@ -140,7 +149,7 @@ pub fn summary(r: &LoadReport) -> String {
     }
     if let Some(chat) = &r.chat {
         out += &format!(
-            "  chat: {} sent, {} acked, {} NACK 7, {} NACK 8, {} delivered of {} expected, {} receipted; {} duplicates, {} lost\n",
+            "  chat: {} sent, {} acked, {} NACK 7, {} NACK 8, {} delivered of {} expected, {} receipted; {} duplicates, {} lost ({} after their ACK, {} never ACKed)\n",
             thousands(chat.sent),
             thousands(chat.acked),
             thousands(chat.nacked_unknown_recipient),
@@ -149,7 +158,9 @@ pub fn summary(r: &LoadReport) -> String {
             thousands(chat.expected),
             thousands(chat.receipted),
             thousands(chat.duplicates),
-            thousands(chat.lost)
+            thousands(chat.lost),
+            thousands(chat.lost_after_ack),
+            thousands(chat.lost_unacked)
         );
     }
     out += "  latency (us)          count      p50      p90      p99    p99.9   p99.99      max\n";

@@ -489,10 +489,12 @@ impl Course {
 
     /// Every connect resolved (on to the messages), or the connect phase ran out of time.
     fn connect_over(&mut self, stats: &[Arc<LoadStats>], elapsed: Duration) -> Option<Phase> {
-        let resolved = sum(stats, |s| s.established_total.get() + s.failed.get());
+        // A connection is resolved by its first login or a failure not tried again.
+        let first_logins = sum(stats, |s| s.established_total.get() - s.relogins.get());
+        let resolved = first_logins + sum(stats, |s| s.failed.get());
         if resolved >= self.connections {
             self.connect_seconds = elapsed.as_secs_f64();
-            if sum(stats, |s| s.established_total.get()) == 0 {
+            if first_logins == 0 {
                 self.abort = Some("no connection was established (see errors)".into());
                 return Some(Phase::Close);
             }
@@ -569,7 +571,8 @@ impl Course {
         }
         let messages_seconds =
             self.phases.iter().find(|p| p.name == "messages").map(|p| p.end - p.start).unwrap_or(0.0);
-        let established_total = sum(stats, |s| s.established_total.get());
+        // Each connection's first login (its later ones are `relogins`).
+        let established_total = sum(stats, |s| s.established_total.get() - s.relogins.get());
         let chat = ledger.map(|l| chat_counts(l, stats, &histograms, messages_seconds));
         let (connect_seconds, received_at) = (self.connect_seconds, self.received_at);
         LoadReport {
@@ -586,6 +589,10 @@ impl Course {
                 established_at_end: self.at_end,
                 failed: sum(stats, |s| s.failed.get()),
                 lost: sum(stats, |s| s.lost.get()),
+                reconnects: sum(stats, |s| s.reconnects.get()),
+                relogins: sum(stats, |s| s.relogins.get()),
+                retried: sum(stats, |s| s.retried.get()),
+                churned: sum(stats, |s| s.churned.get()),
                 connect_seconds,
                 connect_rate_achieved: if connect_seconds > 0.0 {
                     established_total as f64 / connect_seconds
@@ -663,7 +670,7 @@ fn chat_counts(
     histograms: &RunHistograms,
     messages_seconds: f64,
 ) -> ChatCounts {
-    let (lost, unreceipted) = l.settle();
+    let books = l.settle();
     let c = |f: fn(&super::stats::ChatCounts) -> &crate::stats::Counter| sum(stats, |s| f(&s.chat).get());
     let sent = sum(stats, |s| s.sent.get());
     let (acked, n7, n8, nx) =
@@ -679,8 +686,10 @@ fn chat_counts(
         delivered: c(|x| &x.delivered),
         receipted: c(|x| &x.receipted),
         duplicates: c(|x| &x.duplicates),
-        lost,
-        unreceipted,
+        lost: books.lost(),
+        lost_after_ack: books.lost_after_ack,
+        lost_unacked: books.lost_unacked,
+        unreceipted: books.unreceipted,
         unknown: c(|x| &x.unknown),
         window_full: c(|x| &x.window_full),
         delivered_rate: if messages_seconds > 0.0 { histograms.deliver.len() as f64 / messages_seconds } else { 0.0 },
@@ -769,6 +778,17 @@ fn params(cfg: &LoadConfig, rings: usize, files: u32) -> LoadParams {
         workers: cfg.workers as u64,
         rings_per_worker: rings as u64,
         files_per_ring: files as u64,
+        comeback: {
+            let b = &cfg.comeback;
+            (b.reconnect || b.churn > 0.0).then_some(crate::schema::load::ComebackParams {
+                reconnect: b.reconnect,
+                backoff_min_ms: b.backoff_min.as_secs_f64() * 1e3,
+                backoff_max_ms: b.backoff_max.as_secs_f64() * 1e3,
+                reconnect_rate: b.rate,
+                churn_percent_per_minute: b.churn * 100.0,
+                churn_away_ms: b.churn_away.as_secs_f64() * 1e3,
+            })
+        },
     }
 }
 
@@ -815,6 +835,7 @@ mod tests {
             max_frame: 4096,
             keep_free: 0,
             chat: Default::default(),
+            comeback: Default::default(),
             dataplane: Default::default(),
             netns: None,
         }

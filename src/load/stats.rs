@@ -70,6 +70,12 @@ pub struct LoadStats {
     pub late: Counter,
     /// Connections started whose close has completed (or that failed and were closed).
     pub finished: Counter,
+    /// `--reconnect` and `--churn`: connects opened again, logins after the first, failed
+    /// connects or logins that were retried (not counted in `failed`), churned leaves.
+    pub reconnects: Counter,
+    pub relogins: Counter,
+    pub retried: Counter,
+    pub churned: Counter,
     pub chat: ChatCounts,
     /// The data plane's own: bytes in and out, receive-buffer shortfalls, descriptors, rings.
     pub transport: TransportStats,

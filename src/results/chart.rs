@@ -360,6 +360,71 @@ pub fn rounds_chart(title: &str, unit: &str, arms: &[ArmPoints<'_>]) -> Result<S
 }
 
 // ---------------------------------------------------------------------------------------------
+// Time series
+
+/// One line of a time-series chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeSeries<'a> {
+    pub name: &'a str,
+    /// (seconds, value)
+    pub points: &'a [(f64, f64)],
+}
+
+/// Lines over time on one axis from 0, a band shaded behind them (the steady window a drift is
+/// fitted over): a reader sees whether anything climbs while the load holds still.
+pub fn time_series_chart(
+    title: &str,
+    unit: &str,
+    series: &[TimeSeries<'_>],
+    band: Option<(f64, f64)>,
+) -> Result<String, ChartError> {
+    let values = || series.iter().flat_map(|s| s.points.iter());
+    if values().next().is_none() {
+        return Err(ChartError::NoData);
+    }
+    let t_end = values().map(|p| p.0).fold(1.0, f64::max);
+    let hi = values().map(|p| p.1).fold(1.0, f64::max) * 1.25;
+    render_svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, caption_style())
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(85)
+            .build_cartesian_2d(0f64..t_end, 0f64..hi)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(GRID_GREY.mix(0.6))
+            .x_desc("seconds since the soak started")
+            .x_label_formatter(&|v| short_count(*v))
+            .y_desc(unit)
+            .y_label_formatter(&|v| short_count(*v))
+            .label_style(label_style())
+            .axis_desc_style(desc_style())
+            .draw()?;
+        if let Some((from, to)) = band {
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(from, 0.0), (to, hi)], GRID_GREY.mix(0.15).filled())))?;
+        }
+        for (i, line) in series.iter().enumerate() {
+            let color = SERIES_COLORS[i % SERIES_COLORS.len()].stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(line.points.iter().copied(), color))?
+                .label(line.name.to_string())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(GRID_GREY)
+            .label_font(label_style())
+            .draw()?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Memory per connection
 
 /// Horizontal bars, first bar at the top, each labelled with its value in bytes.

@@ -78,6 +78,10 @@ pub fn merge(reports: &[(String, LoadReport)]) -> Result<LoadReport, MergeError>
             established_at_end: sum(|r| r.connections.established_at_end),
             failed: sum(|r| r.connections.failed),
             lost: sum(|r| r.connections.lost),
+            reconnects: sum(|r| r.connections.reconnects),
+            relogins: sum(|r| r.connections.relogins),
+            retried: sum(|r| r.connections.retried),
+            churned: sum(|r| r.connections.churned),
             connect_seconds,
             connect_rate_achieved: if connect_seconds > 0.0 { established as f64 / connect_seconds } else { 0.0 },
         },
@@ -333,7 +337,11 @@ fn merged_chat(reports: &[(String, LoadReport)]) -> Option<ChatCounts> {
         delivered,
         receipted,
         duplicates: sum(|c| c.duplicates),
+        // Whether a lost message was ACKed is in its sender's shard, where its loss is not
+        // known: the merge counts only the loss.
         lost: expected.saturating_sub(delivered),
+        lost_after_ack: 0,
+        lost_unacked: 0,
         unreceipted: delivered.saturating_sub(receipted),
         unknown: sum(|c| c.unknown),
         window_full: sum(|c| c.window_full),

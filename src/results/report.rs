@@ -1244,7 +1244,7 @@ fn write_files(md: &mut String, runs: &ScenarioRuns<'_>) {
 }
 
 /// The machine a result ran on, in one line: host, cores, memory, kernel.
-pub(super) fn machine_line(m: &crate::schema::bench::Machine) -> String {
+pub(crate) fn machine_line(m: &crate::schema::bench::Machine) -> String {
     format!("{} ({} cores, {}), kernel {}", m.host, m.cores, human_bytes(m.memory_bytes as f64), m.kernel)
 }
 

@@ -67,6 +67,20 @@ pub struct LoadParams {
     pub workers: u64,
     pub rings_per_worker: u64,
     pub files_per_ring: u64,
+    /// `--reconnect` and `--churn`, when either was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comeback: Option<ComebackParams>,
+}
+
+/// Clients that come back: reconnects after a loss, and churn.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ComebackParams {
+    pub reconnect: bool,
+    pub backoff_min_ms: f64,
+    pub backoff_max_ms: f64,
+    pub reconnect_rate: f64,
+    pub churn_percent_per_minute: f64,
+    pub churn_away_ms: f64,
 }
 
 /// Connections asked for and reached.
@@ -81,9 +95,20 @@ pub struct ConnectionCounts {
     pub established_peak: u64,
     /// Logged in when the message phase ended (before the load closed them).
     pub established_at_end: u64,
-    /// Connects that failed or timed out, and connections lost later (see `errors`).
+    /// Connects (or logins) that failed or timed out and were not tried again, and logged-in
+    /// connections lost later, each loss once (see `errors`).
     pub failed: u64,
     pub lost: u64,
+    /// `--reconnect` / `--churn`: connects opened again, logins after a connection's first,
+    /// failed connects or logins that were tried again, and churned leaves (BYE).
+    #[serde(default)]
+    pub reconnects: u64,
+    #[serde(default)]
+    pub relogins: u64,
+    #[serde(default)]
+    pub retried: u64,
+    #[serde(default)]
+    pub churned: u64,
     /// Seconds from the first connect to the last one that completed.
     pub connect_seconds: f64,
     /// `established / connect_seconds`.
@@ -213,6 +238,13 @@ pub struct ChatCounts {
     /// partly in other shards, so only the merged report counts these two (expected -
     /// delivered, delivered - receipted).
     pub lost: u64,
+    /// `lost` split: of messages the server had ACKed (the delivery guarantee broken, or the
+    /// server killed with them), and of messages never ACKed (lost with their connection). A
+    /// merged report has only `lost`.
+    #[serde(default)]
+    pub lost_after_ack: u64,
+    #[serde(default)]
+    pub lost_unacked: u64,
     /// Deliveries whose RECEIPT notice never came back.
     pub unreceipted: u64,
     /// DELIVERs from outside this load.
@@ -309,11 +341,22 @@ impl LoadReport {
     /// connections that failed or were lost, messages left unanswered. `None` if it did not.
     pub fn shortfall(&self) -> Option<String> {
         let (c, m) = (&self.connections, &self.messages);
-        let (chat_lost, chat_duplicates) = self.chat.as_ref().map_or((0, 0), |ch| (ch.lost, ch.duplicates));
-        (c.failed + c.lost + m.unanswered + chat_lost + chat_duplicates > 0).then(|| {
+        let (chat_lost, mut chat_duplicates) = self.chat.as_ref().map_or((0, 0), |ch| (ch.lost, ch.duplicates));
+        // Clients that came back: a DELIVER their last session took but never receipted is
+        // delivered again (at least once, by design); losses are counted by what did not come
+        // back, and the replies their connections took with them are not owed.
+        let came_back = c.relogins > 0;
+        if came_back {
+            chat_duplicates = 0;
+        }
+        let (lost, unanswered) = match came_back || self.params.comeback.as_ref().is_some_and(|b| b.reconnect) {
+            true => (c.requested.saturating_sub(c.established_at_end), 0),
+            false => (c.lost, m.unanswered),
+        };
+        (c.failed + lost + unanswered + chat_lost + chat_duplicates > 0).then(|| {
             format!(
-                "{} connections failed, {} lost, {} messages unanswered, {chat_lost} chat messages lost, {chat_duplicates} delivered twice",
-                c.failed, c.lost, m.unanswered
+                "{} connections failed, {lost} lost, {unanswered} messages unanswered, {chat_lost} chat messages lost, {chat_duplicates} delivered twice",
+                c.failed
             )
         })
     }

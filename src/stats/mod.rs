@@ -4,6 +4,7 @@
 //! and store: no locked instruction on the hot path. Readers (the metrics endpoint) see values
 //! that are at most a moment old.
 
+pub mod line;
 pub mod metrics_http;
 pub mod process;
 

@@ -341,6 +341,7 @@ mod tests {
             workers: 0,
             rings_per_worker: 0,
             files_per_ring: 0,
+            comeback: None,
         };
         BenchResult {
             schema: SCHEMA_NAME.into(),

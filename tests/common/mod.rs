@@ -75,6 +75,17 @@ impl ServerProcess {
                 cmd.args(["--listen", "127.0.0.1:0"]);
             }
         }
+        ServerProcess::spawn(cmd, extra, net)
+    }
+
+    /// A kernel-data-plane server on `listen` (a restart on the port a killed server had).
+    pub fn start_listening(listen: SocketAddr, extra: &[&str]) -> ServerProcess {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--metrics", "127.0.0.1:0", "--listen", &listen.to_string()]);
+        ServerProcess::spawn(cmd, extra, None)
+    }
+
+    fn spawn(mut cmd: Command, extra: &[&str], net: Option<xdp_common::Topology>) -> ServerProcess {
         let mut child =
             cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn c2m serve");
         let mut line = String::new();
@@ -223,15 +234,25 @@ pub fn sum(text: &str, name: &str) -> f64 {
     c2m::stats::sum_metric(text, name).unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
-/// No session, slab slot, direct descriptor or TCP control block outlives its connection, and every accepted session
-/// was closed exactly once.
+/// No session, slab slot, direct descriptor, held receive buffer, unreceipted list or TCP
+/// control block outlives its connection, the offline store's byte count goes with its
+/// messages, and every accepted session was closed exactly once.
 pub fn assert_no_leaks(server: &ServerProcess) {
     server.wait_metric("c2m_sessions_active", 0.0, Duration::from_secs(10));
     server.wait_metric("c2m_slab_slots_in_use", 0.0, Duration::from_secs(10));
     server.wait_metric("c2m_fixed_files_in_use", 0.0, Duration::from_secs(10));
-    // Under xdp: every connection of c2m's TCP closed (a block in TIME-WAIT is closed).
+    server.wait_metric("c2m_held_buffers", 0.0, Duration::from_secs(10));
+    server.wait_metric("c2m_chat_pending_messages", 0.0, Duration::from_secs(10));
+    // Under xdp: every connection of c2m's TCP closed (a block in TIME-WAIT is closed), and
+    // no input held for a paused one.
     server.wait_metric("c2m_tcp_connections", 0.0, Duration::from_secs(10));
     let text = server.scrape();
+    if c2m::stats::sum_metric(&text, "c2m_xdp_held_input_bytes").is_some() {
+        assert_eq!(sum(&text, "c2m_xdp_held_input_bytes"), 0.0, "{text}");
+    }
+    if sum(&text, "c2m_chat_offline_messages") == 0.0 {
+        assert_eq!(sum(&text, "c2m_chat_offline_bytes"), 0.0, "store bytes without a message\n{text}");
+    }
     let accepted = sum(&text, "c2m_sessions_accepted_total");
     assert!(accepted > 0.0, "{text}");
     assert_eq!(accepted, sum(&text, "c2m_sessions_closed_total"), "accepted != closed\n{text}");

@@ -23,19 +23,9 @@ pub struct SlopeSample {
     pub load_rss: u64,
 }
 
-/// The least-squares line y = a + b·x; `None` when the x values do not vary.
+/// The least-squares line y = a + b·x as (a, b, r²); `None` when the x values do not vary.
 fn fit(xs: &[f64], ys: &[f64]) -> Option<(f64, f64, f64)> {
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    let syy: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
-    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    if sxx <= 0.0 {
-        return None;
-    }
-    let b = sxy / sxx;
-    let r2 = if syy > 0.0 { sxy * sxy / (sxx * syy) } else { 1.0 };
-    Some((my - b * mx, b, r2))
+    crate::stats::line::least_squares(xs, ys).map(|l| (l.intercept, l.slope, l.r_squared))
 }
 
 /// The steady slope of a run's samples; `None` with too few steady samples or no growth.

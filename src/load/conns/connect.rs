@@ -24,18 +24,31 @@ impl Conns {
         }
     }
 
-    /// Asks the data plane to open the next connection, from its place in the source plan.
+    /// Asks the data plane to open the next connection.
     fn start_connect(&mut self, q: &mut Requests, due_ns: u64, now_ns: u64) {
-        // Slots are handed out in order and never freed, so the next slot is `next`.
+        // Slots are handed out in order and never freed (a client that comes back keeps its
+        // slot), so the next slot is `next`.
         let Some(slot) = self.slab.alloc() else { return };
         debug_assert_eq!(slot as u64, self.next);
         self.next += 1;
+        self.open(q, slot, due_ns, now_ns);
+    }
+
+    /// Opens `slot`'s connection from its place in the source plan (the same source each time
+    /// it comes back: its last connection ended with an RST, so no TIME_WAIT holds the port).
+    pub(super) fn open(&mut self, q: &mut Requests, slot: u32, due_ns: u64, now_ns: u64) {
         self.connecting += 1;
         let source =
             self.cfg.ports.source_of(self.global(slot)).expect("validated: the port plan covers every connection");
         let c = &mut self.slab.header_mut(slot).s;
+        // A new connection: nothing of the last one's traffic carries over.
+        let kept = c.flags & flag::EVER_UP;
+        let attempts = c.attempts;
+        let msg_seq = c.msg_seq;
+        *c = bytemuck::Zeroable::zeroed();
+        c.flags = kept | flag::CONNECT_PENDING;
+        (c.attempts, c.msg_seq) = (attempts, msg_seq);
         c.state = state::CONNECTING;
-        c.flags |= flag::CONNECT_PENDING;
         c.due_ns = due_ns;
         c.t_ns = now_ns;
         q.connect(slot, source, self.cfg.target);
@@ -67,8 +80,16 @@ impl Conns {
     /// WELCOME arrived: counted up, and the connection's message schedule starts.
     pub(super) fn logged_in(&mut self, slot: u32, now: u64) {
         let c = self.slab.header_mut(slot);
-        let t = c.s.t_ns;
-        c.s.flags |= flag::COUNTED_UP;
+        let (t, again) = (c.s.t_ns, c.s.has(flag::EVER_UP));
+        c.s.flags |= flag::COUNTED_UP | flag::EVER_UP;
+        c.s.attempts = 0;
+        if again {
+            self.stats.relogins.inc();
+            // What it sent before and never saw settled still counts, from the side table.
+            if let Some(ledger) = &self.control.ledger {
+                ledger.retire_open(self.user_of(slot));
+            }
+        }
         record(&mut self.hist.login, now - t);
         self.stats.established_total.inc();
         self.stats.established.add(1);

@@ -3,6 +3,7 @@
 //! transport seam: it runs unchanged over any data plane. Everything it touches is its own; the
 //! main thread sees its counters (single-writer atomics) and a histogram once a second.
 
+mod comeback;
 mod connect;
 mod traffic;
 
@@ -14,6 +15,7 @@ use crossbeam::channel::Sender;
 
 use super::config::LoadConfig;
 use super::conn::{Conn, flag, state};
+use super::reconnect::{Credit, Pacer};
 use super::stats::{Control, Interval, LoadStats, Phase, RunHistograms, WorkerOutcome, record};
 use crate::engine::timer::TimerWheel;
 use crate::slab::SessionSlab;
@@ -64,6 +66,15 @@ pub struct Conns {
     tick_at: u64,
     /// A chat body, built once.
     body: Vec<u8>,
+    /// Clients whose wait is over, queued for a connect (`--reconnect`, `--churn`).
+    comebacks: VecDeque<u32>,
+    /// Paces the comebacks (`--reconnect-rate`).
+    pacer: Pacer,
+    /// Churn: leaves owed so far, and the clients picked to leave that still have traffic.
+    churn_credit: Credit,
+    leaving: Vec<u32>,
+    /// Draws of the jitter and churn noise so far.
+    draws: u64,
 }
 
 impl Conns {
@@ -105,6 +116,15 @@ impl Conns {
             mono_base: 0,
             tick_at: 0,
             body: vec![0x63u8; cfg.chat.body],
+            comebacks: VecDeque::new(),
+            pacer: {
+                let per_worker = cfg.comeback.rate / cfg.workers as f64;
+                // A burst of 10 ms' worth, so a 1 ms tick never waits on a token.
+                Pacer::new(per_worker, (per_worker / 100.0).max(1.0))
+            },
+            churn_credit: Credit::default(),
+            leaving: Vec::new(),
+            draws: 0,
             cfg,
         })
     }
@@ -160,13 +180,20 @@ impl Conns {
     // ---- closing ----------------------------------------------------------------------
 
     /// A live connection ended before the run did.
+    /// A live connection ended before the run did (with `--reconnect` it comes back).
     fn lose(&mut self, q: &mut Requests, slot: u32, kind: String) {
-        let c = self.slab.header(slot);
+        let retrying = self.retrying();
+        let c = self.slab.header_mut(slot);
         if c.s.has(flag::COUNTED_UP) {
             self.stats.lost.inc();
+        } else if retrying {
+            // Connected but never logged in; it tries again.
+            self.stats.retried.inc();
         } else {
-            // Connected but never logged in.
             self.stats.failed.inc();
+        }
+        if retrying {
+            c.s.flags |= flag::COMEBACK;
         }
         self.error(kind);
         self.close(q, slot);
@@ -184,8 +211,15 @@ impl Conns {
             self.stats.established.sub(1);
         }
         c.s.outstanding = 0;
+        c.s.receipts_owed = 0;
+        c.s.flags &= !flag::LEAVING;
         c.s.state = state::CLOSING;
         self.wheel.cancel(slot);
+        if self.receipts_waiting.iter().any(|r| r.0 == slot) {
+            // RECEIPTs of this connection's DELIVERs must not go out on its next one (the
+            // server delivers again what was never receipted).
+            self.receipts_waiting.retain(|r| r.0 != slot);
+        }
         q.close(slot, Close::Abort);
     }
 
@@ -193,7 +227,16 @@ impl Conns {
         self.closing_since = Some(Instant::now());
         // Connections never started count as finished: the run is over for them.
         self.stats.finished.add(self.total - self.next);
+        self.comebacks.clear();
+        self.leaving.clear();
         for slot in 0..self.next as u32 {
+            if self.slab.header(slot).s.state == state::WAITING {
+                // Let go already, waiting to come back: done.
+                self.wheel.cancel(slot);
+                self.slab.header_mut(slot).s.state = state::DONE;
+                self.stats.finished.inc();
+                continue;
+            }
             self.close(q, slot);
         }
         self.next = self.total;
@@ -219,6 +262,8 @@ impl Conns {
                     self.wheel.schedule(slot, self.tick_of(c.s.due_ns));
                 }
             }
+            state::WAITING => self.on_waiting_timer(slot, now),
+            state::CLOSING => self.on_leave_timer(q, slot),
             _ => {}
         }
     }
@@ -269,8 +314,15 @@ impl Handler for Conns {
     fn connect_failed(&mut self, _q: &mut Requests, conn: ConnId, err: ConnectError) {
         self.connect_done(conn);
         self.error(err.to_string());
-        self.stats.failed.inc();
-        self.slab.header_mut(conn).s.state = state::CLOSING;
+        let retrying = self.retrying();
+        let c = &mut self.slab.header_mut(conn).s;
+        c.state = state::CLOSING;
+        if retrying {
+            c.flags |= flag::COMEBACK;
+            self.stats.retried.inc();
+        } else {
+            self.stats.failed.inc();
+        }
     }
 
     fn input(&mut self, q: &mut Requests, conn: ConnId, data: &[u8]) -> usize {
@@ -278,7 +330,9 @@ impl Handler for Conns {
     }
 
     fn input_ended(&mut self, q: &mut Requests, conn: ConnId) {
-        self.lose(q, conn, "closed by server".into());
+        if matches!(self.slab.header(conn).s.state, state::HELLO_SENT | state::LOGGED_IN) {
+            self.lose(q, conn, "closed by server".into());
+        }
     }
 
     fn wants_input(&self, conn: ConnId) -> bool {
@@ -322,9 +376,7 @@ impl Handler for Conns {
     fn released(&mut self, _q: &mut Requests, conn: ConnId) {
         // A connection closed while its connect was under way never heard back.
         self.connect_done(conn);
-        let c = self.slab.header_mut(conn);
-        c.s.state = state::DONE;
-        self.stats.finished.inc();
+        self.parted(conn);
     }
 
     fn tick(&mut self, q: &mut Requests) -> Option<Duration> {
@@ -340,6 +392,8 @@ impl Handler for Conns {
             }
         } else {
             self.start_due_connects(q, now);
+            self.start_comebacks(q, now);
+            self.churn(q, now);
         }
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();

@@ -66,6 +66,9 @@ impl Replies<'_> {
                 c.outstanding -= 1;
                 self.answered += 1;
                 self.stats.chat.acked.inc();
+                if let Some(l) = self.ledger {
+                    l.acked(self.me, msg_id);
+                }
                 if let Some(t) = self.ledger.and_then(|l| l.sent_ns(self.me, msg_id)) {
                     record(&mut self.interval.ack, self.now.saturating_sub(t));
                     if self.measuring {
@@ -208,6 +211,10 @@ impl Conns {
 
     /// Stages every message that is due (as many as the out area holds) and sends.
     pub(super) fn send_due(&mut self, q: &mut Requests, slot: u32, now: u64) {
+        if self.slab.header(slot).s.has(flag::LEAVING) {
+            // Churn picked it: it says BYE once what is outstanding is answered.
+            return;
+        }
         if self.slab.header(slot).s.has(flag::SENDING) {
             // The previous send has not completed: this one goes when it does.
             self.stats.late.inc();
@@ -326,7 +333,7 @@ impl Conns {
         let (echo, len, want) = (self.cfg.workload == Workload::Echo, self.frame_len, self.cfg.in_flight);
         let mut staged = 0u64;
         let (c, out) = self.out_area(slot);
-        if c.state != state::LOGGED_IN {
+        if c.state != state::LOGGED_IN || c.has(flag::LEAVING) {
             return;
         }
         // Appending behind a send in flight is safe: the kernel reads only [0, send_len).

@@ -48,24 +48,41 @@ pub fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
 /// own reuseport listeners the server binds once without SO_REUSEPORT: that bind fails with
 /// EADDRINUSE exactly when someone listens there (SO_REUSEADDR keeps TIME-WAIT leftovers of an
 /// earlier run from counting). Port 0 asks for a fresh port and cannot collide.
+///
+/// A server killed a moment ago still listens for a while: its rings are torn down after the
+/// process is gone (io_uring's exit work), and their accepts hold the listener open until then.
+/// A restart must not fail on that, so a port in use is probed again for up to
+/// [`PORT_RELEASE_WAIT`] before it is refused.
 pub fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    probe.set_reuse_address(true)?;
-    match probe.bind(&addr.into()) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
-            e.kind(),
-            format!(
-                "{addr} is already in use by another process (another c2m serve?): stop it, or pick a free port \
-                 with --listen (`ss -ltnp 'sport = :{}'` shows who holds it)",
-                addr.port()
-            ),
-        )),
-        other => other,
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{addr} is already in use by another process (another c2m serve?): stop it, or pick a free \
+                         port with --listen (`ss -ltnp 'sport = :{}'` shows who holds it)",
+                        addr.port()
+                    ),
+                ));
+            }
+            other => return other,
+        }
     }
 }
+
+/// How long a port held by a listener is probed again before it is refused (see
+/// [`ensure_port_free`]).
+pub const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connections waiting in a listener's accept queue (TCP_INFO's `tcpi_unacked` on a listener).
 pub fn accept_queue_len(listener: BorrowedFd<'_>) -> std::io::Result<u32> {
