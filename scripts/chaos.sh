@@ -138,6 +138,13 @@ row() {
   echo "   -> $1: $3; lost after ACK $4, never ACKed $5, duplicates $6, leaked: $7; held: $8"
 }
 
+# chat_row CLIENTS WHAT LEFT HELD: a row of a chat case, its ledger from $out/$CASE.json.
+chat_row() {
+  local j=$out/$CASE.json
+  row "$CASE" "$1" "$2" "$(json "$j" .chat.lost_after_ack)" "$(json "$j" .chat.lost_unacked)" \
+    "$(json "$j" .chat.duplicates)" "$3" "$4"
+}
+
 stop_server() {
   kill -TERM "$SERVE_PID" 2>/dev/null || true
   wait "$SERVE_PID" 2>/dev/null || true
@@ -207,8 +214,7 @@ case_serve_kill() {
   local held=yes
   [ "$left" = none ] && [ "$(json "$j" .connections.established_at_end)" -eq "$SCALE" ] &&
     [ "$(json "$j" .chat.unknown)" -eq 0 ] || held=no
-  row "$CASE" "$SCALE" "$what" "$(json "$j" .chat.lost_after_ack)" "$(json "$j" .chat.lost_unacked)" \
-    "$(json "$j" .chat.duplicates)" "$left" "$held"
+  chat_row "$SCALE" "$what" "$left" "$held"
   stop_server
 }
 
@@ -230,8 +236,7 @@ case_sigstop() {
   what="$(json "$j" .connections.lost) connections lost, $(json "$j" .connections.relogins) logins again; $(json "$j" .chat.delivered) of $(json "$j" .chat.expected) delivered"
   local held=yes
   [ "$left" = none ] && [ "$(json "$j" .chat.lost)" -eq 0 ] || held=no
-  row "$CASE" "$SCALE" "$what" "$(json "$j" .chat.lost_after_ack)" "$(json "$j" .chat.lost_unacked)" \
-    "$(json "$j" .chat.duplicates)" "$left" "$held"
+  chat_row "$SCALE" "$what" "$left" "$held"
   stop_server
 }
 
@@ -261,8 +266,7 @@ case_loss() {
   local held=yes
   [ "$left" = none ] && [ "$(json "$j" .chat.lost)" -eq 0 ] && [ "$(json "$j" .chat.duplicates)" -eq 0 ] &&
     [ "$(json "$j" .connections.established)" -eq "$LOSS_CONNS" ] || held=no
-  row "$CASE" "$LOSS_CONNS" "$what" "$(json "$j" .chat.lost_after_ack)" "$(json "$j" .chat.lost_unacked)" \
-    "$(json "$j" .chat.duplicates)" "$left" "$held"
+  chat_row "$LOSS_CONNS" "$what" "$left" "$held"
   stop_server
   scripts/netns.sh down >/dev/null
   netns_up=

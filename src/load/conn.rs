@@ -35,10 +35,10 @@ pub mod flag {
     pub const CONNECT_PENDING: u8 = 4;
     /// Input left unconsumed (too many RECEIPTs owed): resumed once they drain.
     pub const INPUT_PAUSED: u8 = 8;
-    /// Counted as logged in (so its loss is counted once).
-    pub const COUNTED_UP: u8 = 32;
     /// Opens again once released (`--reconnect` after a loss, or churned).
     pub const COMEBACK: u8 = 16;
+    /// Counted as logged in (so its loss is counted once).
+    pub const COUNTED_UP: u8 = 32;
     /// Has logged in before: its next login is a relogin.
     pub const EVER_UP: u8 = 64;
     /// Left by churn (BYE): its close is graceful, and it comes back after its time away.

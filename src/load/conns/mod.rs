@@ -179,7 +179,6 @@ impl Conns {
 
     // ---- closing ----------------------------------------------------------------------
 
-    /// A live connection ended before the run did.
     /// A live connection ended before the run did (with `--reconnect` it comes back).
     fn lose(&mut self, q: &mut Requests, slot: u32, kind: String) {
         let retrying = self.retrying();
