@@ -11,7 +11,7 @@
 #   SOAK_CLIENTS=20000 SOAK_SECONDS=120 scripts/soak.sh   a quick one
 #
 # Results: results/soak/<stamp>-<host>/: samples.csv, load.json (the ledger), server.metrics,
-# and summary.md + memory.svg + gauges.svg from `c2m results soak` (drift per hour by least
+# and summary.md + memory.svg, connections.svg and store.svg from `c2m results soak` (drift per hour by least
 # squares over the steady part, after the connects and the first SEND interval). Exit 3 when
 # something drifted or the ledger is not exact. Both ends on loopback, kernel TCP.
 set -euo pipefail

@@ -67,7 +67,7 @@ enum ResultsCommand {
     },
     /// A soak's verdict (scripts/soak.sh leaves samples.csv, load.json and server.metrics in
     /// DIR): drift per hour of memory and gauges over the steady window, leaks, the chat ledger;
-    /// writes summary.md, memory.svg and gauges.svg into DIR. Exit 3 when it did not hold.
+    /// writes summary.md and three SVG charts into DIR. Exit 3 when it did not hold.
     Soak { dir: std::path::PathBuf },
 }
 

@@ -3,7 +3,8 @@
 //! gauges), `load.json` (the load's report and chat ledger) and `server.metrics` (the server's
 //! counters after the load closed). Each series' drift per hour is the least-squares slope over
 //! the steady window: from three SEND intervals after every client first logged in to the last
-//! sample with the clients up. Writes `summary.md`, `memory.svg` and `gauges.svg` into DIR.
+//! sample with the clients up. Writes `summary.md`, `memory.svg`, `connections.svg` and
+//! `store.svg` into DIR.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -266,45 +267,59 @@ pub fn summarize(dir: &Path) -> Result<bool, SoakError> {
         "\nVerdict: {}.",
         if held { "held (flat, nothing leaked, ledger exact)" } else { "**did not hold**" }
     );
-    md += "\n![memory](memory.svg)\n\n![gauges](gauges.svg)\n";
+    md += "\n![memory](memory.svg)\n\n![connections](connections.svg)\n\n![store](store.svg)\n";
 
-    let mib =
-        |name: &str| -> Vec<(f64, f64)> { samples.points(name).into_iter().map(|(t, v)| (t, v / 1048576.0)).collect() };
-    let (srv, ld, slab, store) = (mib("server_rss"), mib("load_rss"), mib("slab"), mib("store_bytes"));
+    // Three charts, so that no series is a flat line at the bottom of a bigger one's axis.
+    let scaled = |name: &str, by: f64| -> Vec<(f64, f64)> {
+        samples.points(name).into_iter().map(|(t, v)| (t, v / by)).collect()
+    };
+    let mib = 1048576.0;
+    let (slab, sunreclaim, ld, srv) =
+        (scaled("slab", mib), scaled("sunreclaim", mib), scaled("load_rss", mib), scaled("server_rss", mib));
     let memory = time_series_chart(
         "Memory over the soak",
         "MiB",
         &[
             TimeSeries { name: "kernel Slab", points: &slab },
+            TimeSeries { name: "kernel SUnreclaim", points: &sunreclaim },
             TimeSeries { name: "load RSS", points: &ld },
             TimeSeries { name: "server RSS", points: &srv },
-            TimeSeries { name: "offline store bytes", points: &store },
         ],
         Some(window),
     )
     .map_err(|e| SoakError::Chart("memory.svg", e))?;
-    let (sessions, files, stored, pending, held_bufs) = (
-        samples.points("sessions"),
-        samples.points("fixed_files"),
+    let (sessions, files) = (samples.points("sessions"), samples.points("fixed_files"));
+    let connections = time_series_chart(
+        "Sessions and fixed files over the soak",
+        "count",
+        &[TimeSeries { name: "sessions", points: &sessions }, TimeSeries { name: "fixed files", points: &files }],
+        Some(window),
+    )
+    .map_err(|e| SoakError::Chart("connections.svg", e))?;
+    let (stored, kib, pending, held_bufs) = (
         samples.points("store_messages"),
+        scaled("store_bytes", 1024.0),
         samples.points("pending"),
         samples.points("held_buffers"),
     );
-    let gauges = time_series_chart(
-        "Server gauges over the soak",
-        "count",
+    let store = time_series_chart(
+        "Offline store and held messages over the soak",
+        "count (bytes in KiB)",
         &[
-            TimeSeries { name: "sessions", points: &sessions },
-            TimeSeries { name: "fixed files", points: &files },
-            TimeSeries { name: "offline store, messages", points: &stored },
+            TimeSeries { name: "store, messages", points: &stored },
+            TimeSeries { name: "store, KiB", points: &kib },
             TimeSeries { name: "unreceipted, held", points: &pending },
             TimeSeries { name: "held receive buffers", points: &held_bufs },
         ],
         Some(window),
     )
-    .map_err(|e| SoakError::Chart("gauges.svg", e))?;
-    for (name, text) in [("summary.md", md.as_str()), ("memory.svg", memory.as_str()), ("gauges.svg", gauges.as_str())]
-    {
+    .map_err(|e| SoakError::Chart("store.svg", e))?;
+    for (name, text) in [
+        ("summary.md", md.as_str()),
+        ("memory.svg", memory.as_str()),
+        ("connections.svg", connections.as_str()),
+        ("store.svg", store.as_str()),
+    ] {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|source| SoakError::Write { path: path.display().to_string(), source })?;
     }
