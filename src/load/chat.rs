@@ -241,15 +241,17 @@ impl Ledger {
     }
 
     /// When the SEND of `msg_id` was scheduled, if its entry is still its own.
+    #[cfg(test)]
     pub fn sent_ns(&self, from: u64, msg_id: u64) -> Option<u64> {
         let i = self.index(from, msg_id)?;
         (Entry::unpack(self.entries[i].load(Ordering::Acquire)).id == msg_id & ID_MASK)
             .then(|| self.sent_ns[i].load(Ordering::Relaxed))
     }
 
-    /// The server ACKed the SEND: from now on its loss breaks the guarantee.
-    pub fn acked(&self, from: u64, msg_id: u64) {
-        self.update(from, msg_id, |e| e.acked = true);
+    /// The server ACKed the SEND: from now on its loss breaks the guarantee. Returns when the
+    /// SEND was scheduled (for the ACK's latency), in the same look-up.
+    pub fn acked(&self, from: u64, msg_id: u64) -> Option<u64> {
+        self.update_timed(from, msg_id, |e| e.acked = true).map(|((), sent)| sent)
     }
 
     /// `from` logged in again: its entries still open move to the retired table (their

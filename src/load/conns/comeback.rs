@@ -30,23 +30,22 @@ impl Conns {
 
     /// The data plane let go of `slot`: it waits to come back, or it is done.
     pub(super) fn parted(&mut self, slot: u32) {
-        let wanted = self.slab.header(slot).s.has(flag::COMEBACK);
+        let c = &mut self.slab.header_mut(slot).s;
+        let (wanted, churned) = (c.has(flag::COMEBACK), c.has(flag::CHURNED));
+        c.flags &= !(flag::COMEBACK | flag::CHURNED);
         if !wanted || self.control.phase() >= Phase::Close {
-            let c = &mut self.slab.header_mut(slot).s;
             c.state = state::DONE;
-            c.flags &= !(flag::COMEBACK | flag::CHURNED);
             self.stats.finished.inc();
             return;
         }
         let (noise, now) = (self.noise(), self.now_ns());
         let c = &mut self.slab.header_mut(slot).s;
         c.attempts = c.attempts.saturating_add(1);
-        let wait = match c.has(flag::CHURNED) {
+        let wait = match churned {
             true => self.cfg.comeback.away(noise),
             false => self.cfg.comeback.backoff(c.attempts, noise),
         };
         c.state = state::WAITING;
-        c.flags &= !(flag::COMEBACK | flag::CHURNED);
         c.due_ns = now + wait.as_nanos() as u64;
         let due = c.due_ns;
         self.wheel.schedule(slot, self.tick_of(due));

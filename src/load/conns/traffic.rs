@@ -66,10 +66,7 @@ impl Replies<'_> {
                 c.outstanding -= 1;
                 self.answered += 1;
                 self.stats.chat.acked.inc();
-                if let Some(l) = self.ledger {
-                    l.acked(self.me, msg_id);
-                }
-                if let Some(t) = self.ledger.and_then(|l| l.sent_ns(self.me, msg_id)) {
+                if let Some(t) = self.ledger.and_then(|l| l.acked(self.me, msg_id)) {
                     record(&mut self.interval.ack, self.now.saturating_sub(t));
                     if self.measuring {
                         record(&mut self.hist.ack, self.now.saturating_sub(t));
