@@ -115,6 +115,22 @@ pub struct LoadConfig {
     pub netns: Option<String>,
 }
 
+/// Connections the whole load closes per second on the xdp data plane. Its closes are RSTs of
+/// c2m's TCP, written as fast as a worker loops: a million at once overflow the server's RX ring,
+/// and an RST lost leaves its session to the server's heartbeat. (The kernel data plane closes
+/// at once: its RSTs cross loopback inside the kernel and are not dropped.)
+pub const XDP_CLOSE_RATE: f64 = 400_000.0;
+
+impl LoadConfig {
+    /// Closes per second per worker, when closes are paced (None: all at once).
+    pub fn close_rate_per_worker(&self) -> Option<f64> {
+        match self.dataplane {
+            crate::transport::DataPlane::Kernel => None,
+            crate::transport::DataPlane::Xdp(_) => Some(XDP_CLOSE_RATE / self.workers.max(1) as f64),
+        }
+    }
+}
+
 /// What the chat workload needs beyond the schedule.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ChatParams {

@@ -57,6 +57,11 @@ pub struct Conns {
     interval_ns: u64,
     frame_len: usize,
     closing_since: Option<Instant>,
+    /// The close phase: the next slot to close, the end of the slots ever opened, and the pace
+    /// (None: all at once).
+    close_next: u32,
+    close_end: u32,
+    close_pacer: Option<Pacer>,
     /// The first tick instant: messages are scheduled on a grid from here, so they wait only
     /// for the timer's own lateness.
     tick_origin: u64,
@@ -112,6 +117,10 @@ impl Conns {
             control,
             stats,
             closing_since: None,
+            close_next: 0,
+            close_end: 0,
+            // A burst of 10 ms' worth: a 1 ms tick never waits on a token.
+            close_pacer: cfg.close_rate_per_worker().map(|r| Pacer::new(r, (r / 100.0).max(1.0))),
             tick_origin: 0,
             mono_base: 0,
             tick_at: 0,
@@ -222,13 +231,34 @@ impl Conns {
         q.close(slot, Close::Abort);
     }
 
-    fn begin_close(&mut self, q: &mut Requests) {
+    fn begin_close(&mut self, q: &mut Requests, now: u64) {
         self.closing_since = Some(Instant::now());
         // Connections never started count as finished: the run is over for them.
         self.stats.finished.add(self.total - self.next);
         self.comebacks.clear();
         self.leaving.clear();
-        for slot in 0..self.next as u32 {
+        self.close_end = self.next as u32;
+        self.next = self.total;
+        self.close_some(q, now);
+    }
+
+    /// How long the close phase may take: the paced closes, then `CLOSE_LIMIT`.
+    fn close_limit(&self) -> Duration {
+        let pacing = self.cfg.close_rate_per_worker().map_or(0.0, |rate| f64::from(self.close_end) / rate);
+        CLOSE_LIMIT + Duration::from_secs_f64(pacing)
+    }
+
+    /// Closes the connections in slot order, as many as the close pace allows now (all of them
+    /// when it is unpaced); the next tick goes on.
+    fn close_some(&mut self, q: &mut Requests, now: u64) {
+        while self.close_next < self.close_end {
+            if let Some(pacer) = &mut self.close_pacer
+                && !pacer.take(now)
+            {
+                return;
+            }
+            let slot = self.close_next;
+            self.close_next += 1;
             if self.slab.header(slot).s.state == state::WAITING {
                 // Let go already, waiting to come back: done.
                 self.wheel.cancel(slot);
@@ -238,7 +268,6 @@ impl Conns {
             }
             self.close(q, slot);
         }
-        self.next = self.total;
     }
 
     // ---- time -------------------------------------------------------------------------
@@ -387,7 +416,9 @@ impl Handler for Conns {
         }
         if phase == Phase::Close {
             if self.closing_since.is_none() {
-                self.begin_close(q);
+                self.begin_close(q, now);
+            } else {
+                self.close_some(q, now);
             }
         } else {
             self.start_due_connects(q, now);
@@ -411,7 +442,7 @@ impl Handler for Conns {
 
     fn done(&self) -> bool {
         match self.closing_since {
-            Some(since) => self.stats.finished.get() >= self.total || since.elapsed() >= CLOSE_LIMIT,
+            Some(since) => self.stats.finished.get() >= self.total || since.elapsed() >= self.close_limit(),
             None => false,
         }
     }
