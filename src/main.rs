@@ -325,7 +325,8 @@ fn load(args: c2m::load::cli::LoadArgs) -> anyhow::Result<()> {
     if !args.force {
         // Both ends are on this box when the target is loopback: count both sockets.
         let both_ends_here = cfg.target.ip().is_loopback();
-        let model = c2m::tune::capacity::CostModel::measured_or_default(std::path::Path::new("results"));
+        let results = std::path::Path::new("results");
+        let model = c2m::tune::capacity::CostModel::for_plane(results, cfg.dataplane.name());
         c2m::tune::capacity::check(cfg.connections, both_ends_here, cfg.keep_free, &model)
             .map_err(|e| anyhow::anyhow!("{e} (--force starts anyway; the MemFree guard still stops the run)"))?;
     }

@@ -181,3 +181,52 @@ fn a_short_run_says_so_with_exit_3() {
     let bytes_in = result.checks.iter().find(|c| c.name.starts_with("bytes in")).unwrap();
     assert!(!bytes_in.passed && bytes_in.difference == -10_000.0, "{bytes_in:?}");
 }
+
+/// `--dataplane xdp`: both ends on AF_XDP and c2m's TCP between two network namespaces the bench
+/// makes and removes; the sockets check becomes a count of c2m's TCP connections. Needs root.
+#[test]
+fn an_xdp_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let refused = bench(&["--dataplane", "xdp", "-c", "100000000", "--results-dir", d, "--no-progress"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("built-in xdp"), "{stderr}");
+
+    let child = Command::new(BIN)
+        .args(["bench", "--scenario", "smoke", "--dataplane", "xdp", "-c", "5000", "--duration", "2s"])
+        .args(["--results-dir", d, "--no-progress", "--no-report"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run c2m bench");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "c2m bench --dataplane xdp failed:\n{text}");
+    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!left.iter().any(|n| n.starts_with(&format!("c2mb-{pid}-"))), "namespaces left: {left:?}");
+
+    let json = std::fs::read_dir(dir.path().join("smoke"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a result");
+    let result: BenchResult = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(result.status, RunStatus::Complete, "{:?}\n{text}", result.abort_reason);
+    assert_eq!(result.dataplane, c2m::transport::DataPlaneName::Xdp);
+    assert!(result.server.effective.contains("c2m's TCP"), "{}", result.server.effective);
+    assert!(result.load_process.argv.iter().any(|a| a == "xdp"), "{:?}", result.load_process.argv);
+    assert_eq!(result.load.connections.established, 5_000);
+    assert_eq!(result.load.connections.answered_in_messages, 5_000);
+    let names: Vec<&str> = result.checks.iter().map(|c| c.name.split(':').next().unwrap()).collect();
+    assert_eq!(names.last(), Some(&"connections at the hold"), "{names:?}");
+    assert!(result.checks.iter().all(|c| c.passed), "{:?}", result.checks);
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("results/schema/bench-result.schema.json").unwrap()).unwrap();
+    let instance: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the xdp result breaks the schema: {errors:?}");
+}

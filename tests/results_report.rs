@@ -174,6 +174,7 @@ fn result(s: &Shape<'_>) -> BenchResult {
         schema: SCHEMA_NAME.into(),
         schema_version: SCHEMA_VERSION,
         c2m: Build { version: "0.1.0".into(), git_commit: "81ca120-dirty".into(), git_dirty: None },
+        dataplane: Default::default(),
         machine: Machine {
             host: "vm".into(),
             kernel: "6.18.44-fc-v657".into(),

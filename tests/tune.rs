@@ -510,9 +510,13 @@ esac
         }
 
         fn start(&self, bench: &str, check: &str) -> Child {
+            self.start_with(&["2m", "c2m-2m"], bench, check)
+        }
+
+        fn start_with(&self, args: &[&str], bench: &str, check: &str) -> Child {
             Command::new("bash")
                 .arg(self.path("scripts/record.sh"))
-                .args(["2m", "c2m-2m"])
+                .args(args)
                 .env("C2M", self.path("fake-c2m"))
                 .env("RECORD_DROP_CACHES", "0")
                 .env("FAKE_LOG", self.path("calls.log"))
@@ -582,6 +586,21 @@ esac
         let (got, out) = wait(c.start("ok", "3"));
         assert_eq!(got, Some(1), "{out}");
         assert_eq!(c.calls(), ["tune check -c 2m"], "{out}");
+    }
+
+    #[test]
+    fn the_xdp_data_plane_runs_its_scenario_and_touches_no_sysctl() {
+        let c = Checkout::new();
+        let (got, out) = wait(c.start_with(&["--dataplane", "xdp"], "ok", "0"));
+        assert_eq!(got, Some(0), "{out}");
+        assert_eq!(c.calls(), ["bench --scenario record-xdp -c 10m --no-progress"], "{out}");
+        assert!(c.path("results/record-xdp/logs").is_dir(), "{out}");
+
+        let c = Checkout::new();
+        let (got, out) = wait(c.start_with(&["--dataplane", "xdp", "12m", "c2m-2m"], "ok", "0"));
+        assert_eq!(got, Some(2), "{out}");
+        assert!(out.contains("no tuning profile on the xdp data plane"), "{out}");
+        assert!(c.calls().is_empty(), "{out}");
     }
 }
 

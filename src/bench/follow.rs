@@ -20,6 +20,7 @@ use crate::host::process::Exit;
 use crate::host::{memory, process, sockets};
 use crate::schema::bench::SystemMemory;
 use crate::schema::load::{Event, Phase, RunStatus, Sample};
+use crate::transport::DataPlaneName;
 use crate::units::human_bytes;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -68,6 +69,8 @@ pub struct Follower<'a> {
     pub metrics: SocketAddr,
     /// The address it serves on (its port names the run's sockets).
     pub listen: SocketAddr,
+    /// The data plane: on xdp the connections are c2m's TCP's, counted by the server.
+    pub dataplane: DataPlaneName,
     pub progress: &'a Progress,
     pub out: Followed,
     established: u64,
@@ -96,6 +99,7 @@ impl<'a> Follower<'a> {
             watchdog,
             metrics,
             listen,
+            dataplane: DataPlaneName::Kernel,
             progress,
             out: Followed::default(),
             established: 0,
@@ -193,9 +197,16 @@ impl<'a> Follower<'a> {
     /// moment (for the cross-checks).
     fn measure_held(&mut self, server_pid: u32, load_pid: u32) -> Option<Held> {
         let mut held = self.measure(server_pid, load_pid)?;
-        held.kernel_sockets = sockets::established_on_port(self.listen).ok().map(|c| c.total());
+        if self.dataplane == DataPlaneName::Kernel {
+            held.kernel_sockets = sockets::established_on_port(self.listen).ok().map(|c| c.total());
+        }
         match server::scrape_totals(self.metrics) {
-            Ok(m) => held.server_sessions = m.get(server::SESSIONS_ACTIVE).map(|&v| v as u64),
+            Ok(m) => {
+                held.server_sessions = m.get(server::SESSIONS_ACTIVE).map(|&v| v as u64);
+                if self.dataplane == DataPlaneName::Xdp {
+                    held.xdp_connections = m.get(server::TCP_CONNECTIONS).map(|&v| v as u64);
+                }
+            }
             Err(e) => self.progress.println(&format!("c2m bench: the server's sessions at the hold: {e:#}")),
         }
         Some(held)

@@ -30,6 +30,8 @@ pub struct LoadPlan {
     /// Where it writes its HdrHistogram log (beside the result).
     pub hlog: PathBuf,
     pub keep_free: u64,
+    /// The data plane's flags (`--dataplane xdp --iface .. --netns ..`), none for the kernel's.
+    pub dataplane_args: Vec<String>,
 }
 
 impl LoadPlan {
@@ -54,6 +56,7 @@ impl LoadPlan {
             json,
             hlog,
             keep_free,
+            dataplane_args: Vec::new(),
         }
     }
 
@@ -82,6 +85,7 @@ impl LoadPlan {
         if let Some(rate) = self.rate {
             a.extend(["--rate".into(), rate.to_string()]);
         }
+        a.extend(self.dataplane_args.iter().cloned());
         a.extend(["--json".into(), self.json.display().to_string(), "--hlog".into(), self.hlog.display().to_string()]);
         // `c2m bench` has checked the fit already, with its own --results-dir.
         a.extend(followed_args(self.keep_free));
@@ -155,6 +159,7 @@ mod tests {
             json: "/tmp/l.json".into(),
             hlog: "results/smoke/x.hlog".into(),
             keep_free: 2 << 30,
+            dataplane_args: Vec::new(),
         };
         assert_eq!(
             plan.args().join(" "),

@@ -15,6 +15,8 @@ pub struct Held {
     pub server_sessions: Option<u64>,
     /// The kernel's established sockets on the server's port then, both ends.
     pub kernel_sockets: Option<u64>,
+    /// The xdp data plane: the server's TCP connections then (c2m's TCP, not the kernel's).
+    pub xdp_connections: Option<u64>,
 }
 
 /// Measures now; `t` is seconds since the bench started.
@@ -26,6 +28,7 @@ pub fn take(t: f64, established: u64, server_pid: u32, load_pid: u32) -> Result<
         load: process::memory(load_pid)?,
         server_sessions: None,
         kernel_sockets: None,
+        xdp_connections: None,
     })
 }
 
@@ -90,6 +93,7 @@ mod tests {
             load: ProcessMemory { rss: 60_000_000, pss: 0, anon: 55_000_000 },
             server_sessions: Some(100_000),
             kernel_sockets: Some(200_000),
+            xdp_connections: None,
         };
         let p = per_connection(&baseline, 10_000_000, 20_000_000, &held);
         assert_eq!(p.server_user, 200.0);

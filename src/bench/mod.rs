@@ -10,6 +10,7 @@ pub mod child;
 mod follow;
 pub mod load;
 pub mod measure;
+pub mod netns;
 mod output;
 pub mod peers;
 pub mod progress;
@@ -31,6 +32,11 @@ pub struct BenchArgs {
     /// executable was built in) or a path to a .toml file.
     #[arg(long, default_value = "default")]
     pub scenario: String,
+    /// The data plane, instead of the scenario's: kernel (io_uring over kernel TCP sockets, on
+    /// loopback) or xdp (AF_XDP and c2m's own TCP at both ends, between two network namespaces
+    /// made for the run with scripts/netns.sh and removed after it; needs root).
+    #[arg(long, value_enum)]
+    pub dataplane: Option<crate::transport::DataPlaneName>,
     /// Connections, instead of the scenario's (e.g. 50000, 100k, 1m).
     #[arg(short = 'c', long, value_parser = parse_count)]
     pub connections: Option<u64>,

@@ -10,6 +10,7 @@ use super::BenchArgs;
 use super::follow::{Followed, Follower};
 use super::load::{LoadChild, LoadPlan};
 use super::measure::{self, Held};
+use super::netns::XdpTopology;
 use super::output::{self, with_ext};
 use super::progress::Progress;
 use super::scenario::{self, AutoOr, LoadSettings, Scenario};
@@ -23,6 +24,7 @@ use crate::schema::bench::{
     ScenarioInfo, SystemMemory,
 };
 use crate::schema::load::RunStatus;
+use crate::transport::DataPlaneName;
 use crate::tune::capacity::{self, CostModel};
 use crate::units::{human_bytes, thousands};
 
@@ -91,10 +93,13 @@ pub(super) fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     if let Some(d) = args.duration {
         sc.load.duration = scenario::HumanDuration(d);
     }
+    if let Some(plane) = args.dataplane {
+        sc.dataplane = plane;
+    }
     sc.validate().map_err(|e| anyhow!("{}: {e}", located.file))?;
 
     let machine = machine::read_machine().context("reading this machine")?;
-    let model = CostModel::measured_or_default(&args.results_dir);
+    let model = CostModel::for_plane(&args.results_dir, sc.dataplane);
     let connections = size_connections(&sc.load, args.keep_free, &model)?;
     let fit = capacity::check(connections, true, args.keep_free, &model)?;
     sc.load.connections = AutoOr::Fixed(connections);
@@ -202,13 +207,20 @@ impl Bench<'_> {
         }
         let baseline = memory::system_memory(started.elapsed().as_secs_f64()).context("baseline memory")?;
         let max_sessions = self.args.max_sessions.unwrap_or_else(|| server::max_sessions(self.connections));
-        let mut server = ServerChild::start(&exe, &self.scenario.server, max_sessions, &self.progress)?;
+        let xdp = match self.scenario.dataplane {
+            DataPlaneName::Kernel => None,
+            DataPlaneName::Xdp => {
+                self.progress.println("c2m bench: making the xdp run's network namespaces (scripts/netns.sh)");
+                Some(XdpTopology::up()?)
+            }
+        };
+        let mut server = ServerChild::start(&exe, &self.scenario.server, max_sessions, xdp.as_ref(), &self.progress)?;
         self.progress.println(&format!("c2m bench: {}", server.banner));
         std::thread::sleep(SERVER_SETTLE);
         let server_up = memory::system_memory(started.elapsed().as_secs_f64()).context("memory with the server up")?;
         let server_start = process::memory(server.process.pid).context("c2m serve's memory at start")?;
 
-        let plan = LoadPlan::new(
+        let mut plan = LoadPlan::new(
             server.addr,
             self.connections,
             &self.scenario.load,
@@ -216,6 +228,7 @@ impl Bench<'_> {
             hlog_path.clone(),
             self.args.keep_free,
         );
+        plan.dataplane_args = xdp.as_ref().map(|t| t.load_args()).unwrap_or_default();
         let mut load_child = LoadChild::start(&exe, &plan, &self.progress)?;
         let load_pid = load_child.process.pid;
         let mut follower = Follower::new(
@@ -227,6 +240,7 @@ impl Bench<'_> {
             server.addr,
             &self.progress,
         );
+        follower.dataplane = self.scenario.dataplane;
         let load_exit = follower.follow(&mut load_child, &mut server.process)?;
         let followed = follower.out;
         self.progress.finish();
@@ -283,6 +297,7 @@ impl Bench<'_> {
             memory: &memory,
             server_sessions_held: followed.settled.as_ref().map(|h| h.server_sessions),
             kernel_sockets_held: followed.settled.as_ref().and_then(|h| h.kernel_sockets),
+            xdp_connections_held: followed.settled.as_ref().and_then(|h| h.xdp_connections),
             tcp_inuse_before_load: server_up.tcp_inuse,
         });
         short.extend(checks::shortfalls(&load, &checks));
@@ -308,6 +323,7 @@ impl Bench<'_> {
             c2m: Build::this_binary(),
             machine: self.machine.clone(),
             scenario: self.scenario_info(),
+            dataplane: self.scenario.dataplane,
             started_utc: clock::rfc3339(started_unix),
             elapsed_seconds: elapsed,
             status,

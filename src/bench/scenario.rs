@@ -32,6 +32,10 @@ pub struct Scenario {
     /// Names the results folder (`results/<name>/`): lowercase letters, digits, `-`, `_`.
     pub name: String,
     pub description: String,
+    /// `"kernel"` (io_uring over kernel TCP sockets, on loopback; the default) or `"xdp"` (AF_XDP
+    /// and c2m's own TCP at both ends, between two network namespaces the bench makes).
+    #[serde(default)]
+    pub dataplane: crate::transport::DataPlaneName,
     #[serde(default)]
     pub server: ServerSettings,
     pub load: LoadSettings,
@@ -264,13 +268,14 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 
 /// The scenarios of `bench/scenarios`, built into the binary so a copied `c2m` runs them
 /// anywhere (a test checks this list against the folder).
-pub const BUILT_IN: [(&str, &str); 8] = [
+pub const BUILT_IN: [(&str, &str); 9] = [
     ("c100k", include_str!("../../bench/scenarios/c100k.toml")),
     ("c1m", include_str!("../../bench/scenarios/c1m.toml")),
     ("connect-burst", include_str!("../../bench/scenarios/connect-burst.toml")),
     ("default", include_str!("../../bench/scenarios/default.toml")),
     ("echo-buffers", include_str!("../../bench/scenarios/echo-buffers.toml")),
     ("record", include_str!("../../bench/scenarios/record.toml")),
+    ("record-xdp", include_str!("../../bench/scenarios/record-xdp.toml")),
     ("smoke", include_str!("../../bench/scenarios/smoke.toml")),
     ("whatsapp-2012", include_str!("../../bench/scenarios/whatsapp-2012.toml")),
 ];

@@ -17,8 +17,12 @@ use super::scenario::{AutoOr, ServerSettings};
 
 /// The server's gauge of open sessions (accepted, not yet closed).
 pub const SESSIONS_ACTIVE: &str = "c2m_sessions_active";
+/// Open connections of c2m's TCP (the xdp data plane), TIME-WAIT left out.
+pub const TCP_CONNECTIONS: &str = "c2m_tcp_connections";
 
 /// How long the server may take to print its banner.
+/// The server's port on the xdp data plane (its namespace is the run's own).
+const XDP_PORT: u16 = 7700;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of its stderr kept for error messages.
 const STDERR_TAIL: usize = 40;
@@ -47,16 +51,23 @@ pub fn max_sessions(connections: u64) -> u64 {
 
 impl ServerChild {
     /// `max_sessions`: its session limit, [`max_sessions`] of the count unless overridden.
+    /// Starts `c2m serve` on loopback, or with `xdp` on the xdp data plane in that topology's
+    /// server namespace (its metrics stay on this namespace's loopback).
     pub fn start(
         exe: &Path,
         settings: &ServerSettings,
         max_sessions: u64,
+        xdp: Option<&super::netns::XdpTopology>,
         progress: &Progress,
     ) -> anyhow::Result<ServerChild> {
-        let listen = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
+        let listen = match xdp {
+            Some(_) => std::net::SocketAddrV4::new(super::netns::SERVER_IP, XDP_PORT).to_string(),
+            None => format!("127.0.0.1:{}", free_port().context("finding a free port")?),
+        };
         let metrics = format!("127.0.0.1:{}", free_port().context("finding a free port")?);
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", &listen, "--metrics", &metrics])
+            .args(xdp.map(|t| t.server_args()).unwrap_or_default())
             .args(["--max-sessions", &max_sessions.to_string()])
             .args(["--session-bytes", &settings.session_bytes.0.to_string()])
             .args(["--heartbeat", &format!("{}ms", settings.heartbeat.0.as_millis())]);

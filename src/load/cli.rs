@@ -55,6 +55,8 @@ fn unix_time(s: &str) -> Result<std::time::SystemTime, String> {
 
 /// Addresses of 127.0.1.1-127.255.255.255, where the default sources are taken from.
 const LOOPBACK_ADDRESSES: u64 = (127 << 24 | 0xff_ffff) - (127 << 24 | 1 << 8 | 1) + 1;
+/// Addresses of 198.19.0.1-198.19.255.254, the xdp load's default sources.
+const XDP_SOURCE_ADDRESSES: u64 = 65_534;
 
 /// The interval between two messages of one connection, for `rate` messages per second spread
 /// over `connections`: above 0 and at most [`MAX_RUN_DURATION`] (10^20 s once panicked).
@@ -269,6 +271,23 @@ impl LoadArgs {
                 (Sources::parse(&from.to_string()).map_err(|e| e.to_string())?, vec![from.to_string()])
             }
             None if target.is_ipv6() => (Sources::parse("::1").map_err(|e| e.to_string())?, vec!["::1".into()]),
+            None if matches!(dataplane, crate::transport::DataPlane::Xdp(_)) => {
+                // c2m's TCP sends from addresses configured nowhere: 198.19.0.1 up, the block
+                // scripts/netns.sh routes back to the client namespace.
+                let needed = connections.div_ceil(plan.ports_per_address().max(1));
+                if needed > XDP_SOURCE_ADDRESSES {
+                    return Err(format!(
+                        "-c/--connections {connections} needs {} source addresses at {} ports each, more than the \
+                         {XDP_SOURCE_ADDRESSES} of 198.19.0.1-198.19.255.254: widen --source-ports or pass --sources",
+                        thousands(needed),
+                        plan.ports_per_address(),
+                    ));
+                }
+                let s =
+                    Sources::from_for(std::net::Ipv4Addr::new(198, 19, 0, 1), connections, plan.ports_per_address());
+                let last = s.nth(s.len() - 1).map(|a| a.to_string()).unwrap_or_default();
+                (s, vec![format!("198.19.0.1-{last}")])
+            }
             None => {
                 let needed = connections.div_ceil(plan.ports_per_address().max(1));
                 if needed > LOOPBACK_ADDRESSES {

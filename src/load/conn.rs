@@ -45,6 +45,12 @@ pub mod flag {
     pub const CHURNED: u8 = 128;
 }
 
+/// What the run has seen of a connection, once each.
+pub mod mark {
+    /// A reply (PONG, ECHO_REPLY, ACK, NACK) arrived in the message phase.
+    pub const ANSWERED_IN_MESSAGES: u8 = 1;
+}
+
 /// Bytes of outgoing data kept in the header: a HELLO or up to four PINGs, so a ping
 /// connection never touches its slot.
 pub const INLINE_OUT: usize = 80;
@@ -64,7 +70,9 @@ pub struct Conn {
 pub struct ConnState {
     pub state: u8,
     pub flags: u8,
-    pub _pad0: [u8; 6],
+    /// What the run has seen of it ([`mark`]).
+    pub marks: u8,
+    pub _pad0: [u8; 5],
     /// Bytes of a partial incoming frame kept at the start of the slot.
     pub partial_len: u16,
     /// Bytes of the send in flight, from the start of the out area.

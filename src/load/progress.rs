@@ -119,6 +119,13 @@ pub fn summary(r: &LoadReport) -> String {
         thousands(c.failed),
         thousands(c.lost)
     );
+    if r.messages.sent > 0 {
+        out += &format!(
+            "  answered in the message phase: {} of {} connections logged in\n",
+            thousands(c.answered_in_messages),
+            thousands(c.established)
+        );
+    }
     if c.reconnects + c.churned + c.retried > 0 {
         out += &format!(
             "  comebacks: {} reconnects, {} logins again, {} failed connects or logins retried, {} churned (BYE)\n",

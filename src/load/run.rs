@@ -191,6 +191,8 @@ fn start_xdp(
         let tcp = crate::tcp::Config {
             capacity: u32::try_from(slots + 1024).unwrap_or(u32::MAX),
             syn_retries: 6,
+            // As on the kernel data plane, a connect not up within --connect-timeout fails.
+            connect_timeout_ms: u32::try_from(cfg.connect_timeout.as_millis()).unwrap_or(u32::MAX),
             secret,
             ..crate::tcp::Config::default()
         };
@@ -593,6 +595,7 @@ impl Course {
                 relogins: sum(stats, |s| s.relogins.get()),
                 retried: sum(stats, |s| s.retried.get()),
                 churned: sum(stats, |s| s.churned.get()),
+                answered_in_messages: sum(stats, |s| s.answered_in_messages.get()),
                 connect_seconds,
                 connect_rate_achieved: if connect_seconds > 0.0 {
                     established_total as f64 / connect_seconds

@@ -92,9 +92,13 @@ impl Sources {
     /// Enough loopback addresses for `connections`, from 127.0.1.1 upward (all of 127.0.0.0/8 is
     /// local, and 127.0.0.1, where servers usually listen, stays out of the way).
     pub fn loopback_for(connections: u64, ports_per_address: u64) -> Sources {
+        Sources::from_for(Ipv4Addr::new(127, 0, 1, 1), connections, ports_per_address)
+    }
+
+    /// As many addresses from `first` up as `connections` need at `ports_per_address` each.
+    pub fn from_for(first: Ipv4Addr, connections: u64, ports_per_address: u64) -> Sources {
         let count = connections.div_ceil(ports_per_address.max(1)).max(1);
-        let first = u32::from(Ipv4Addr::new(127, 0, 1, 1));
-        Sources { blocks: vec![Block::V4 { first, count }], total: count }
+        Sources { blocks: vec![Block::V4 { first: u32::from(first), count }], total: count }
     }
 
     pub fn len(&self) -> u64 {

@@ -76,6 +76,8 @@ pub struct LoadStats {
     pub relogins: Counter,
     pub retried: Counter,
     pub churned: Counter,
+    /// Connections with at least one reply in the message phase.
+    pub answered_in_messages: Counter,
     pub chat: ChatCounts,
     /// The data plane's own: bytes in and out, receive-buffer shortfalls, descriptors, rings.
     pub transport: TransportStats,

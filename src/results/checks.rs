@@ -33,6 +33,9 @@ pub struct Sources<'a> {
     /// The kernel's established sockets on the server's port at the `loaded` measurement
     /// (older results: none; sockstat stands in).
     pub kernel_sockets_held: Option<u64>,
+    /// The xdp data plane: the server's TCP connections at the `loaded` measurement (c2m's TCP
+    /// holds them; the kernel holds no socket to count). `None` on the kernel data plane.
+    pub xdp_connections_held: Option<u64>,
     /// sockstat `TCP: inuse` with the server up and no load yet; older results took the
     /// baseline then, so it is the baseline's.
     pub tcp_inuse_before_load: u64,
@@ -135,7 +138,15 @@ pub fn cross_checks(s: &Sources<'_>) -> Vec<CrossCheck> {
         }),
         None => {}
     }
-    if let Some(sockets) = s.kernel_sockets_held {
+    if let Some(conns) = s.xdp_connections_held {
+        out.push(exact(
+            "connections at the hold: c2m's TCP vs c2m load",
+            held as f64,
+            "c2m load: logged in at the measurement",
+            conns as f64,
+            "c2m serve: connections of its TCP then (xdp data plane)",
+        ));
+    } else if let Some(sockets) = s.kernel_sockets_held {
         out.push(exact(
             "sockets at the hold: kernel vs c2m load",
             2.0 * held as f64,
@@ -214,6 +225,7 @@ pub fn checks_of(r: &BenchResult) -> Vec<CrossCheck> {
         memory: &r.memory,
         server_sessions_held: None,
         kernel_sockets_held: None,
+        xdp_connections_held: None,
         tcp_inuse_before_load: r.memory.server_up.as_ref().unwrap_or(&r.memory.baseline).tcp_inuse,
     })
 }
@@ -316,6 +328,7 @@ mod tests {
             memory: &mem,
             server_sessions_held: Some(Some(100)),
             kernel_sockets_held: Some(200),
+            xdp_connections_held: None,
             tcp_inuse_before_load: 3,
         };
         let checks = cross_checks(&s);
@@ -335,6 +348,7 @@ mod tests {
             memory: &mem,
             server_sessions_held: Some(Some(99)),
             kernel_sockets_held: None,
+            xdp_connections_held: None,
             tcp_inuse_before_load: 3,
         };
         let checks = cross_checks(&s);
@@ -379,6 +393,7 @@ mod tests {
             memory: &mem,
             server_sessions_held: None,
             kernel_sockets_held: None,
+            xdp_connections_held: None,
             tcp_inuse_before_load: 0,
         };
         let checks = cross_checks(&s);

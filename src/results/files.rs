@@ -4,15 +4,23 @@ use std::path::{Path, PathBuf};
 
 use crate::schema::bench::{BenchResult, SCHEMA_NAME};
 use crate::schema::load::RunStatus;
+use crate::transport::DataPlaneName;
 
-/// The complete c2m-bench-result under `dir` (two levels down) with the most connections held
-/// (at least `min`), the newest of equals. Files that are not bench results are skipped.
+/// The complete c2m-bench-result under `dir` (two levels down) on the kernel data plane with the
+/// most connections held (at least `min`), the newest of equals. Files that are not bench results
+/// are skipped.
 pub fn largest_result(dir: &Path, min: u64) -> Option<(PathBuf, BenchResult)> {
+    largest_result_on(dir, min, DataPlaneName::Kernel)
+}
+
+/// [`largest_result`] among the runs on data plane `plane` (a connection's cost differs by
+/// tens of times between them).
+pub fn largest_result_on(dir: &Path, min: u64, plane: DataPlaneName) -> Option<(PathBuf, BenchResult)> {
     let mut best: Option<(PathBuf, BenchResult)> = None;
     for path in json_files(dir, 2) {
         let Ok(result) = read_result(&path) else { continue };
         let n = result.memory.connections;
-        if result.status != RunStatus::Complete || n < min.max(1) {
+        if result.status != RunStatus::Complete || n < min.max(1) || result.dataplane != plane {
             continue;
         }
         let key = (n, result.started_utc.clone());

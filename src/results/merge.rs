@@ -82,6 +82,7 @@ pub fn merge(reports: &[(String, LoadReport)]) -> Result<LoadReport, MergeError>
             relogins: sum(|r| r.connections.relogins),
             retried: sum(|r| r.connections.retried),
             churned: sum(|r| r.connections.churned),
+            answered_in_messages: sum(|r| r.connections.answered_in_messages),
             connect_seconds,
             connect_rate_achieved: if connect_seconds > 0.0 { established as f64 / connect_seconds } else { 0.0 },
         },

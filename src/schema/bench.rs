@@ -221,6 +221,10 @@ pub struct BenchResult {
     pub c2m: Build,
     pub machine: Machine,
     pub scenario: ScenarioInfo,
+    /// The data plane both processes ran on: kernel (io_uring over kernel TCP sockets) or xdp
+    /// (AF_XDP and c2m's own TCP, between two network namespaces). Older results: kernel.
+    #[serde(default)]
+    pub dataplane: crate::transport::DataPlaneName,
     /// RFC 3339, UTC, e.g. `2026-11-27T22:30:00Z`.
     pub started_utc: String,
     pub elapsed_seconds: f64,

@@ -109,6 +109,10 @@ pub struct ConnectionCounts {
     pub retried: u64,
     #[serde(default)]
     pub churned: u64,
+    /// Connections with at least one reply (PONG, ECHO_REPLY, ACK or NACK) in the message phase:
+    /// with every connection up through it, each one that was heard from then.
+    #[serde(default)]
+    pub answered_in_messages: u64,
     /// Seconds from the first connect to the last one that completed.
     pub connect_seconds: f64,
     /// `established / connect_seconds`.

@@ -27,6 +27,9 @@ pub struct Config {
     pub syn_backlog: u32,
     /// SYN retransmissions before a connect fails with TimedOut.
     pub syn_retries: u8,
+    /// An active open that is not established this long after its SYN fails (0: only
+    /// `syn_retries` bounds it), as a kernel socket's connect with a linked timeout does.
+    pub connect_timeout_ms: u32,
     /// SYN-ACK retransmissions before a half-open entry is dropped.
     pub synack_retries: u8,
     /// Retransmissions (or unanswered window probes) before a connection is given up.
@@ -52,6 +55,7 @@ impl Default for Config {
             rcv_wnd: u16::MAX,
             syn_backlog: 4096,
             syn_retries: 6,
+            connect_timeout_ms: 0,
             synack_retries: 5,
             max_retries: 15,
             rto_initial_ms: 1000,
@@ -574,12 +578,30 @@ impl Endpoint {
         t.snd_nxt = iss.wrapping_add(1);
         t.conn = conn;
         t.time_segment(t.snd_nxt, now32(now_ms));
+        // Nothing is received in SYN-SENT: until the SYN-ACK, rcv_nxt keeps the connect deadline.
+        t.rcv_nxt = now32(now_ms).wrapping_add(self.cfg.connect_timeout_ms);
         let id = self.tcbs.insert(t).map_err(|_| ConnectError::NoRoom)?;
         self.stats.connects += 1;
         let (wnd, mss) = (self.cfg.rcv_wnd, self.cfg.mss);
         self.send_ctl(tx, local, remote, iss, 0, flags::SYN, wnd, Some(mss));
-        self.arm(now_ms, id, now_ms + self.cfg.rto_initial_ms as u64);
+        let at = self.syn_timer_at(now_ms, &t, now_ms + self.cfg.rto_initial_ms as u64);
+        self.arm(now_ms, id, at);
         Ok(TcbId(id))
+    }
+
+    /// A SYN-SENT block's next timer: the retransmission at `retransmit_at`, or its connect
+    /// deadline if that comes first.
+    pub(super) fn syn_timer_at(&self, now_ms: u64, t: &Tcb, retransmit_at: u64) -> u64 {
+        if self.cfg.connect_timeout_ms == 0 {
+            return retransmit_at;
+        }
+        let left = t.rcv_nxt.wrapping_sub(now32(now_ms)) as i32;
+        retransmit_at.min(now_ms + left.max(0) as u64)
+    }
+
+    /// A SYN-SENT block's connect deadline has passed.
+    pub(super) fn connect_timed_out(&self, now_ms: u64, t: &Tcb) -> bool {
+        self.cfg.connect_timeout_ms > 0 && super::tcb::time_reached(now32(now_ms), t.rcv_nxt)
     }
 
     /// The owner appended output: send what the peer's window (and cwnd) allows.

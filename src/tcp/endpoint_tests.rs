@@ -558,6 +558,21 @@ fn connect_times_out_after_its_retries() {
 }
 
 #[test]
+fn connect_times_out_at_its_deadline_before_its_retries() {
+    let cc = Config { connect_timeout_ms: 2_500, ..cfg() };
+    let mut net = Net::with(cc, cfg(), FaultConfig::drop(1000));
+    let started = net.now;
+    let (conn, _) = net.connect(43_004);
+    net.run_until(10_000, "connect failed", |n| n.oc.c(conn).failed.is_some());
+    assert_eq!(net.oc.c(conn).failed, Some(ConnectError::TimedOut));
+    // SYN at 0, again at 1 s; the next (at 3 s) would pass the deadline, which comes first.
+    let took = net.now - started;
+    assert!((2_500..2_600).contains(&took), "failed after {took} ms");
+    assert_eq!(net.c.stats().retransmits, 1);
+    net.assert_empty();
+}
+
+#[test]
 fn connect_refuses_a_tuple_in_use_and_a_full_table() {
     let mut net = Net::with(Config { capacity: 1, ..cfg() }, cfg(), FaultConfig::default());
     net.connect(43_004);

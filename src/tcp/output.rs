@@ -167,7 +167,7 @@ impl Endpoint {
                 self.free_tcb(id);
             }
             State::SynSent => {
-                if t.retries >= self.cfg.syn_retries {
+                if t.retries >= self.cfg.syn_retries || self.connect_timed_out(now, &t) {
                     self.stats.connect_failed += 1;
                     self.free_tcb(id);
                     return app.connect_failed(t.conn, ConnectError::TimedOut);
@@ -180,7 +180,8 @@ impl Endpoint {
                 self.stats.retransmits += 1;
                 let (wnd, mss) = (self.cfg.rcv_wnd, self.cfg.mss);
                 self.send_ctl(tx, local, remote, t.snd_una, 0, flags::SYN, wnd, Some(mss));
-                self.arm(now, id, now + t.rto as u64);
+                let at = self.syn_timer_at(now, &t, now + t.rto as u64);
+                self.arm(now, id, at);
             }
             _ if t.in_flight() > 0 => {
                 if t.retries >= self.cfg.max_retries {

@@ -21,10 +21,37 @@ pub struct XdpSettings {
     pub fault: Option<FaultConfig>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// A data plane by name: the flag's value, a scenario's `dataplane` key, a result's field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DataPlaneName {
+    #[default]
     Kernel,
     Xdp,
+}
+
+impl DataPlaneName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPlaneName::Kernel => "kernel",
+            DataPlaneName::Xdp => "xdp",
+        }
+    }
+}
+
+impl std::fmt::Display for DataPlaneName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DataPlane {
+    pub fn name(&self) -> DataPlaneName {
+        match self {
+            DataPlane::Kernel => DataPlaneName::Kernel,
+            DataPlane::Xdp(_) => DataPlaneName::Xdp,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -30,7 +30,7 @@ mod held;
 pub mod kernel;
 pub mod xdp;
 
-pub use args::{DataPlane, DataPlaneArgs, XdpSettings};
+pub use args::{DataPlane, DataPlaneArgs, DataPlaneName, XdpSettings};
 
 use std::fmt;
 use std::net::SocketAddr;

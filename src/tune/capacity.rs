@@ -11,7 +11,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::host::{HostError, machine, memory};
-use crate::results::files::largest_result;
+use crate::results::files::largest_result_on;
+use crate::transport::DataPlaneName;
 use crate::units::{human_bytes, round_down_3_digits, short_count, thousands};
 
 /// Head room on a measured cost: MemFree moves with page-cache activity and with what earlier
@@ -36,6 +37,9 @@ const DEFAULT_KERNEL: f64 = 9_212.0;
 const DEFAULT_SERVER_USER: f64 = 207.0;
 /// Not measured yet when this was written: the io_uring load generator's user space.
 const DEFAULT_LOAD_USER: f64 = 300.0;
+/// The xdp data plane's user space per connection, each end (see [`CostModel::built_in_xdp`]).
+const DEFAULT_XDP_SERVER_USER: f64 = 240.0;
+const DEFAULT_XDP_LOAD_USER: f64 = 240.0;
 
 /// What one connection costs, margin included.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,13 +50,41 @@ pub struct CostModel {
     pub kernel_bytes: f64,
     /// Where the figure comes from, for messages.
     pub source: String,
+    /// Open files a connection holds at each end on this box: its socket on the kernel data
+    /// plane, none on xdp (c2m's TCP keeps a control block, not a file).
+    pub files_per_end: u64,
 }
 
 impl CostModel {
     /// The best measured cost under `results_dir` (see [`CostModel::measured`]), else the
     /// built-in one.
     pub fn measured_or_default(results_dir: &Path) -> CostModel {
-        CostModel::measured(results_dir).unwrap_or_else(CostModel::built_in)
+        CostModel::for_plane(results_dir, DataPlaneName::Kernel)
+    }
+
+    /// The best measured cost on data plane `plane` under `results_dir`, else the built-in one.
+    pub fn for_plane(results_dir: &Path, plane: DataPlaneName) -> CostModel {
+        match plane {
+            DataPlaneName::Kernel => CostModel::measured(results_dir).unwrap_or_else(CostModel::built_in),
+            DataPlaneName::Xdp => CostModel::measured_on(results_dir, plane).unwrap_or_else(CostModel::built_in_xdp),
+        }
+    }
+
+    /// Both ends on the xdp data plane, before any `c2m bench --dataplane xdp` result is here:
+    /// each end's user space, from a 2,000,000-connection run on this box (c2m serve 235 B and
+    /// c2m load 238 B a connection by RSS, MemFree 485 B); the kernel holds no socket.
+    pub fn built_in_xdp() -> CostModel {
+        CostModel {
+            per_connection_bytes: (DEFAULT_XDP_SERVER_USER + DEFAULT_XDP_LOAD_USER) * MARGIN,
+            kernel_bytes: 0.0,
+            source: format!(
+                "built-in xdp: {:.2} KB server + {:.2} KB load per pair, no kernel socket, + {:.0}%",
+                DEFAULT_XDP_SERVER_USER / 1e3,
+                DEFAULT_XDP_LOAD_USER / 1e3,
+                (MARGIN - 1.0) * 100.0
+            ),
+            files_per_end: 0,
+        }
     }
 
     /// From the idle-memory runs on this box, with the load's user space assumed.
@@ -68,6 +100,7 @@ impl CostModel {
                 DEFAULT_LOAD_USER / 1e3,
                 (MARGIN - 1.0) * 100.0
             ),
+            files_per_end: 1,
         }
     }
 
@@ -76,7 +109,12 @@ impl CostModel {
     /// `memory.per_connection.total` plus [`margin_for`] its size. Files that are not bench results are
     /// skipped.
     pub fn measured(results_dir: &Path) -> Option<CostModel> {
-        let (path, result) = largest_result(results_dir, MIN_MEASURED_CONNECTIONS)?;
+        CostModel::measured_on(results_dir, DataPlaneName::Kernel)
+    }
+
+    /// [`CostModel::measured`] among the runs on data plane `plane`.
+    pub fn measured_on(results_dir: &Path, plane: DataPlaneName) -> Option<CostModel> {
+        let (path, result) = largest_result_on(results_dir, MIN_MEASURED_CONNECTIONS, plane)?;
         let n = result.memory.connections;
         let per = &result.memory.per_connection;
         // MemFree can move either way; what the kernel cannot reclaim plus both processes'
@@ -97,6 +135,10 @@ impl CostModel {
                 thousands(n),
                 (margin - 1.0) * 100.0
             ),
+            files_per_end: match plane {
+                DataPlaneName::Kernel => 1,
+                DataPlaneName::Xdp => 0,
+            },
         })
     }
 
@@ -227,8 +269,8 @@ pub fn check_with(
     let each = model.bytes_each(both_ends_here).max(1.0);
     let usable = mem_free.saturating_sub(keep_free);
     let by_memory = (usable as f64 / each).floor() as u64;
-    let files_each = if both_ends_here { 2 } else { 1 };
-    let by_files = files_free / files_each;
+    let files_each = model.files_per_end * if both_ends_here { 2 } else { 1 };
+    let by_files = files_free.checked_div(files_each).unwrap_or(u64::MAX);
     let max_connections = round_down_3_digits(by_memory.min(by_files));
     let need_bytes = (connections as f64 * each).ceil() as u64;
     if connections > by_memory && by_memory <= by_files {
@@ -263,7 +305,7 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     fn model(each: f64, kernel: f64) -> CostModel {
-        CostModel { per_connection_bytes: each, kernel_bytes: kernel, source: "test figure".into() }
+        CostModel { per_connection_bytes: each, kernel_bytes: kernel, source: "test figure".into(), files_per_end: 1 }
     }
 
     #[test]
@@ -347,6 +389,7 @@ mod tests {
             schema: SCHEMA_NAME.into(),
             schema_version: crate::schema::bench::SCHEMA_VERSION,
             c2m: Build { version: "0".into(), git_commit: "unknown".into(), git_dirty: None },
+            dataplane: Default::default(),
             machine: Machine {
                 host: "t".into(),
                 kernel: "k".into(),
@@ -430,6 +473,29 @@ mod tests {
         let m = CostModel::measured(dir.path()).unwrap();
         assert!((m.per_connection_bytes - 8_500.0 * MARGIN_LARGE).abs() < 1e-6, "{m:?}");
         assert!(m.source.contains("+ 5%"), "{}", m.source);
+    }
+
+    #[test]
+    fn each_data_plane_is_costed_from_its_own_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("record-xdp")).unwrap();
+        let mut xdp = bench_result(10_000_000, 484.0, RunStatus::Complete, "2026-12-07T14:30:00Z");
+        xdp.dataplane = DataPlaneName::Xdp;
+        xdp.memory.per_connection.kernel_unreclaimable = 1.0;
+        xdp.memory.per_connection.kernel_total = 1.0;
+        std::fs::write(dir.path().join("record-xdp/a.json"), serde_json::to_string(&xdp).unwrap()).unwrap();
+        // The kernel data plane never takes an xdp run's cost (it has no kernel socket).
+        assert_eq!(CostModel::measured(dir.path()), None);
+        assert_eq!(CostModel::measured_or_default(dir.path()), CostModel::built_in());
+        let m = CostModel::for_plane(dir.path(), DataPlaneName::Xdp);
+        assert!((m.per_connection_bytes - 484.0 * MARGIN_LARGE).abs() < 1e-6, "{m:?}");
+        assert_eq!(m.files_per_end, 0);
+        // No xdp run: the built-in xdp figure, and no file per connection to run out of.
+        let empty = tempfile::tempdir().unwrap();
+        let m = CostModel::for_plane(empty.path(), DataPlaneName::Xdp);
+        assert_eq!(m, CostModel::built_in_xdp());
+        let fit = check_with(10_000_000, true, 2 * GIB, &m, 20 * GIB, 1_000).unwrap();
+        assert_eq!(fit.connections, 10_000_000);
     }
 
     #[test]

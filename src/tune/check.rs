@@ -91,8 +91,12 @@ impl From<CostModel> for Cost {
 
 impl Cost {
     fn bytes_each(&self, both_ends_here: bool) -> f64 {
-        let m =
-            CostModel { per_connection_bytes: self.pair_bytes, kernel_bytes: self.kernel_bytes, source: String::new() };
+        let m = CostModel {
+            per_connection_bytes: self.pair_bytes,
+            kernel_bytes: self.kernel_bytes,
+            source: String::new(),
+            files_per_end: 1,
+        };
         m.bytes_each(both_ends_here).max(1.0)
     }
 }

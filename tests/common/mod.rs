@@ -78,6 +78,18 @@ impl ServerProcess {
         ServerProcess::spawn(cmd, extra, net)
     }
 
+    /// A kernel-data-plane server in the server namespace of a topology of its own, on the
+    /// address the xdp server would have: the peer of an xdp load (interop). One queue each way:
+    /// Linux sends a connection's replies on the TX queue its own hash picks, so with several
+    /// queues half of them would reach an xdp load worker that did not open the connection.
+    pub fn start_kernel_in_netns(extra: &[&str]) -> ServerProcess {
+        let net = xdp_common::Topology::up_with_queues("kp", 1);
+        let mut cmd = Command::new(BIN);
+        let listen = format!("{}:{XDP_PORT}", xdp_common::SRV_IP);
+        cmd.args(["serve", "--metrics", "127.0.0.1:0", "--listen", &listen, "--netns", &net.ns_srv]);
+        ServerProcess::spawn(cmd, extra, Some(net))
+    }
+
     /// A kernel-data-plane server on `listen` (a restart on the port a killed server had).
     pub fn start_listening(listen: SocketAddr, extra: &[&str]) -> ServerProcess {
         let mut cmd = Command::new(BIN);

@@ -24,6 +24,8 @@ pub fn require_root() {
 pub struct Topology {
     pub ns_srv: String,
     pub ns_cli: String,
+    /// RX and TX queues of each veth end.
+    pub queues: u32,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -43,11 +45,17 @@ fn remove_stale_namespaces() {
 
 impl Topology {
     pub fn up(tag: &str) -> Topology {
+        Topology::up_with_queues(tag, 2)
+    }
+
+    /// A pair whose veth ends have `queues` queues each way.
+    pub fn up_with_queues(tag: &str, queues: u32) -> Topology {
         require_root();
         SWEEP.call_once(remove_stale_namespaces);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let topo = Topology { ns_srv: format!("c2mt-{pid}-{n}-{tag}-s"), ns_cli: format!("c2mt-{pid}-{n}-{tag}-c") };
+        let topo =
+            Topology { ns_srv: format!("c2mt-{pid}-{n}-{tag}-s"), ns_cli: format!("c2mt-{pid}-{n}-{tag}-c"), queues };
         let out = topo.script("up");
         assert!(
             out.status.success(),
@@ -67,6 +75,7 @@ impl Topology {
             .env("C2M_VETH_CLI", VETH_CLI)
             .env("C2M_ADDR_SRV", SRV_IP.to_string())
             .env("C2M_ADDR_CLI", CLI_IP.to_string())
+            .env("C2M_QUEUES", self.queues.to_string())
             .output()
             .expect("run scripts/netns.sh")
     }

@@ -377,6 +377,7 @@ pub fn capacity(setup: &Setup, server: &Server) -> anyhow::Result<CapacityMeasur
         load: last.load,
         server_sessions: None,
         kernel_sockets: None,
+        xdp_connections: None,
     };
     let per = per_connection(&baseline, rss_start, 0, &held);
     // The load reports a rate only when its connect phase finished; a run the budget stopped

@@ -43,6 +43,14 @@ impl Replies<'_> {
         }
     }
 
+    /// Counts the connection among those answered in the message phase, once.
+    fn mark_answered(&mut self, c: &mut ConnState) {
+        if self.measuring && c.marks & conn::mark::ANSWERED_IN_MESSAGES == 0 {
+            c.marks |= conn::mark::ANSWERED_IN_MESSAGES;
+            self.stats.answered_in_messages.inc();
+        }
+    }
+
     /// One reply from the server.
     fn on_frame(&mut self, c: &mut ConnState, frame: Frame<'_>) -> Step {
         let live = c.state == state::LOGGED_IN;
@@ -57,6 +65,7 @@ impl Replies<'_> {
                 };
                 c.outstanding -= 1;
                 self.answered += 1;
+                self.mark_answered(c);
                 self.round_trip(sent_ns, due_ns);
             }
             Frame::Pong { .. } | Frame::EchoReply { .. } => {
@@ -65,6 +74,7 @@ impl Replies<'_> {
             Frame::Ack { msg_id } if live && c.outstanding > 0 => {
                 c.outstanding -= 1;
                 self.answered += 1;
+                self.mark_answered(c);
                 self.stats.chat.acked.inc();
                 if let Some(t) = self.ledger.and_then(|l| l.acked(self.me, msg_id)) {
                     record(&mut self.interval.ack, self.now.saturating_sub(t));
@@ -76,6 +86,7 @@ impl Replies<'_> {
             Frame::Nack { msg_id, code } if live && c.outstanding > 0 => {
                 c.outstanding -= 1;
                 self.answered += 1;
+                self.mark_answered(c);
                 match ErrorCode::from_u16(code) {
                     Some(ErrorCode::UnknownRecipient) => self.stats.chat.nacked_unknown.inc(),
                     Some(ErrorCode::OfflineQueueFull) => self.stats.chat.nacked_full.inc(),
