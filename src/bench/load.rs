@@ -25,6 +25,7 @@ pub struct LoadPlan {
     pub hold: HumanDuration,
     pub size: Option<u64>,
     pub rate: Option<u64>,
+    pub in_flight: Option<u64>,
     /// Where it writes its report (read back, then removed).
     pub json: PathBuf,
     /// Where it writes its HdrHistogram log (beside the result).
@@ -53,6 +54,7 @@ impl LoadPlan {
             hold: s.hold,
             size: s.size.map(|b| b.0),
             rate: s.rate.map(|r| r.0),
+            in_flight: s.in_flight.map(|n| n.0),
             json,
             hlog,
             keep_free,
@@ -84,6 +86,9 @@ impl LoadPlan {
         }
         if let Some(rate) = self.rate {
             a.extend(["--rate".into(), rate.to_string()]);
+        }
+        if let Some(n) = self.in_flight {
+            a.extend(["--in-flight".into(), n.to_string()]);
         }
         a.extend(self.dataplane_args.iter().cloned());
         a.extend(["--json".into(), self.json.display().to_string(), "--hlog".into(), self.hlog.display().to_string()]);
@@ -156,6 +161,7 @@ mod tests {
             hold: HumanDuration(Duration::ZERO),
             size: None,
             rate: Some(500),
+            in_flight: None,
             json: "/tmp/l.json".into(),
             hlog: "results/smoke/x.hlog".into(),
             keep_free: 2 << 30,

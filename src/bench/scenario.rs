@@ -97,6 +97,10 @@ pub struct LoadSettings {
     /// Messages per second over all connections (`echo` workload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Count>,
+    /// Closed loop: messages each connection keeps in flight, the next sent as a reply arrives
+    /// (throughput, not latency at a rate); not with `rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<Count>,
 }
 
 fn default_ping_interval() -> HumanDuration {
@@ -252,6 +256,9 @@ impl Scenario {
         if load.workload == Workload::Ping && load.ping_interval.0.is_zero() {
             return Err("load.ping_interval must be more than 0 for the ping workload".into());
         }
+        if load.in_flight.is_some() && load.rate.is_some() {
+            return Err("load.in_flight (closed loop) and load.rate (open loop) exclude each other".into());
+        }
         if let AutoOr::Fixed(0) = self.server.workers {
             return Err("server.workers must be at least 1 (or \"auto\")".into());
         }
@@ -268,12 +275,13 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 
 /// The scenarios of `bench/scenarios`, built into the binary so a copied `c2m` runs them
 /// anywhere (a test checks this list against the folder).
-pub const BUILT_IN: [(&str, &str); 9] = [
+pub const BUILT_IN: [(&str, &str); 10] = [
     ("c100k", include_str!("../../bench/scenarios/c100k.toml")),
     ("c1m", include_str!("../../bench/scenarios/c1m.toml")),
     ("connect-burst", include_str!("../../bench/scenarios/connect-burst.toml")),
     ("default", include_str!("../../bench/scenarios/default.toml")),
     ("echo-buffers", include_str!("../../bench/scenarios/echo-buffers.toml")),
+    ("echo-closed", include_str!("../../bench/scenarios/echo-closed.toml")),
     ("record", include_str!("../../bench/scenarios/record.toml")),
     ("record-xdp", include_str!("../../bench/scenarios/record-xdp.toml")),
     ("smoke", include_str!("../../bench/scenarios/smoke.toml")),
