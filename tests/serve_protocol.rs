@@ -272,6 +272,30 @@ fn trickle_until_error(c: &mut BlockingClient, bytes: &[u8], gap: Duration) -> (
     }
 }
 
+/// Every byte its own segment (TCP_NODELAY and a pause between): a HELLO and five PINGs arrive
+/// one byte at a time, and the WELCOME and every PONG come back in order. On the xdp data plane
+/// this is c2m's TCP taking 1-byte segments and the session reassembling frames from them.
+#[test]
+fn a_client_sending_one_byte_at_a_time_gets_every_reply() {
+    let server = start();
+    let mut c = server.client();
+    c.stream().set_nodelay(true).unwrap();
+    let mut bytes = hello(9);
+    for seq in 1..=5 {
+        bytes.extend(ping(seq));
+    }
+    for b in &bytes {
+        c.send_raw(std::slice::from_ref(b)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(matches!(expect_frame(&mut c).frame(), Frame::Welcome { .. }));
+    for seq in 1..=5 {
+        expect_pong(&mut c, seq);
+    }
+    drop(c);
+    assert_no_leaks(&server);
+}
+
 #[test]
 fn slowloris_hello_is_cut_off_at_the_hello_timeout() {
     let server = start();

@@ -7,46 +7,16 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use c2m::proto::Frame;
 use c2m::tcp::wire::{self, Header, flags};
+use common::xdp_common::{packet_socket, send_frame};
 use common::{ServerProcess, in_netns};
 
 const SYNS: u32 = 100_000;
 /// c2m's TCP default SYN-RECEIVED table, per worker (tcp::Config::default().syn_backlog).
 const SYN_TABLE: u32 = 4096;
-
-/// A packet socket bound to `ifname` in the calling thread's namespace.
-fn packet_socket(ifname: &str) -> OwnedFd {
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "no interface {ifname} here");
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: socket() has no memory preconditions; the result is checked before it is owned.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
-    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to fill in.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: sll is a valid sockaddr_ll of `len` bytes for the duration of the call.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), len) };
-    assert_eq!(rc, 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
-    fd
-}
-
-fn send_frame(fd: &OwnedFd, frame: &[u8]) -> bool {
-    // SAFETY: `frame` is a valid buffer of its length for the duration of the call.
-    let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    n == frame.len() as isize
-}
 
 fn rss_bytes(pid: u32) -> u64 {
     c2m::host::process::memory(pid).expect("the server's smaps_rollup").rss

@@ -152,6 +152,12 @@ pub struct TransportStats {
     pub syn_queue: Counter,
     /// Input a paused session could not take, held by the xdp data plane until it resumes.
     pub held_input_bytes: Counter,
+    /// Frames c2m's TCP refused (bad checksum, length or data offset; flags no stack sends),
+    /// segments for no connection (answered with an RST), and RFC 5961 challenge ACKs (a RST
+    /// in the window but not exact, a SYN on a connection).
+    pub bad_segments: Counter,
+    pub no_connection: Counter,
+    pub challenge_acks: Counter,
 }
 
 impl AsRef<TransportStats> for WorkerStats {
@@ -436,6 +442,17 @@ pub fn render_prometheus(workers: &[std::sync::Arc<WorkerStats>]) -> String {
         }),
         ("c2m_tcp_syn_cookies_sent_total", "SYN-ACKs sent as SYN cookies (the SYN-RECEIVED table was full).", |s| {
             s.transport.syn_cookies_sent.get()
+        }),
+        (
+            "c2m_tcp_bad_segments_total",
+            "Frames c2m's TCP refused: bad checksum, length or data offset, or flags no stack sends.",
+            |s| s.transport.bad_segments.get(),
+        ),
+        ("c2m_tcp_no_connection_total", "Segments for no connection and no listener (answered with RST).", |s| {
+            s.transport.no_connection.get()
+        }),
+        ("c2m_tcp_challenge_acks_total", "RFC 5961 challenge ACKs (an inexact RST, a SYN on a connection).", |s| {
+            s.transport.challenge_acks.get()
         }),
     ] {
         per_worker(&mut out, name, "counter", help, &get);

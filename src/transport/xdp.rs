@@ -603,6 +603,9 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
         s.syns_in.set(t.syns_in);
         s.syn_cookies_sent.set(t.cookies_sent);
         s.syn_queue.set(u64::from(self.endpoint.syn_queue_len()));
+        s.bad_segments.set(t.bad_frames.iter().sum::<u64>() + t.bad_flags);
+        s.no_connection.set(t.no_connection);
+        s.challenge_acks.set(t.challenge_acks);
         if let Ok(k) = self.xsk.kernel_stats() {
             s.xsk_dropped.set(k.rx_dropped + k.rx_ring_full + k.rx_fill_ring_empty_descs + k.rx_invalid_descs);
         }

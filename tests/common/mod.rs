@@ -62,7 +62,12 @@ impl ServerProcess {
 
     /// A server on the xdp data plane (its namespace pair of its own) or on loopback.
     pub fn start_on(xdp: bool, extra: &[&str]) -> ServerProcess {
-        let net = xdp.then(|| xdp_common::Topology::up("sp"));
+        ServerProcess::start_with_queues(xdp, 2, extra)
+    }
+
+    /// As `start_on`, the topology's veth ends with `queues` queues each (xdp only).
+    pub fn start_with_queues(xdp: bool, queues: u32, extra: &[&str]) -> ServerProcess {
+        let net = xdp.then(|| xdp_common::Topology::up_with_queues("sp", queues));
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--metrics", "127.0.0.1:0"]);
         match &net {
