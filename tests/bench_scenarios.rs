@@ -15,6 +15,27 @@ fn bench(args: &[&str]) -> Output {
     Command::new(BIN).arg("bench").args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run c2m bench")
 }
 
+/// The one smoke result written under `dir`: its path and what it says.
+fn smoke_result(dir: &Path) -> (std::path::PathBuf, BenchResult) {
+    let json = std::fs::read_dir(dir.join("smoke"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("the result is written");
+    let result = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("a BenchResult");
+    (json, result)
+}
+
+/// The file as written (not only as serde reads it back) is valid against the JSON Schema.
+fn assert_matches_schema(json: &Path) {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("results/schema/bench-result.schema.json").unwrap()).unwrap();
+    let instance: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{} breaks the schema: {errors:?}", json.display());
+}
+
 #[test]
 fn every_scenario_parses_and_the_four_exist() {
     let mut names = Vec::new();
@@ -90,13 +111,7 @@ fn smoke_end_to_end() {
         result.server_metrics
     );
 
-    // The file as written (not only as serde reads it back) is valid against the JSON Schema.
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string("results/schema/bench-result.schema.json").unwrap()).unwrap();
-    let instance: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| format!("{}: {e}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "the smoke result breaks the schema: {errors:?}");
+    assert_matches_schema(json);
     assert!(result.load.latency.rtt_corrected.count > 0, "round trips were measured");
 
     // The run checks its own figures: every cross-check is there and agrees, memory has its
@@ -169,12 +184,7 @@ fn a_short_run_says_so_with_exit_3() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
     assert!(stderr.contains("fell short") && stderr.contains("500 short"), "{stderr}");
-    let json = std::fs::read_dir(dir.path().join("smoke"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("the result is written");
-    let result: BenchResult = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, result) = smoke_result(dir.path());
     assert_eq!(result.status, RunStatus::FellShort, "{:?}", result.shortfalls);
     assert_eq!(result.shortfalls[0], "1,500 of 2,000 connections logged in (500 short)");
     // The HELLOs of the 500 refused never reached a session: the server read 500 x 20 B fewer.
@@ -208,12 +218,7 @@ fn an_xdp_run_end_to_end() {
         .unwrap_or_default();
     assert!(!left.iter().any(|n| n.starts_with(&format!("c2mb-{pid}-"))), "namespaces left: {left:?}");
 
-    let json = std::fs::read_dir(dir.path().join("smoke"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("a result");
-    let result: BenchResult = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (json, result) = smoke_result(dir.path());
     assert_eq!(result.status, RunStatus::Complete, "{:?}\n{text}", result.abort_reason);
     assert_eq!(result.dataplane, c2m::transport::DataPlaneName::Xdp);
     assert!(result.server.effective.contains("c2m's TCP"), "{}", result.server.effective);
@@ -223,10 +228,5 @@ fn an_xdp_run_end_to_end() {
     let names: Vec<&str> = result.checks.iter().map(|c| c.name.split(':').next().unwrap()).collect();
     assert_eq!(names.last(), Some(&"connections at the hold"), "{names:?}");
     assert!(result.checks.iter().all(|c| c.passed), "{:?}", result.checks);
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string("results/schema/bench-result.schema.json").unwrap()).unwrap();
-    let instance: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| format!("{}: {e}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "the xdp result breaks the schema: {errors:?}");
+    assert_matches_schema(&json);
 }

@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use c2m::xdp::iface::Interface;
 use c2m::xdp::loss::Loss;
-use common::{BIN, ServerProcess, in_netns};
+use common::{ServerProcess, in_netns};
 
 /// Per mille of the frames the server receives: loss (with the clients' [`CLIENT_LOSS`]) and
 /// corruption in one case; duplication, delay (up to 20 ms), reordering and corruption in the
@@ -28,28 +26,9 @@ const DISORDERLY: &str = "corrupt=5,duplicate=10,delay=20,reorder=20,max-delay-m
 /// Per mille of the frames the clients receive, dropped.
 const CLIENT_LOSS: u16 = 20;
 
-/// Runs `c2m load` from the client namespace against `server`; returns its JSON report.
+/// Runs the kernel data plane's `c2m load` (unmodified Linux TCP) against `server`.
 fn load(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
-    let net = server.net.as_ref().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("load.json");
-    let out = Command::new(BIN)
-        .args(["load", "--netns", &net.ns_cli, "--server", &server.addr.to_string()])
-        .args(["--sources", &common::xdp_common::CLI_IP.to_string(), "--no-progress", "--force"])
-        .arg("--json")
-        .arg(&json)
-        .args(args)
-        .output()
-        .expect("run c2m load");
-    let text = std::fs::read_to_string(&json).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "c2m load {args:?} exited {:?}\n{}{}\n{text}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&text).expect("the load's JSON report")
+    common::run_load(server, false, args)
 }
 
 #[test]

@@ -464,7 +464,7 @@ impl<H: Handler, S: AsRef<TransportStats>> XdpTransport<H, S> {
     }
 
     /// Takes what arrived off the RX ring and hands it to TCP, batch by batch. Each frame is
-    /// copied out first (a few hundred bytes at most here, most far fewer): its UMEM frame goes
+    /// copied out first (an Ethernet frame at most, most of them under 100 bytes): its UMEM frame goes
     /// back to the kernel with the batch, and TCP may take TX frames from the same socket while
     /// it reads the copy.
     fn pump(&mut self, io: &mut Io<XdpOp>) {

@@ -293,3 +293,29 @@ pub fn small_window_client(server: &ServerProcess) -> BlockingClient {
     s.set_tcp_nodelay(true).unwrap();
     BlockingClient::from_stream(s.into())
 }
+
+/// Runs `c2m load` from the client namespace of `server`'s topology, on the xdp data plane if
+/// `xdp` (from the default 198.19.0.1 up), else on the kernel's from the client veth's address;
+/// returns its JSON report. The load must exit 0.
+pub fn run_load(server: &ServerProcess, xdp: bool, args: &[&str]) -> serde_json::Value {
+    let net = server.net.as_ref().expect("a server in a namespace pair");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["load", "--netns", &net.ns_cli, "--server", &server.addr.to_string(), "--no-progress", "--force"]);
+    if xdp {
+        cmd.args(["--dataplane", "xdp", "--iface", xdp_common::VETH_CLI]);
+    } else {
+        cmd.args(["--sources", &xdp_common::CLI_IP.to_string()]);
+    }
+    let out = cmd.arg("--json").arg(&json).args(args).output().expect("run c2m load");
+    let text = std::fs::read_to_string(&json).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "c2m load {args:?} exited {:?}\n{}{}\n{text}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).expect("the load's JSON report")
+}
