@@ -359,6 +359,9 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
         started_wall,
         &control,
     );
+    if matches!(cfg.dataplane, DataPlane::Xdp(_)) {
+        warn_misrouted(stats.iter().map(|s| s.transport.no_connection.get()).sum(), cfg.connections);
+    }
     drop(hlog);
     if let Some(mut out) = hlog_out {
         out.flush().map_err(|e| LoadError::io("writing the interval log", e))?;
@@ -370,6 +373,21 @@ pub fn run(mut cfg: LoadConfig, opts: &RunOptions) -> Result<LoadReport, LoadErr
     }
     progress.done(&report);
     Ok(report)
+}
+
+/// Says so when many segments reached an xdp worker that holds no connection for them: a peer
+/// that answers on another queue than the one it heard on (Linux over several queues hashes each
+/// connection's replies by its own flow hash) sends replies to workers that did not open the
+/// connection, which reset it. A few are strays after the close.
+fn warn_misrouted(segments: u64, connections: u64) {
+    if segments > connections / 100 {
+        eprintln!(
+            "c2m load: {} segments reached a worker with no connection for them (answered with RST). Many during the \
+             connects mean the server replies on other queues than it was reached on (a Linux server over several \
+             queues): give the interface one queue (C2M_QUEUES=1 scripts/netns.sh up)",
+            crate::units::thousands(segments)
+        );
+    }
 }
 
 /// Sleeps until `at` (`--start-at`: the shards on several hosts start together); SIGINT or
