@@ -64,10 +64,11 @@ impl CostModel {
 
     /// The best measured cost on data plane `plane` under `results_dir`, else the built-in one.
     pub fn for_plane(results_dir: &Path, plane: DataPlaneName) -> CostModel {
-        match plane {
-            DataPlaneName::Kernel => CostModel::measured(results_dir).unwrap_or_else(CostModel::built_in),
-            DataPlaneName::Xdp => CostModel::measured_on(results_dir, plane).unwrap_or_else(CostModel::built_in_xdp),
-        }
+        let built_in = match plane {
+            DataPlaneName::Kernel => CostModel::built_in,
+            DataPlaneName::Xdp => CostModel::built_in_xdp,
+        };
+        CostModel::measured_on(results_dir, plane).unwrap_or_else(built_in)
     }
 
     /// Both ends on the xdp data plane, before any `c2m bench --dataplane xdp` result is here:
