@@ -126,6 +126,13 @@ leaks() {
   if [ ${#left[@]} -eq 0 ]; then echo none; else echo "${left[*]}"; fi
 }
 
+# load_ended SECONDS: waits for the background load, then for the server's gauges (leaks);
+# sets LEFT to what stayed.
+load_ended() {
+  wait "$LOAD_PID" || true
+  LEFT=$(leaks "$1")
+}
+
 # json FILE EXPR: a jq expression over a load report.
 json() { jq -r "$2" "$1"; }
 
@@ -204,10 +211,8 @@ case_serve_kill() {
   wait_metric c2m_sessions_active ge "$SCALE" $((SCALE / 1000 + 80)) || true
   local back
   back=$(since "$t0")
-  wait "$LOAD_PID" || true
-  local left
-  left=$(leaks 30)
-  local j=$out/$CASE.json
+  load_ended 30
+  local left=$LEFT j=$out/$CASE.json
   local what
   what="all back in ${back}s: $(json "$j" .connections.relogins) logins again, $(json "$j" .connections.established_at_end) of $SCALE up at the end; $(json "$j" .chat.delivered) of $(json "$j" .chat.expected) delivered"
   local held=yes
@@ -227,10 +232,8 @@ case_sigstop() {
   kill -STOP "$SERVE_PID"
   sleep "$STOP"
   kill -CONT "$SERVE_PID"
-  wait "$LOAD_PID" || true
-  local left
-  left=$(leaks 30)
-  local j=$out/$CASE.json
+  load_ended 30
+  local left=$LEFT j=$out/$CASE.json
   local what
   what="$(json "$j" .connections.lost) connections lost, $(json "$j" .connections.relogins) logins again; $(json "$j" .chat.delivered) of $(json "$j" .chat.expected) delivered"
   local held=yes
@@ -291,10 +294,8 @@ case_storm() {
   wait_metric c2m_sessions_accepted_total ge $((STORM * 2)) 120 || true
   wait_metric c2m_sessions_active ge "$STORM" 120 || true
   back=$(since "$t0")
-  wait "$LOAD_PID" || true
-  local left
-  left=$(leaks 30)
-  local j=$out/$CASE.json
+  load_ended 30
+  local left=$LEFT j=$out/$CASE.json
   local what
   what="$killed connections reset at once, all back in ${back}s: $(json "$j" .connections.reconnects) reconnects ($(json "$j" .connections.retried) retried), $(json "$j" .connections.relogins) logins again, $(json "$j" .connections.established_at_end) of $STORM up at the end"
   local held=yes

@@ -269,63 +269,60 @@ pub fn summarize(dir: &Path) -> Result<bool, SoakError> {
     );
     md += "\n![memory](memory.svg)\n\n![connections](connections.svg)\n\n![store](store.svg)\n";
 
-    // Three charts, so that no series is a flat line at the bottom of a bigger one's axis.
-    let scaled = |name: &str, by: f64| -> Vec<(f64, f64)> {
-        samples.points(name).into_iter().map(|(t, v)| (t, v / by)).collect()
-    };
-    let mib = 1048576.0;
-    let (slab, sunreclaim, ld, srv) =
-        (scaled("slab", mib), scaled("sunreclaim", mib), scaled("load_rss", mib), scaled("server_rss", mib));
-    let memory = time_series_chart(
-        "Memory over the soak",
-        "MiB",
-        &[
-            TimeSeries { name: "kernel Slab", points: &slab },
-            TimeSeries { name: "kernel SUnreclaim", points: &sunreclaim },
-            TimeSeries { name: "load RSS", points: &ld },
-            TimeSeries { name: "server RSS", points: &srv },
-        ],
-        Some(window),
-    )
-    .map_err(|e| SoakError::Chart("memory.svg", e))?;
-    let (sessions, files) = (samples.points("sessions"), samples.points("fixed_files"));
-    let connections = time_series_chart(
-        "Sessions and fixed files over the soak",
-        "count",
-        &[TimeSeries { name: "sessions", points: &sessions }, TimeSeries { name: "fixed files", points: &files }],
-        Some(window),
-    )
-    .map_err(|e| SoakError::Chart("connections.svg", e))?;
-    let (stored, kib, pending, held_bufs) = (
-        samples.points("store_messages"),
-        scaled("store_bytes", 1024.0),
-        samples.points("pending"),
-        samples.points("held_buffers"),
-    );
-    let store = time_series_chart(
-        "Offline store and held messages over the soak",
-        "count (bytes in KiB)",
-        &[
-            TimeSeries { name: "store, messages", points: &stored },
-            TimeSeries { name: "store, KiB", points: &kib },
-            TimeSeries { name: "unreceipted, held", points: &pending },
-            TimeSeries { name: "held receive buffers", points: &held_bufs },
-        ],
-        Some(window),
-    )
-    .map_err(|e| SoakError::Chart("store.svg", e))?;
-    for (name, text) in [
-        ("summary.md", md.as_str()),
-        ("memory.svg", memory.as_str()),
-        ("connections.svg", connections.as_str()),
-        ("store.svg", store.as_str()),
-    ] {
+    let mut files = vec![("summary.md", md.clone())];
+    for (file, title, unit, columns) in CHARTS {
+        let points: Vec<Vec<(f64, f64)>> = columns
+            .iter()
+            .map(|&(_, column, unit)| samples.points(column).into_iter().map(|(t, v)| (t, v / unit)).collect())
+            .collect();
+        let series: Vec<TimeSeries> =
+            columns.iter().zip(&points).map(|(&(name, _, _), points)| TimeSeries { name, points }).collect();
+        let svg = time_series_chart(title, unit, &series, Some(window)).map_err(|e| SoakError::Chart(file, e))?;
+        files.push((file, svg));
+    }
+    for (name, text) in &files {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|source| SoakError::Write { path: path.display().to_string(), source })?;
     }
     print!("{md}");
     Ok(held)
 }
+
+const MIB: f64 = 1048576.0;
+
+/// The soak's charts: file, title, unit, and each line as (label, samples.csv column, divisor).
+/// Three, so that no series is a flat line at the bottom of a bigger one's axis.
+type ChartSpec = (&'static str, &'static str, &'static str, &'static [(&'static str, &'static str, f64)]);
+const CHARTS: [ChartSpec; 3] = [
+    (
+        "memory.svg",
+        "Memory over the soak",
+        "MiB",
+        &[
+            ("kernel Slab", "slab", MIB),
+            ("kernel SUnreclaim", "sunreclaim", MIB),
+            ("load RSS", "load_rss", MIB),
+            ("server RSS", "server_rss", MIB),
+        ],
+    ),
+    (
+        "connections.svg",
+        "Sessions and fixed files over the soak",
+        "count",
+        &[("sessions", "sessions", 1.0), ("fixed files", "fixed_files", 1.0)],
+    ),
+    (
+        "store.svg",
+        "Offline store and held messages over the soak",
+        "count (bytes in KiB)",
+        &[
+            ("store, messages", "store_messages", 1.0),
+            ("store, KiB", "store_bytes", 1024.0),
+            ("unreceipted, held", "pending", 1.0),
+            ("held receive buffers", "held_buffers", 1.0),
+        ],
+    ),
+];
 
 #[cfg(test)]
 mod tests {
